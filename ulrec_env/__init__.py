@@ -1,0 +1,32 @@
+"""ulrec_env: a Gymnasium user simulator for long-term recommendation with continue/leave feedback.
+
+``import ulrec_env`` registers ``ULRec-v0`` (idempotently). It needs only numpy, scipy and gymnasium.
+"""
+
+from __future__ import annotations
+
+from ulrec_env import worlds
+from ulrec_env.config import EnvConfig
+from ulrec_env.env import ULRecEnv
+from ulrec_env.user_model import LEAVE_REASONS, UserTraits
+from ulrec_env.vector_env import ULRecVectorEnv
+from ulrec_env.world import World
+
+__all__ = ["World", "EnvConfig", "ULRecEnv", "ULRecVectorEnv", "UserTraits", "LEAVE_REASONS", "worlds", "register_envs"]
+__version__ = "0.1.0"
+
+
+def register_envs() -> None:
+    """Register ``ULRec-v0`` with Gymnasium; calling it again changes nothing."""
+    from gymnasium.envs.registration import register, registry
+
+    if "ULRec-v0" not in registry:
+        register(
+            id="ULRec-v0",
+            entry_point="ulrec_env.env:ULRecEnv",
+            vector_entry_point="ulrec_env.vector_env:ULRecVectorEnv",
+            max_episode_steps=100,
+        )
+
+
+register_envs()
