@@ -1,0 +1,133 @@
+"""Non-LLM recommenders: random, popular, greedy (the short-term recommender), and MMR."""
+
+from __future__ import annotations
+
+from typing import Mapping
+
+import numpy as np
+
+from agents.policy import Policy
+from ulrec_env.user_model import similarity
+
+MMR_PENALTY = 0.5
+
+__all__ = ["MMR_PENALTY", "RandomPolicy", "PopularPolicy", "GreedyPolicy", "MMRPolicy", "shown_mask", "window_items"]
+
+
+def shown_mask(recommended: np.ndarray, n_items: int) -> np.ndarray:
+    """Boolean ``(n, n_items)``: which items each session has already shown (from ``obs["recommended"]``)."""
+    rec = np.asarray(recommended)
+    mask = np.zeros((rec.shape[0], n_items), dtype=bool)
+    rows, cols = np.nonzero(rec >= 0)
+    mask[rows, rec[rows, cols]] = True
+    return mask
+
+
+def window_items(recommended: np.ndarray, steps: np.ndarray, window: int) -> np.ndarray:
+    """The last ``window`` shown items per session, ``-1`` where the session is shorter."""
+    rec = np.asarray(recommended)
+    n, slots = rec.shape
+    filled = np.minimum(np.asarray(steps).reshape(-1), slots)
+    offsets = np.arange(-window, 0)
+    idx = filled[:, None] + offsets[None, :]
+    out = np.where(idx >= 0, rec[np.arange(n)[:, None], np.clip(idx, 0, slots - 1)], -1)
+    return out
+
+
+class RandomPolicy(Policy):
+    """Uniformly random among the items this session has not shown yet (seeded)."""
+
+    name = "random"
+
+    def __init__(self, seed: int | None = 0) -> None:
+        super().__init__()
+        self._rng = np.random.default_rng(seed)
+
+    def reset(self, seed: int | None = None) -> None:
+        if seed is not None:
+            self._rng = np.random.default_rng(seed)
+
+    def _act_batch(self, obs: Mapping[str, np.ndarray]) -> np.ndarray:
+        seen = shown_mask(obs["recommended"], self.world.n_items)
+        # Random keys, seen items pushed to the end: one vectorized draw per batch.
+        keys = self._rng.random(seen.shape)
+        keys[seen] = 2.0
+        return keys.argmin(axis=1)
+
+
+class PopularPolicy(Policy):
+    """The world's most-consumed items, in order, minus those already shown."""
+
+    name = "popular"
+
+    def _on_bind(self) -> None:
+        self._score = np.asarray(self.world.popularity, dtype=np.float64)
+
+    def _act_batch(self, obs: Mapping[str, np.ndarray]) -> np.ndarray:
+        seen = shown_mask(obs["recommended"], self.world.n_items)
+        score = np.broadcast_to(self._score, seen.shape).copy()
+        score[seen] = -np.inf
+        return score.argmax(axis=1)
+
+
+class GreedyPolicy(Policy):
+    """The short-term recommender: the highest predicted rating the user has not been shown.
+
+    It peeks at the world's ratings. Because a user's best-rated items are alike, it is what builds the
+    echo chamber.
+    """
+
+    name = "greedy"
+    peeks = True
+
+    def _act_batch(self, obs: Mapping[str, np.ndarray]) -> np.ndarray:
+        users = np.asarray(obs["user"]).reshape(-1)
+        score = self.world.ratings[users].astype(np.float64)
+        score[shown_mask(obs["recommended"], self.world.n_items)] = -np.inf
+        return score.argmax(axis=1)
+
+
+class MMRPolicy(Policy):
+    """Maximal marginal relevance: rating minus a penalty for similarity to the recent window.
+
+    ``score(i) = rating(u, i) - penalty * (high - low) * max_h sim(i, h)`` over the last ``window`` shown
+    items ``h``, with the environment's similarity ``2 ** -(d / d0) ** 2``. Peeks at ratings and distances.
+
+    Args:
+        penalty: Weight of the redundancy term (0 gives greedy).
+        window: How many recent items to compare with; ``None`` takes the environment's.
+        distance_threshold: ``d0``; ``None`` takes the environment's setting (or the world's default).
+    """
+
+    name = "mmr"
+    peeks = True
+
+    def __init__(self, penalty: float = MMR_PENALTY, window: int | None = None, distance_threshold: float | None = None) -> None:
+        super().__init__()
+        if not penalty >= 0:
+            raise ValueError(f"`penalty` must be >= 0, got {penalty}.")
+        self.penalty = float(penalty)
+        self._window_arg = window
+        self._threshold_arg = distance_threshold
+
+    def _on_bind(self) -> None:
+        cfg = getattr(self.env, "config", None)
+        defaults = self.world.env_defaults
+        self.window = self._window_arg or (cfg.window if cfg else int(defaults.get("window", 4)))
+        self.distance_threshold = self._threshold_arg or (
+            cfg.distance_threshold if cfg else float(defaults.get("distance_threshold", 1.0))
+        )
+
+    def _act_batch(self, obs: Mapping[str, np.ndarray]) -> np.ndarray:
+        users = np.asarray(obs["user"]).reshape(-1)
+        lo, hi = self.world.rating_scale
+        score = self.world.ratings[users].astype(np.float64)
+        win = window_items(obs["recommended"], obs["step"], self.window)
+        empty = win < 0
+        # (n, n_items, window) distances from every item to each recent item.
+        d = self.world.distance[:, np.where(empty, 0, win)].transpose(1, 0, 2).astype(np.float64)
+        sim = similarity(d, self.distance_threshold)
+        sim[np.broadcast_to(empty[:, None, :], sim.shape)] = 0.0
+        score -= self.penalty * (hi - lo) * sim.max(axis=2)
+        score[shown_mask(obs["recommended"], self.world.n_items)] = -np.inf
+        return score.argmax(axis=1)
