@@ -1,0 +1,266 @@
+"""ULRec's stage 2: KTO on unpaired continue/leave labels plus an SFT term on the desirable ones.
+
+``loss = KTO + alpha * SFT`` where
+
+* KTO is Eq. 7 of the KTO paper as TRL implements it: for a desirable completion ``1 - sigmoid(beta * (r - z0))``,
+  for an undesirable one ``1 - sigmoid(beta * (z0 - r))``, with ``r = log pi(y|x) - log pi_ref(y|x)`` and ``z0`` the
+  detached, batch-level KL estimate from mismatched (prompt, completion) pairs; weighted by
+  ``desirable_weight`` / ``undesirable_weight`` and by the optional per-example ``weight`` column; batch mean.
+* SFT is the mean negative log-likelihood per completion token over the **desirable** examples of the batch
+  (exactly zero, with a zero gradient, when the batch has none).
+
+All log-probabilities count only the completion tokens (the item title as the agent produced it): prompts and
+completions are tokenized separately (:mod:`train.encoding`) and the collator masks every prompt token.
+
+:class:`ULRecKTOTrainer` is a small subclass of TRL's ``KTOTrainer``: TRL still does the model/PEFT set-up, the
+reference model (adapter disabled, or a frozen copy of an initial adapter), ``precompute_ref_log_probs``, the
+collator, gradient accumulation, accelerate and logging; the subclass replaces the dataset preparation (separate
+tokenization, left-side prompt cut, per-example weights) and the loss (adds the SFT term and the weights).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from datasets import Dataset, IterableDataset
+from trl import KTOConfig, KTOTrainer
+from trl.trainer.kto_trainer import DataCollatorForUnpairedPreference
+
+from train.encoding import EncodingReport, encode_examples
+from train.labeling import TRL_WEIGHT_BAND, weighted_ratio
+
+__all__ = ["ULRecKTOConfig", "ULRecKTOTrainer", "UnpairedCollatorWithWeights", "completion_logps", "kto_losses"]
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class ULRecKTOConfig(KTOConfig):
+    """TRL's ``KTOConfig`` plus the ULRec SFT term (every other field is TRL's, unchanged).
+
+    Parameters:
+        sft_alpha (`float`, *optional*, defaults to `0.1`):
+            Weight ``alpha`` of the SFT term in ``loss = KTO + alpha * SFT`` (the paper's value). ``0`` gives plain
+            KTO.
+    """
+
+    sft_alpha: float = field(
+        default=0.1,
+        metadata={"help": "Weight alpha of the SFT term on desirable completions: loss = KTO + alpha * SFT."},
+    )
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.sft_alpha < 0:
+            raise ValueError(f"`sft_alpha` must be >= 0, got {self.sft_alpha}; use 0 to turn the SFT term off.")
+
+
+@dataclass
+class UnpairedCollatorWithWeights(DataCollatorForUnpairedPreference):
+    """TRL's unpaired collator that also batches the per-example ``sample_weight`` column when present."""
+
+    def torch_call(self, examples: list[dict[str, Any]]) -> dict[str, Any]:
+        out = super().torch_call(examples)
+        if "sample_weight" in examples[0]:
+            out["sample_weight"] = torch.tensor([float(e["sample_weight"]) for e in examples], dtype=torch.float32)
+        return out
+
+
+def completion_logps(
+    model: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor, completion_mask: torch.Tensor, fused: bool
+) -> tuple[torch.Tensor, torch.Tensor, Any]:
+    """Per-token and summed log-probabilities of the completion tokens only.
+
+    Args:
+        model: A causal LM (patched by TRL's ``add_fused_lm_head`` when ``fused``).
+        input_ids: ``(B, T)`` prompt + completion ids, right-padded.
+        attention_mask: ``(B, T)``.
+        completion_mask: ``(B, T)``, 1 on completion tokens only.
+        fused: Use TRL's fused LM head (no ``(B, T, V)`` logits); else a plain forward and ``log_softmax``.
+
+    Returns:
+        ``(seq_logps (B,), per_token_logps (B, T-1), model_outputs)``; position ``t`` of ``per_token_logps`` is the
+        log-probability of token ``t + 1``, zero outside the completion.
+    """
+    mask = completion_mask[:, 1:].to(torch.bool)
+    if fused:
+        labels = input_ids.masked_fill(completion_mask == 0, -100)
+        out = model(
+            input_ids=input_ids, attention_mask=attention_mask, labels=labels, fused_lm_head=True, use_cache=False
+        )
+        per_token = out.log_probs[:, -(input_ids.size(1) - 1) :]
+    else:
+        out = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
+        logits = out.logits[:, :-1].float()
+        per_token = torch.gather(logits.log_softmax(-1), 2, input_ids[:, 1:, None]).squeeze(2)
+        per_token = per_token.masked_fill(~mask, 0.0)
+    return per_token.sum(-1), per_token, out
+
+
+def kto_losses(
+    logratios: torch.Tensor, labels: torch.Tensor, kl: torch.Tensor, beta: float, loss_type: str = "kto"
+) -> torch.Tensor:
+    """Per-example KTO (or unpaired APO-zero) losses, before weighting.
+
+    Args:
+        logratios: ``log pi(y|x) - log pi_ref(y|x)`` per example.
+        labels: Bool, True for desirable.
+        kl: The detached reference point ``z0`` (scalar tensor; ignored by ``apo_zero_unpaired``).
+        beta: KTO's beta.
+        loss_type: ``"kto"`` or ``"apo_zero_unpaired"``.
+    """
+    if loss_type == "kto":
+        return torch.where(labels, 1 - F.sigmoid(beta * (logratios - kl)), 1 - F.sigmoid(beta * (kl - logratios)))
+    if loss_type == "apo_zero_unpaired":
+        return torch.where(labels, 1 - F.sigmoid(beta * logratios), F.sigmoid(beta * logratios))
+    raise ValueError(f"`loss_type` {loss_type!r} is not supported; use 'kto' or 'apo_zero_unpaired'.")
+
+
+class ULRecKTOTrainer(KTOTrainer):
+    """TRL's ``KTOTrainer`` with ULRec's loss (KTO + alpha * SFT), separate tokenization and per-example weights.
+
+    Takes TRL's arguments unchanged; ``args`` may be a plain ``KTOConfig`` (then ``alpha`` is 0.1) or a
+    :class:`ULRecKTOConfig`. ``processing_class`` must be given (no hub look-ups). The training data needs
+    ``prompt``, ``completion`` and ``label`` columns (and optionally ``weight``), or pre-encoded ``prompt_ids`` and
+    ``completion_ids``.
+
+    Attributes:
+        encoding_report: How the training set was tokenized (how many prompts were cut).
+        sft_alpha: The SFT weight in use.
+    """
+
+    _tag_names = ["trl", "kto", "ulrec"]
+
+    def __init__(self, model: Any, ref_model: Any = None, args: KTOConfig | None = None, **kwargs: Any) -> None:
+        if kwargs.get("processing_class") is None:
+            raise ValueError("`processing_class` is required: pass the tokenizer that matches `model`.")
+        if args is None:
+            raise ValueError("`args` is required: pass a ULRecKTOConfig (or trl.KTOConfig) with `output_dir` set.")
+        self.sft_alpha = float(getattr(args, "sft_alpha", 0.1))
+        self.encoding_report: EncodingReport | None = None
+        if kwargs.get("data_collator") is None:
+            tok = kwargs["processing_class"]
+            pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+            kwargs["data_collator"] = UnpairedCollatorWithWeights(
+                pad_token_id=pad, max_length=args.max_length, pad_to_multiple_of=None
+            )
+        super().__init__(model, ref_model=ref_model, args=args, **kwargs)
+
+    # ----------------------------------------------------------------------------------------------- data
+    def _prepare_dataset(
+        self, dataset: Dataset | IterableDataset, processing_class: Any, args: KTOConfig, dataset_name: str
+    ) -> Dataset:
+        if isinstance(dataset, IterableDataset):
+            raise TypeError(f"`{dataset_name}` dataset must be a map-style datasets.Dataset, not an IterableDataset.")
+        rows = dataset.to_list()
+        if not rows:
+            raise ValueError(f"the {dataset_name} dataset is empty; label some rollouts first.")
+        if "prompt_ids" in rows[0] and "completion_ids" in rows[0]:
+            report = None
+        else:
+            rows, report = encode_examples(rows, self._tokenizer, args.max_length)
+            if report.n_truncated:
+                logger.warning("%s set: %s", dataset_name, report)
+        if dataset_name == "train":
+            self.encoding_report = report
+        keep = {"prompt_ids": [], "completion_ids": [], "label": [], "sample_weight": []}
+        for r in rows:
+            keep["prompt_ids"].append(list(r["prompt_ids"]))
+            keep["completion_ids"].append(list(r["completion_ids"]))
+            keep["label"].append(bool(r["label"]))
+            keep["sample_weight"].append(float(r.get("weight", r.get("sample_weight", 1.0))))
+        if self.calculate_KL:
+            # mismatched pairs for the KL estimate: rotate completions by one within each training batch
+            bs, comp, kl = args.per_device_train_batch_size, keep["completion_ids"], []
+            for start in range(0, len(comp), bs):
+                block = comp[start : start + bs]
+                kl.extend(block[-1:] + block[:-1])
+            keep["KL_completion_ids"] = kl
+        if dataset_name == "train":
+            n_des = sum(keep["label"])
+            n_und = len(keep["label"]) - n_des
+            ratio = weighted_ratio(n_des, n_und, self.desirable_weight, self.undesirable_weight)
+            lo, hi = TRL_WEIGHT_BAND
+            if n_des and n_und and not lo <= ratio <= hi:
+                logger.warning(
+                    "weighted desirable:undesirable ratio is %.3f, outside TRL's band [1, 4/3]; set the weights with "
+                    "train.labeling.recommend_weights(%d, %d).",
+                    ratio,
+                    n_des,
+                    n_und,
+                )
+        return Dataset.from_dict(keep)
+
+    def _set_signature_columns_if_needed(self) -> None:
+        super()._set_signature_columns_if_needed()
+        if "sample_weight" not in self._signature_columns:
+            self._signature_columns = [*self._signature_columns, "sample_weight"]
+
+    # ----------------------------------------------------------------------------------------------- loss
+    def compute_loss(self, model: Any, inputs: dict[str, Any], return_outputs: bool = False, num_items_in_batch=None):
+        mode = "train" if self.model.training else "eval"
+        dev = self.accelerator.device
+        batch = {k: (v.to(dev) if isinstance(v, torch.Tensor) else v) for k, v in inputs.items()}
+        labels = batch["label"].to(torch.bool)
+
+        kl_logps = self._compute_kl_logps(model, batch) if self.calculate_KL else None
+        logps, per_token, outputs = completion_logps(
+            model, batch["input_ids"], batch["attention_mask"], batch["completion_mask"], fused=True
+        )
+        if self.precompute_ref_logps:
+            ref_logps, ref_kl_logps = batch["ref_logps"], batch.get("ref_KL_logps")
+        else:
+            ref_logps, ref_kl_logps = self.compute_ref_log_probs(self.ref_model or self.model, batch)
+        ref_logps = ref_logps.to(logps.device, logps.dtype)
+
+        if self.calculate_KL:
+            kl = (kl_logps - ref_kl_logps.to(kl_logps.device)).mean().detach()
+            kl = self.accelerator.gather_for_metrics(kl).mean().clamp(min=0)
+        else:
+            kl = torch.zeros((), device=logps.device)
+        logratios = logps - ref_logps
+        per_example = kto_losses(logratios, labels, kl.to(logps.dtype), self.beta, self.loss_type)
+        weights = torch.where(
+            labels,
+            torch.full_like(per_example, self.desirable_weight),
+            torch.full_like(per_example, self.undesirable_weight),
+        )
+        if "sample_weight" in batch:
+            weights = weights * batch["sample_weight"].to(weights)
+        kto_loss = (weights * per_example).mean()
+
+        mask = batch["completion_mask"][:, 1:].to(torch.bool)
+        des_mask = mask & labels[:, None]
+        n_des_tokens = des_mask.sum()
+        if n_des_tokens > 0:
+            sft_loss = -(per_token * des_mask).sum() / n_des_tokens
+        else:
+            sft_loss = per_token.sum() * 0.0  # keeps the graph connected: a zero loss with a zero gradient
+        loss = kto_loss + self.sft_alpha * sft_loss
+        if getattr(self, "aux_loss_enabled", False) and getattr(outputs, "aux_loss", None) is not None:
+            loss = loss + self.router_aux_loss_coef * outputs.aux_loss
+
+        self._log_kto_metrics(mode, labels, logps.detach(), (self.beta * logratios).detach(), kl, kto_loss, sft_loss)
+        if return_outputs:
+            with torch.no_grad():
+                outputs = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+            return loss, outputs
+        return loss
+
+    def _log_kto_metrics(self, mode, labels, logps, rewards, kl, kto_loss, sft_loss) -> None:
+        gather = self.accelerator.gather_for_metrics
+        m = self._metrics[mode]
+        m["kl"].append(kl.item())
+        m["loss/kto"].append(gather(kto_loss.detach()).mean().item())
+        m["loss/sft"].append(gather(sft_loss.detach()).mean().item())
+        for name, sel in (("chosen", labels), ("rejected", ~labels)):
+            n = gather(sel.sum()).sum().item()
+            if n:
+                m[f"rewards/{name}"].append(gather(rewards[sel].sum()).sum().item() / n)
+                m[f"logps/{name}"].append(gather(logps[sel].sum()).sum().item() / n)
+        if m["rewards/chosen"] and m["rewards/rejected"]:
+            m["rewards/margins"].append(m["rewards/chosen"][-1] - m["rewards/rejected"][-1])
