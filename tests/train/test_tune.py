@@ -1,0 +1,121 @@
+"""tune(): both stages end to end on a tiny model, the saved adapter layout, and the checks before training."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("trl")
+pytest.importorskip("peft")
+
+from train.labeling import TRL_WEIGHT_BAND, LabelOptions, label_steps, load_examples, save_examples, weighted_ratio
+from train.records import StepRecord
+from train.tune import SIDECAR_FILE, TuneConfig, check_examples, default_trainer_args, read_sidecar, tune
+
+
+def rollout(world, n_episodes=4):
+    """Hand-made rollout steps: episode e continues e+1 times, then leaves (the last one is truncated)."""
+    steps = []
+    for e in range(n_episodes):
+        n = e + 2
+        for k in range(n):
+            leave = k == n - 1 and e != n_episodes - 1
+            steps.append(
+                StepRecord(
+                    episode=e, user=e, step=k,
+                    prompt=f"History: {world.titles[e]}, {world.titles[k]}. Recommended:",
+                    completion=" " + world.titles[10 * e + k], item=10 * e + k, title=world.titles[10 * e + k],
+                    rating=4.0, reward=0.0 if leave else 4.0, feedback="leave" if leave else "continue",
+                    leave_reason="bored" if leave else None, truncated=(not leave and k == n - 1),
+                    session_len=n - 1 if e != n_episodes - 1 else n, session_return=4.0 * n,
+                )
+            )  # fmt: skip
+    return steps
+
+
+@pytest.fixture
+def data_dir(tmp_path, default_world):
+    ex, rep = label_steps(rollout(default_world), LabelOptions(min_positives=0))
+    return save_examples(ex, tmp_path / "labels", world_fingerprint=default_world.fingerprint(), report=rep)
+
+
+def small_args(stage, **kw):
+    base = dict(per_device_train_batch_size=4, use_cpu=True, logging_steps=1, learning_rate=1e-2)
+    base.update(kw)
+    return default_trainer_args(stage, "unused", **base)
+
+
+def test_sft_then_kto_from_the_sft_adapter(data_dir, tiny_model_factory, tiny_tokenizer, default_world, tmp_path):
+    from peft import PeftModel
+
+    sft = tune(
+        "sft", data_dir, tiny_model_factory(0), tokenizer=tiny_tokenizer, out=tmp_path / "p", max_steps=2,
+        config=TuneConfig(trainer_args=small_args("sft")), world=default_world,
+    )  # fmt: skip
+    files = {p.name for p in sft.out.iterdir()}
+    assert {"adapter_config.json", "adapter_model.safetensors", SIDECAR_FILE} <= files
+    side = read_sidecar(sft.out)
+    assert side["stage"] == "sft" and side["label_counts"] == {"desirable": sft.n_desirable, "undesirable": 3}
+    assert side["world_fingerprint"] == default_world.fingerprint() and sft.global_step == 2
+    assert sft.n_train_examples == sft.n_desirable
+
+    kto = tune(
+        "kto", data_dir, tiny_model_factory(0), tokenizer=tiny_tokenizer, out=tmp_path / "u", max_steps=2,
+        init_adapter=sft.out, config=TuneConfig(trainer_args=small_args("kto")),
+    )  # fmt: skip
+    side = read_sidecar(kto.out)
+    assert side["stage"] == "kto" and side["init_adapter"] == str(sft.out) and kto.global_step == 2
+    assert not (kto.out / "ref").exists()  # TRL's reference copy of the initial adapter is not saved
+    lo, hi = TRL_WEIGHT_BAND
+    ratio = weighted_ratio(kto.n_desirable, kto.n_undesirable, kto.desirable_weight, kto.undesirable_weight)
+    assert lo <= ratio <= hi + 1e-9
+    assert side["hyperparameters"]["sft_alpha"] == 0.1 and side["hyperparameters"]["beta"] == 0.1
+
+    loaded = PeftModel.from_pretrained(tiny_model_factory(0), str(kto.out))
+    first = PeftModel.from_pretrained(tiny_model_factory(0), str(sft.out))
+    w_k = {n: p for n, p in loaded.named_parameters() if "lora_B" in n}
+    w_s = dict(first.named_parameters())
+    assert any(not torch.equal(w_k[n], w_s[n]) for n in w_k)  # KTO moved the ULRec-P adapter
+
+
+def test_full_finetune_saves_a_model(data_dir, tiny_model_factory, tiny_tokenizer, tmp_path):
+    model = tiny_model_factory(0)
+    before = model.model.layers[0].mlp.up_proj.weight.detach().clone()
+    res = tune(
+        "sft", data_dir, model, tokenizer=tiny_tokenizer, out=tmp_path / "full", max_steps=2,
+        config=TuneConfig(trainer_args=small_args("sft", learning_rate=1e-3), full_finetune=True),
+    )  # fmt: skip
+    assert (res.out / "config.json").is_file() and not (res.out / "adapter_config.json").exists()
+    assert read_sidecar(res.out)["adapter"] is False
+    assert not torch.equal(before, model.model.layers[0].mlp.up_proj.weight.detach())
+
+
+def test_checks_before_training(data_dir, tiny_tokenizer, default_world, tmp_path):
+    from ulrec_env.worlds import synthetic
+
+    data = load_examples(data_dir)
+    kw = dict(tokenizer=tiny_tokenizer, out=tmp_path / "x")
+    never = object()  # the checks fail before any model is used
+    with pytest.raises(ValueError, match="empty"):
+        tune("sft", [], never, **kw)
+    with pytest.raises(ValueError, match="fingerprint"):
+        tune("kto", data_dir, never, world=synthetic(seed=7, n_items=50, n_users=10), **kw)
+    only_pos = [e for e in data.examples if e["label"]]
+    with pytest.raises(ValueError, match="KTO needs both labels.*0 undesirable"):
+        tune("kto", only_pos, never, **kw)
+    with pytest.raises(ValueError, match="batch size of 2"):
+        tune("kto", data_dir, never, config=TuneConfig(trainer_args=small_args("kto", per_device_train_batch_size=1)), **kw)
+    with pytest.raises(ValueError, match="none of the 3 is desirable"):
+        tune("sft", [e for e in data.examples if not e["label"]], never, **kw)
+    with pytest.raises(ValueError, match="trl.KTOConfig"):
+        tune("kto", data_dir, never, config=TuneConfig(trainer_args=small_args("sft")), **kw)
+    with pytest.raises(ValueError, match="stage"):
+        check_examples("dpo", data.examples, batch_size=8)
+    (tmp_path / "busy").mkdir()
+    (tmp_path / "busy" / "f").write_text("x")
+    with pytest.raises(ValueError, match="not empty"):
+        tune("sft", data_dir, never, tokenizer=tiny_tokenizer, out=tmp_path / "busy")
+    assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]  # staging folders cleaned up
+    json.loads((data_dir / "meta.json").read_text())

@@ -1,0 +1,483 @@
+"""The tuning entry point behind ``ulrec tune``: ULRec-P (``stage="sft"``) and ULRec (``stage="kto"``).
+
+:func:`tune` reads labelled examples, checks them, loads the model (SmolLM2-135M-Instruct by default, through
+``agents.models.load_model_and_tokenizer``), trains a LoRA adapter (or all weights) with TRL, and writes ``out`` as a
+standard PEFT ``save_pretrained`` folder plus the JSON sidecar ``ulrec_adapter.json`` (stage, prompt format version,
+label counts, base model id, world fingerprint, hyper-parameters), so ``LLMRecommender.from_pretrained(adapter=out)``
+and ``--init-adapter out`` both accept it. The folder appears atomically (written aside, then renamed).
+
+LoRA defaults for small models (SmolLM2-135M and similar), see :func:`default_lora_config` and
+:func:`default_trainer_args`: rank 16, ``lora_alpha`` 32, every linear projection of the blocks (not ``lm_head``);
+SFT at lr 2e-4; KTO at lr 5e-5 with beta 0.1 and alpha 0.1. The paper's beta 0.01 / lr 5e-6 are for full
+fine-tuning of an 8B model; LoRA needs about 10x the full-fine-tuning learning rate, and with beta 0.01 the
+sigmoid in KTO stays in its linear range, so the preference signal barely moves a small adapter in a few epochs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal, Mapping, Sequence
+
+from train.encoding import EncodingReport
+from train.labeling import LabelledData, label_counts, load_examples, recommend_weights
+from ulrec_env.storage import atomic_write_text
+
+if TYPE_CHECKING:  # pragma: no cover
+    from peft import LoraConfig
+    from trl import KTOConfig, SFTConfig
+
+    from ulrec_env import World
+
+__all__ = [
+    "SIDECAR_FILE",
+    "TuneConfig",
+    "TuneResult",
+    "default_lora_config",
+    "default_trainer_args",
+    "check_examples",
+    "read_sidecar",
+    "tune",
+]
+
+SIDECAR_FILE = "ulrec_adapter.json"
+"""Name of the JSON sidecar written next to the adapter."""
+SIDECAR_VERSION = 1
+
+Stage = Literal["sft", "kto"]
+_STAGES = ("sft", "kto")
+
+
+def default_lora_config() -> "LoraConfig":
+    """LoRA for small causal LMs: r=16, alpha=32, dropout 0.05, all linear layers of the blocks (not ``lm_head``)."""
+    from peft import LoraConfig
+
+    return LoraConfig(
+        r=16,
+        lora_alpha=32,
+        lora_dropout=0.05,
+        target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
+        bias="none",
+        task_type="CAUSAL_LM",
+    )
+
+
+def _use_bf16() -> bool:
+    import torch
+
+    return bool(torch.cuda.is_available() and torch.cuda.is_bf16_supported())
+
+
+def default_trainer_args(
+    stage: Stage, output_dir: str | os.PathLike, *, lora: bool = True, seed: int = 0, **overrides: Any
+) -> "KTOConfig | SFTConfig":
+    """TRL arguments with ULRec's defaults for ``stage`` (any TRL field can be overridden by keyword).
+
+    Defaults: 3 epochs, batch 8, cosine schedule with 10% warm-up (``warmup_steps=0.1``), no checkpoints, no reporting, bf16 only on a GPU
+    that supports it (fp32 on the CPU: faster there, and exact), no activation checkpointing (small models fit; it
+    costs one extra forward per step). SFT: lr 2e-4 (LoRA) / 2e-5 (full). KTO (:class:`train.kto.ULRecKTOConfig`):
+    lr 5e-5 (LoRA) / 5e-6 (full, the paper's), beta 0.1, ``sft_alpha`` 0.1, reference log-probs precomputed once
+    per data set.
+    """
+    if stage not in _STAGES:
+        raise ValueError(f"`stage` must be 'sft' or 'kto', got {stage!r}.")
+    common: dict[str, Any] = dict(
+        output_dir=os.fspath(output_dir),
+        num_train_epochs=3,
+        per_device_train_batch_size=8,
+        lr_scheduler_type="cosine",
+        warmup_steps=0.1,  # a float below 1 is a fraction of the total steps
+        logging_steps=10,
+        save_strategy="no",
+        report_to=[],
+        seed=seed,
+        data_seed=seed,
+        bf16=_use_bf16(),
+        activation_checkpointing=False,
+        dataloader_num_workers=0,
+    )
+    if stage == "sft":
+        from trl import SFTConfig
+
+        common.update(learning_rate=2e-4 if lora else 2e-5)
+        common.update(overrides)
+        return SFTConfig(**common)
+    from train.kto import ULRecKTOConfig
+
+    common.update(learning_rate=5e-5 if lora else 5e-6, beta=0.1, sft_alpha=0.1, precompute_ref_log_probs=True)
+    common.update(overrides)
+    return ULRecKTOConfig(**common)
+
+
+@dataclass(frozen=True)
+class TuneConfig:
+    """How :func:`tune` trains (TRL's and PEFT's own configs are reused as they are).
+
+    Attributes:
+        trainer_args: A TRL ``SFTConfig`` (stage ``"sft"``) or ``KTOConfig`` / ``ULRecKTOConfig`` (stage ``"kto"``);
+            ``None`` builds :func:`default_trainer_args`. Its ``output_dir`` is replaced by a staging folder.
+        lora: The PEFT ``LoraConfig`` of a new adapter; ``None`` uses :func:`default_lora_config`. Ignored when an
+            initial adapter is continued.
+        full_finetune: Train all weights instead of a LoRA adapter (an initial adapter is merged first).
+        balance_weights: KTO only: when ``desirable_weight`` and ``undesirable_weight`` are both left at 1.0, set
+            them with :func:`train.labeling.recommend_weights` so the weighted ratio sits in TRL's band.
+        overwrite: Replace an existing ``out`` folder.
+    """
+
+    trainer_args: Any = None
+    lora: Any = None
+    full_finetune: bool = False
+    balance_weights: bool = True
+    overwrite: bool = False
+
+
+@dataclass(frozen=True)
+class TuneResult:
+    """What :func:`tune` did.
+
+    Attributes:
+        out: The adapter (or model) folder.
+        stage: ``"sft"`` or ``"kto"``.
+        n_desirable: Desirable examples in the data.
+        n_undesirable: Undesirable examples in the data.
+        n_train_examples: Examples the stage trained on (SFT: desirable only).
+        encoding: Tokenization report (how many prompts were cut from the left).
+        desirable_weight: KTO weight used (1.0 for SFT).
+        undesirable_weight: KTO weight used (1.0 for SFT).
+        global_step: Optimizer steps done.
+        train_seconds: Wall time of ``trainer.train()``.
+        log_history: TRL's log history.
+        sidecar: The sidecar's content.
+    """
+
+    out: Path
+    stage: str
+    n_desirable: int
+    n_undesirable: int
+    n_train_examples: int
+    encoding: EncodingReport | None
+    desirable_weight: float
+    undesirable_weight: float
+    global_step: int
+    train_seconds: float
+    log_history: list[dict[str, Any]]
+    sidecar: dict[str, Any]
+
+    @property
+    def examples_per_second(self) -> float:
+        """Training examples processed per second of ``trainer.train()`` (reference precompute included)."""
+        last = next((h for h in reversed(self.log_history) if "train_samples_per_second" in h), None)
+        return float(last["train_samples_per_second"]) if last else float("nan")
+
+
+def read_sidecar(adapter: str | os.PathLike) -> dict[str, Any]:
+    """The ``ulrec_adapter.json`` of an adapter folder (``FileNotFoundError`` naming the folder when missing)."""
+    path = Path(adapter) / SIDECAR_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} not found: {adapter} was not written by train.tune.tune.")
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def _load_data(data: Any) -> LabelledData:
+    if isinstance(data, LabelledData):
+        return data
+    if isinstance(data, (str, os.PathLike)):
+        return load_examples(data)
+    if hasattr(data, "to_list") and hasattr(data, "column_names"):  # datasets.Dataset
+        return LabelledData(examples=list(data.to_list()), meta={})
+    if isinstance(data, Sequence) and not isinstance(data, (str, bytes)):
+        return LabelledData(examples=[dict(e) for e in data], meta={})
+    raise TypeError(
+        f"`data` must be a labelled data folder, a LabelledData, a datasets.Dataset or a list of dicts, "
+        f"got {type(data).__name__}."
+    )
+
+
+def check_examples(
+    stage: Stage,
+    examples: Sequence[Mapping[str, Any]],
+    *,
+    batch_size: int,
+    data_fingerprint: str | None = None,
+    world: "World | None" = None,
+) -> tuple[int, int]:
+    """The checks :func:`tune` runs before loading any model.
+
+    Returns:
+        ``(n_desirable, n_undesirable)``.
+
+    Raises:
+        ValueError: Unknown stage; empty data; data labelled on another world's catalog; KTO without both labels;
+            KTO with batch size 1; SFT without desirable examples.
+    """
+    if stage not in _STAGES:
+        raise ValueError(f"`stage` must be 'sft' or 'kto', got {stage!r}.")
+    if not examples:
+        raise ValueError("the labelled data set is empty; run `ulrec label` on a rollout with at least one episode.")
+    if world is not None:
+        fp = world.fingerprint()
+        if data_fingerprint is None:
+            raise ValueError(
+                f"`world` {world.name!r} was given but the data records no world fingerprint, so its catalog cannot be "
+                "checked; label the rollouts with `world_fingerprint=world.fingerprint()` or drop `world`."
+            )
+        if data_fingerprint != fp:
+            raise ValueError(
+                f"the data was labelled on a world with fingerprint {data_fingerprint}, but `world` {world.name!r} has "
+                f"fingerprint {fp}: the catalogs differ. Tune on rollouts of this world, or pass the world they came "
+                "from."
+            )
+    n_des, n_und = label_counts(examples)
+    if stage == "kto":
+        if n_des == 0 or n_und == 0:
+            raise ValueError(
+                f"KTO needs both labels, got {n_des} desirable and {n_und} undesirable examples; "
+                + (
+                    "roll out more episodes that end in a leave (not only truncated sessions)."
+                    if n_und == 0
+                    else "roll out episodes with continued steps (or relax `min_positives`)."
+                )
+            )
+        if batch_size <= 1:
+            raise ValueError(
+                f"KTO needs `per_device_train_batch_size` > 1 (got {batch_size}): its KL reference point is estimated "
+                "from mismatched pairs within a batch; use a batch size of 2 or more."
+            )
+    elif n_des == 0:
+        raise ValueError(
+            f"the SFT stage trains on desirable examples and none of the {len(examples)} is desirable; roll out "
+            "episodes with continued steps (or relax `min_positives`)."
+        )
+    return n_des, n_und
+
+
+def _prompt_format_version(meta: Mapping[str, Any]) -> Any:
+    if meta.get("prompt_format_version") is not None:
+        return meta["prompt_format_version"]
+    try:
+        from agents.prompting import PROMPT_FORMAT_VERSION
+    except ImportError:
+        return None
+    return PROMPT_FORMAT_VERSION
+
+
+def _load_model(model: Any, tokenizer: Any) -> tuple[Any, Any, str]:
+    if model is None or isinstance(model, (str, os.PathLike)):
+        from agents.models import load_model_and_tokenizer
+
+        lm, tok = load_model_and_tokenizer(model)
+        return lm, (tokenizer or tok), os.fspath(model) if model is not None else "smollm2"
+    if tokenizer is None:
+        raise ValueError("`tokenizer` is required when `model` is a model object; pass the tokenizer that matches it.")
+    base = getattr(getattr(model, "config", None), "name_or_path", "") or type(model).__name__
+    return model, tokenizer, base
+
+
+def _context_length(model: Any) -> int | None:
+    cfg = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
+    return getattr(cfg, "max_position_embeddings", None)
+
+
+def tune(
+    stage: Stage,
+    data: Any,
+    model: Any = None,
+    *,
+    out: str | os.PathLike,
+    tokenizer: Any = None,
+    init_adapter: str | os.PathLike | None = None,
+    max_steps: int | None = None,
+    config: TuneConfig | None = None,
+    world: "World | None" = None,
+    seed: int = 0,
+) -> TuneResult:
+    """Train one ULRec stage and save the result as an adapter folder.
+
+    Args:
+        stage: ``"sft"`` (ULRec-P: SFT on desirable steps) or ``"kto"`` (ULRec: KTO + alpha * SFT).
+        data: A folder written by :func:`train.labeling.save_examples`, a :class:`~train.labeling.LabelledData`,
+            a ``datasets.Dataset`` or a list of example dicts (``prompt``, ``completion``, ``label``, opt. ``weight``).
+        model: ``None`` (SmolLM2-135M-Instruct), a local folder / id for ``agents.models.load_model_and_tokenizer``,
+            or a model object (then pass ``tokenizer``).
+        out: Folder to write (standard PEFT layout plus ``ulrec_adapter.json``; a full model when full fine-tuning).
+        tokenizer: The tokenizer, required with a model object.
+        init_adapter: An adapter folder to continue (e.g. ULRec-P's for the KTO stage); for KTO it is also the
+            reference policy.
+        max_steps: Stop after this many optimizer steps (overrides epochs).
+        config: A :class:`TuneConfig`; defaults to LoRA with :func:`default_trainer_args`.
+        world: When given, the data's world fingerprint must match ``world.fingerprint()``.
+        seed: Seed of the default trainer arguments (ignored when ``config.trainer_args`` is given).
+
+    Returns:
+        A :class:`TuneResult`.
+
+    Raises:
+        ValueError: A check of :func:`check_examples` fails, ``out`` exists without ``overwrite``, or the trainer
+            arguments do not match the stage.
+    """
+    cfg = config or TuneConfig()
+    out = Path(out)
+    if out.exists() and any(out.iterdir()) and not cfg.overwrite:
+        raise ValueError(f"`out` {out} exists and is not empty; choose another folder or set TuneConfig(overwrite=True).")
+    labelled = _load_data(data)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
+    try:
+        args = cfg.trainer_args
+        if args is None:
+            args = default_trainer_args(stage, staging, lora=not cfg.full_finetune, seed=seed)
+        else:
+            args = dataclasses.replace(args, output_dir=os.fspath(staging))
+        _check_args_stage(stage, args)
+        if max_steps is not None:
+            if max_steps < 1:
+                raise ValueError(f"`max_steps` must be >= 1, got {max_steps}.")
+            args = dataclasses.replace(args, max_steps=int(max_steps))
+        n_des, n_und = check_examples(
+            stage,
+            labelled.examples,
+            batch_size=args.per_device_train_batch_size,
+            data_fingerprint=labelled.world_fingerprint,
+            world=world,
+        )
+        if stage == "kto" and cfg.balance_weights and args.desirable_weight == 1.0 and args.undesirable_weight == 1.0:
+            dw, uw = recommend_weights(n_des, n_und)
+            args = dataclasses.replace(args, desirable_weight=dw, undesirable_weight=uw)
+
+        lm, tok, base_id = _load_model(model, tokenizer)
+        ctx = _context_length(lm)
+        if ctx is not None and (args.max_length is None or args.max_length > ctx):
+            args = dataclasses.replace(args, max_length=int(ctx))
+        lm, peft_config = _attach_adapter(lm, init_adapter, cfg)
+
+        t0 = time.perf_counter()
+        if stage == "sft":
+            from train.sft import build_sft_trainer
+
+            trainer, encoding = build_sft_trainer(lm, tok, labelled.examples, args, peft_config=peft_config)
+            n_train = n_des
+        else:
+            from datasets import Dataset
+
+            from train.kto import ULRecKTOTrainer
+
+            keep = ("prompt", "completion", "label", "weight")
+            rows = [{k: e.get(k, 1.0) for k in keep} for e in labelled.examples]
+            trainer = ULRecKTOTrainer(
+                lm, args=args, train_dataset=Dataset.from_list(rows), processing_class=tok, peft_config=peft_config
+            )
+            encoding = trainer.encoding_report
+            n_train = len(rows)
+        trainer.train()
+        train_seconds = time.perf_counter() - t0
+
+        sidecar = {
+            "format_version": SIDECAR_VERSION,
+            "stage": stage,
+            "base_model": base_id,
+            "adapter": not cfg.full_finetune,
+            "init_adapter": os.fspath(init_adapter) if init_adapter is not None else None,
+            "prompt_format_version": _prompt_format_version(labelled.meta),
+            "world_fingerprint": labelled.world_fingerprint,
+            "label_counts": {"desirable": n_des, "undesirable": n_und},
+            "label_report": labelled.meta.get("report"),
+            "n_train_examples": n_train,
+            "prompts_truncated": encoding.n_truncated if encoding else 0,
+            "max_length": args.max_length,
+            "hyperparameters": {
+                "learning_rate": args.learning_rate,
+                "num_train_epochs": args.num_train_epochs,
+                "max_steps": args.max_steps,
+                "per_device_train_batch_size": args.per_device_train_batch_size,
+                "gradient_accumulation_steps": args.gradient_accumulation_steps,
+                "seed": args.seed,
+                **(
+                    {
+                        "beta": args.beta,
+                        "sft_alpha": getattr(args, "sft_alpha", 0.1),
+                        "desirable_weight": args.desirable_weight,
+                        "undesirable_weight": args.undesirable_weight,
+                        "loss_type": args.loss_type,
+                    }
+                    if stage == "kto"
+                    else {}
+                ),
+            },
+            "global_step": trainer.state.global_step,
+            "final_train_loss": next((h["train_loss"] for h in reversed(trainer.state.log_history) if "train_loss" in h), None),
+            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        }
+        _save(trainer, tok, staging, sidecar)
+        _move_into_place(staging, out, cfg.overwrite)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return TuneResult(
+        out=out,
+        stage=stage,
+        n_desirable=n_des,
+        n_undesirable=n_und,
+        n_train_examples=n_train,
+        encoding=encoding,
+        desirable_weight=float(getattr(args, "desirable_weight", 1.0)),
+        undesirable_weight=float(getattr(args, "undesirable_weight", 1.0)),
+        global_step=trainer.state.global_step,
+        train_seconds=train_seconds,
+        log_history=list(trainer.state.log_history),
+        sidecar=sidecar,
+    )
+
+
+def _check_args_stage(stage: Stage, args: Any) -> None:
+    from trl import KTOConfig, SFTConfig
+
+    want = SFTConfig if stage == "sft" else KTOConfig
+    if not isinstance(args, want):
+        raise ValueError(
+            f"stage {stage!r} needs `trainer_args` of type trl.{want.__name__}, got {type(args).__name__}; "
+            "build them with train.tune.default_trainer_args(stage, ...)."
+        )
+
+
+def _attach_adapter(lm: Any, init_adapter: Any, cfg: TuneConfig) -> tuple[Any, Any]:
+    """Returns ``(model, peft_config)`` for the trainer."""
+    if init_adapter is not None:
+        from peft import PeftModel
+
+        if not Path(init_adapter).is_dir():
+            raise FileNotFoundError(f"`init_adapter` {os.fspath(init_adapter)!r} is not a folder; pass an adapter from tune().")
+        lm = PeftModel.from_pretrained(lm, os.fspath(init_adapter), is_trainable=not cfg.full_finetune)
+        if cfg.full_finetune:
+            return lm.merge_and_unload(), None
+        return lm, None
+    if cfg.full_finetune:
+        return lm, None
+    return lm, (cfg.lora if cfg.lora is not None else default_lora_config())
+
+
+def _save(trainer: Any, tokenizer: Any, folder: Path, sidecar: Mapping[str, Any]) -> None:
+    model = trainer.accelerator.unwrap_model(trainer.model)
+    peft_cfg = getattr(model, "peft_config", None)
+    if isinstance(peft_cfg, dict) and "ref" in peft_cfg:
+        model.delete_adapter("ref")  # TRL's frozen copy of the initial adapter, the KTO reference
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    atomic_write_text(folder / SIDECAR_FILE, json.dumps(sidecar, indent=2, sort_keys=True, default=str) + "\n")
+
+
+def _move_into_place(staging: Path, out: Path, overwrite: bool) -> None:
+    old = None
+    if out.exists():
+        if not overwrite and any(out.iterdir()):
+            raise ValueError(f"`out` {out} appeared while training; not overwriting it.")
+        old = out.with_name(f".{out.name}.old-{os.getpid()}")
+        os.replace(out, old)
+    os.replace(staging, out)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
