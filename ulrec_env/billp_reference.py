@@ -17,16 +17,24 @@ __all__ = ["BiLLPReference"]
 
 
 class BiLLPReference:
-    """One user session at a time, item titles in, ``(reward, leave)`` out."""
+    """One user session at a time, item titles in, ``(reward, leave)`` out.
+
+    Args:
+        faithful: ``True`` mirrors the published code's structure: each step walks the *whole* list of
+            recommended titles, looking up ids, the distance and the reward at every position and testing the
+            window inside the loop. ``False`` is a tight pure-Python version of the same rule (stops at the
+            window, hoists lookups). Both give the same decisions.
+    """
 
     def __init__(self, titles: Sequence[str], reward_mat: np.ndarray, distance_mat: np.ndarray,
-                 window: int = 4, threshold: float = 50.0, min_rating: float = 2.0) -> None:
+                 window: int = 4, threshold: float = 50.0, min_rating: float = 2.0, faithful: bool = True) -> None:
         self.item2id = {t: i for i, t in enumerate(titles)}
         self.reward_mat = reward_mat
         self.distance_mat = distance_mat
         self.window = window
         self.threshold = threshold
         self.min_rating = min_rating
+        self.faithful = faithful
         self.userid = 0
         self.item_list: list[str] = []
 
@@ -34,25 +42,35 @@ class BiLLPReference:
         self.userid = userid
         self.item_list = []
 
-    def get_reward(self, item: str) -> float:
-        return self.reward_mat[self.userid, self.item2id[item]]
+    def get_reward(self, userid: int, item: str) -> float:
+        if item in self.item2id.keys():
+            return self.reward_mat[userid, self.item2id[item]]
+        return 0
 
-    def whether_to_leave(self, item: str) -> bool:
-        if item in self.item_list:
+    def whether_to_leave(self, userid: int, item: str, item_list: list[str]) -> bool:
+        """``item_list`` ends with ``item`` (as in the published environment)."""
+        if item in item_list[:-1]:
             return True
-        reward = self.get_reward(item)
-        if reward < self.min_rating:
+        if self.get_reward(userid, item) < self.min_rating:  # the fixed first-step check
             return True
+        if self.faithful:
+            for i, history_item in enumerate(reversed(item_list[:-1])):
+                itemid = self.item2id[item]
+                history_itemid = self.item2id[history_item]
+                distance = self.distance_mat[itemid, history_itemid]
+                reward = self.get_reward(userid, item)
+                if i < self.window and (distance < self.threshold or reward < self.min_rating):
+                    return True
+            return False
         itemid = self.item2id[item]
-        for i, history_item in enumerate(reversed(self.item_list)):
-            if i >= self.window:
-                break
-            if self.distance_mat[itemid, self.item2id[history_item]] < self.threshold:
+        row = self.distance_mat[itemid]
+        for history_item in item_list[-self.window - 1 : -1]:
+            if row[self.item2id[history_item]] < self.threshold:
                 return True
         return False
 
     def step(self, item: str) -> tuple[float, bool]:
-        leave = self.whether_to_leave(item)
-        reward = 0.0 if leave else float(self.get_reward(item))
         self.item_list.append(item)
+        leave = self.whether_to_leave(self.userid, item, self.item_list)
+        reward = 0.0 if leave else float(self.get_reward(self.userid, item))
         return reward, leave

@@ -196,7 +196,10 @@ class ULRecEnv(gym.Env):
         self._history_obs = np.full((world.n_users, self.observation_space["history"].shape[0]), -1, dtype=np.int64)
         for u, h in enumerate(world.histories):
             self._history_obs[u, : len(h)] = h
-        self.user = -1
+        self._n_items = world.n_items
+        self._distance = world.distance
+        self._billp = self.config.leave_rule == "billp"
+        self.user = 0
         self._shown: list[int] = []
         self._shown_set: set[int] = set()
         self._rewards: list[float] = []
@@ -221,40 +224,47 @@ class ULRecEnv(gym.Env):
             self.user = int(u)
         else:
             self.user = int(self._users[self.np_random.integers(self._users.size)])
+        self._start_session()
+        return self._observation(), {"user": self.user, "satisfaction": self.satisfaction}
+
+    def _start_session(self) -> None:
+        u = self.user
         self._shown = []
         self._shown_set = set()
         self._rewards = []
         self.satisfaction = 1.0
         self.exposure = 0.0
         self._done = False
-        return self._observation(), {"user": self.user, "satisfaction": self.satisfaction}
+        # Per-session caches: Python floats are much cheaper to index than numpy scalars.
+        self._user_ratings = self.world.ratings[u].tolist()
+        self._user_traits = (float(self.traits.tolerance[u]), float(self.traits.patience[u]), float(self.traits.recovery[u]))
+        self._rec_obs = np.full(self.config.recommended_slots, -1, dtype=np.int64)
+        self._rew_obs = np.zeros(self.config.recommended_slots, dtype=np.float32)
 
     def step(self, action: Any):
         if self._done:
             raise RuntimeError("step() called on a finished session; call reset() first.")
-        item = check_action(action, self.world.n_items)
+        if type(action) is not int:
+            action = check_action(action, self._n_items)
+        elif not 0 <= action < self._n_items:
+            check_action(action, self._n_items)  # raises with the message
+        item = action
         cfg = self.config
-        rating = float(self.world.ratings[self.user, item])
+        rating = self._user_ratings[item]
         repeated = item in self._shown_set
-        window = self._shown[-cfg.window:]
-        dists = self.world.distance[item, window].tolist() if window else []
+        shown = self._shown
+        dists = self._distance[item].take(shown[-cfg.window:]).tolist() if shown else []
         red = 0.0
-        if cfg.leave_rule == "billp":
+        if self._billp:
             reason = billp_leave_reason(repeated, rating, dists, cfg.min_rating, cfg.distance_threshold)
         else:
             bored = False
             if not repeated and rating >= cfg.min_rating:
                 red = redundancy(dists, cfg.distance_threshold)
-                u = self.user
+                tau, pi, rho = self._user_traits
                 self.satisfaction, self.exposure = satisfaction_step(
-                    self.satisfaction,
-                    self.exposure,
-                    red,
-                    (rating - self._lo) / (self._hi - self._lo),
-                    float(self.traits.tolerance[u]),
-                    float(self.traits.patience[u]),
-                    float(self.traits.recovery[u]),
-                    cfg.exposure_decay,
+                    self.satisfaction, self.exposure, red, (rating - self._lo) / (self._hi - self._lo),
+                    tau, pi, rho, cfg.exposure_decay,
                 )
                 if cfg.stochastic:
                     bored = self.np_random.random() < leave_hazard(self.satisfaction, cfg.satisfaction_floor, cfg.hazard_temperature)
@@ -264,9 +274,19 @@ class ULRecEnv(gym.Env):
 
         terminated = reason is not None
         reward = cfg.leave_penalty if terminated else rating
-        self._shown.append(item)
+        t = len(shown)
+        shown.append(item)
         self._shown_set.add(item)
         self._rewards.append(reward)
+        slots = cfg.recommended_slots
+        if t < slots:
+            self._rec_obs[t] = item
+            self._rew_obs[t] = reward
+        else:  # keep the most recent `slots` items
+            self._rec_obs[:-1] = self._rec_obs[1:]
+            self._rec_obs[-1] = item
+            self._rew_obs[:-1] = self._rew_obs[1:]
+            self._rew_obs[-1] = reward
         self._done = terminated
         info = {
             "feedback": "leave" if terminated else "continue",
@@ -274,7 +294,7 @@ class ULRecEnv(gym.Env):
             "item": item,
             "title": self.world.titles[item],
             "rating": rating,
-            "reward_parts": {"rating": 0.0 if terminated else rating, "leave_penalty": cfg.leave_penalty if terminated else 0.0},
+            "reward_parts": {"rating": 0.0 if terminated else rating, "leave_penalty": reward if terminated else 0.0},
             "satisfaction": self.satisfaction,
             "exposure": self.exposure,
             "redundancy": red,
@@ -292,19 +312,12 @@ class ULRecEnv(gym.Env):
 
     # ------------------------------------------------------------------ helpers
     def _observation(self) -> dict[str, Any]:
-        slots = self.config.recommended_slots
-        rec = np.full(slots, -1, dtype=np.int64)
-        rew = np.zeros(slots, dtype=np.float32)
-        shown = self._shown[-slots:]
-        if shown:
-            rec[: len(shown)] = shown
-            rew[: len(shown)] = self._rewards[-slots:]
         return {
             "user": np.int64(self.user),
             "history": self._history_obs[self.user].copy(),
-            "recommended": rec,
-            "rewards": rew,
-            "step": np.asarray(len(self._shown), dtype=np.int64),
+            "recommended": self._rec_obs.copy(),
+            "rewards": self._rew_obs.copy(),
+            "step": np.array(len(self._shown), dtype=np.int64),
         }
 
     @property

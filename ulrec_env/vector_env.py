@@ -78,6 +78,7 @@ class ULRecVectorEnv(VectorEnv):
             raise TypeError(f"`world` must be a ulrec_env.World, got {type(world).__name__}.")
         self.world = world
         self.config = EnvConfig.resolve(world.env_defaults, **settings)
+        self._billp = self.config.leave_rule == "billp"
         self.num_envs = int(num_envs)
         self.max_episode_steps = None if max_episode_steps is None else int(max_episode_steps)
         self.autoreset_mode = autoreset_mode
@@ -95,23 +96,38 @@ class ULRecVectorEnv(VectorEnv):
         self.observation_space = batch_space(self.single_observation_space, self.num_envs)
         self.action_space = batch_space(self.single_action_space, self.num_envs)
 
-        n, slots = self.num_envs, self.config.recommended_slots
+        n, slots, n_items = self.num_envs, self.config.recommended_slots, world.n_items
+        self._n_items = n_items
         self._lo, self._hi = world.rating_scale
         self._history_obs = np.full((world.n_users, self.single_observation_space["history"].shape[0]), -1, np.int64)
         for u, h in enumerate(world.histories):
             self._history_obs[u, : len(h)] = h
-        self._titles = np.asarray(world.titles, dtype=object)
+        # Flat views and an extra column of +inf distance: an empty window slot holds item id `n_items`, so
+        # gathers need no masks.
+        self._ratings_flat = world.ratings.ravel()
+        dist = np.empty((n_items, n_items + 1), np.float32)
+        dist[:, :n_items] = world.distance
+        dist[:, n_items] = np.inf
+        self._dist_flat = dist.ravel()
+        # Traits of the user in each session, refreshed at reset (saves three gathers per step).
+        self._tau = np.ones(n)
+        self._pi = np.ones(n)
+        self._rho = np.zeros(n)
         self.user = np.zeros(n, np.int64)
         self.steps = np.zeros(n, np.int64)
         self.satisfaction = np.ones(n)
         self.exposure = np.zeros(n)
-        self._seen = np.zeros((n, world.n_items), dtype=bool)
-        self._window = np.full((n, self.config.window), -1, np.int64)
+        self._seen = np.zeros((n, n_items), dtype=bool)
+        self._window = np.full((n, self.config.window), n_items, np.int64)  # ring buffer, n_items = empty
+        self._hist = np.full((n, self._history_obs.shape[1]), -1, np.int64)
         self._rec = np.full((n, slots), -1, np.int64)
         self._rew = np.zeros((n, slots), np.float32)
         self._done = np.ones(n, dtype=bool)  # finished sessions (terminated or truncated)
         self._last_terminated = np.zeros(n, dtype=bool)
         self._needs_reset = True
+        self._arange = np.arange(n)
+        self._all_true = np.ones(n, dtype=bool)
+        self._all_true.setflags(write=False)
 
     # ------------------------------------------------------------------ reset
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
@@ -148,7 +164,11 @@ class ULRecVectorEnv(VectorEnv):
         self.satisfaction[rows] = 1.0
         self.exposure[rows] = 0.0
         self._seen[rows] = False
-        self._window[rows] = -1
+        self._window[rows] = self._n_items
+        self._hist[rows] = self._history_obs[users]
+        self._tau[rows] = self.traits.tolerance[users]
+        self._pi[rows] = self.traits.patience[users]
+        self._rho[rows] = self.traits.recovery[users]
         self._rec[rows] = -1
         self._rew[rows] = 0.0
         self._done[rows] = False
@@ -160,68 +180,71 @@ class ULRecVectorEnv(VectorEnv):
             raise RuntimeError("step() called before reset(); call reset() first.")
         actions = self._check_actions(actions)
         n, cfg = self.num_envs, self.config
-        rewards = np.zeros(n, np.float64)
         terminated = np.zeros(n, dtype=bool)
         truncated = np.zeros(n, dtype=bool)
 
         if self.autoreset_mode == AutoresetMode.NEXT_STEP:
-            restart = self._done.copy()
-            self._reset_rows(np.flatnonzero(restart))
-            active = ~restart
+            active = ~self._done
+            if not active.all():
+                self._reset_rows(np.flatnonzero(self._done))
         else:
-            restart = np.zeros(n, dtype=bool)
             active = ~self._done
             if self.autoreset_mode == AutoresetMode.DISABLED:
                 # Finished sessions stay finished and keep reporting how they ended.
                 terminated[self._done] = self._last_terminated[self._done]
                 truncated[self._done] = ~terminated[self._done]
 
-        rows = np.flatnonzero(active)
-        items = actions[rows]
-        users = self.user[rows]
-        rating = self.world.ratings[users, items].astype(np.float64)
-        repeated = self._seen[rows, items]
-        window = self._window[rows]
-        empty = window < 0
-        wd = self.world.distance[items[:, None], np.where(empty, 0, window)].astype(np.float64)
-        wd[empty] = np.inf
-        low = rating < cfg.min_rating
-        code = np.where(repeated, 1, np.where(low, 2, 0))
-        red = np.zeros(rows.size)
-        if cfg.leave_rule == "billp":
-            code = np.where(code == 0, np.where((wd < cfg.distance_threshold).any(axis=1), 3, 0), code)
+        full = bool(active.all())
+        # The rules run on every session (cheap, no gathers of subsets); only the writes are restricted to
+        # the sessions that take this step.
+        items, users, n_items = actions, self.user, self._n_items
+        arange = self._arange
+        rating = self._ratings_flat[users * n_items + items]
+        repeated = self._seen.reshape(-1)[arange * n_items + items]
+        wd = self._dist_flat[(items * (n_items + 1))[:, None] + self._window]  # (n, window), inf if empty
+        code = repeated.astype(np.int64)
+        code[(rating < cfg.min_rating) & ~repeated] = 2
+        red = None
+        if self._billp:
+            code[(code == 0) & (wd.min(axis=1) < cfg.distance_threshold)] = 3
         else:
             ok = code == 0
             red = redundancy(wd, cfg.distance_threshold)
             s, e = satisfaction_step(
-                self.satisfaction[rows], self.exposure[rows], red,
-                (rating - self._lo) / (self._hi - self._lo),
-                self.traits.tolerance[users], self.traits.patience[users], self.traits.recovery[users],
-                cfg.exposure_decay,
+                self.satisfaction, self.exposure, red, (rating - self._lo) * (1.0 / (self._hi - self._lo)),
+                self._tau, self._pi, self._rho, cfg.exposure_decay,
             )
-            self.satisfaction[rows] = np.where(ok, s, self.satisfaction[rows])
-            self.exposure[rows] = np.where(ok, e, self.exposure[rows])
-            red = np.where(ok, red, 0.0)
+            upd = ok if full else ok & active
+            self.satisfaction = np.where(upd, s, self.satisfaction)
+            self.exposure = np.where(upd, e, self.exposure)
+            red[~upd] = 0.0
             if cfg.stochastic:
-                bored = self.np_random.random(rows.size) < leave_hazard(s, cfg.satisfaction_floor, cfg.hazard_temperature)
+                bored = self.np_random.random(n) < leave_hazard(s, cfg.satisfaction_floor, cfg.hazard_temperature)
             else:
                 bored = s < cfg.satisfaction_floor
-            code = np.where(ok & bored, 4, code)
+            code[ok & bored] = 4
+        if not full:
+            code[~active] = 0
 
-        term_rows = code > 0
-        step_idx = self.steps[rows]
-        self._record(rows, items, np.where(term_rows, cfg.leave_penalty, rating).astype(np.float32), step_idx)
-        self.steps[rows] = step_idx + 1
-        terminated[rows] = term_rows
+        left = code > 0
+        reward = np.where(left, cfg.leave_penalty, rating).astype(np.float64)
+        step_idx = self.steps
+        if full:
+            self._record(arange, items, reward, step_idx)
+        else:
+            idx = np.flatnonzero(active)
+            self._record(idx, items[idx], reward[idx], step_idx[idx])
+            reward[~active] = 0.0
+        self.steps = np.where(active, step_idx + 1, step_idx) if not full else step_idx + 1
+        terminated |= left
         if self.max_episode_steps is not None:
-            truncated[rows] = ~term_rows & (self.steps[rows] >= self.max_episode_steps)
-        rewards[rows] = np.where(term_rows, cfg.leave_penalty, rating)
-        newly_done = np.zeros(n, dtype=bool)
-        newly_done[rows] = terminated[rows] | truncated[rows]
+            truncated |= ~left & active & (self.steps >= self.max_episode_steps)
+        rewards = reward
+        newly_done = (terminated | truncated) & active
         self._done |= newly_done
         self._last_terminated = terminated.copy()
 
-        infos = self._infos(rows, active, items, rating, code, red)
+        infos = self._infos(active, items, rating, code, red)
         obs = self._observation()
         if self.autoreset_mode == AutoresetMode.SAME_STEP and newly_done.any():
             infos["final_obs"] = np.full(n, None, dtype=object)
@@ -239,59 +262,61 @@ class ULRecVectorEnv(VectorEnv):
         arr = np.asarray(actions)
         if arr.shape != (self.num_envs,):
             raise ValueError(f"actions must have shape ({self.num_envs},) (one item id per session), got {arr.shape}.")
-        if not np.issubdtype(arr.dtype, np.integer):
-            raise TypeError(f"actions must be integer item ids, got dtype {arr.dtype}.")
-        bad = (arr < 0) | (arr >= self.world.n_items)
-        if bad.any():
-            i = int(np.flatnonzero(bad)[0])
-            raise ValueError(f"actions[{i}] = {int(arr[i])} is not an item id; valid ids are 0..{self.world.n_items - 1}.")
-        return arr.astype(np.int64, copy=False)
+        if arr.dtype != np.int64:
+            if not np.issubdtype(arr.dtype, np.integer):
+                raise TypeError(f"actions must be integer item ids, got dtype {arr.dtype}.")
+            arr = arr.astype(np.int64)
+        # As unsigned, a negative id wraps to a huge number: one comparison checks both ends.
+        if arr.view(np.uint64).max() >= self._n_items:
+            i = int(np.flatnonzero((arr < 0) | (arr >= self._n_items))[0])
+            raise ValueError(f"actions[{i}] = {int(arr[i])} is not an item id; valid ids are 0..{self._n_items - 1}.")
+        return arr
 
-    def _record(self, rows: np.ndarray, items: np.ndarray, rewards: np.ndarray, step_idx: np.ndarray) -> None:
-        self._seen[rows, items] = True
-        self._window[rows, :-1] = self._window[rows, 1:]
-        self._window[rows, -1] = items
+    def _record(self, arange, items, rewards, step_idx) -> None:
+        n_items = self._n_items
+        self._seen.reshape(-1)[arange * n_items + items] = True
+        w = self.config.window
+        self._window.reshape(-1)[arange * w + step_idx % w] = items
         slots = self.config.recommended_slots
+        if step_idx.max(initial=0) < slots:
+            self._rec.reshape(-1)[arange * slots + step_idx] = items
+            self._rew.reshape(-1)[arange * slots + step_idx] = rewards
+            return
         inside = step_idx < slots
-        r_in = rows[inside]
+        r_in = arange[inside]
         self._rec[r_in, step_idx[inside]] = items[inside]
         self._rew[r_in, step_idx[inside]] = rewards[inside]
-        if not inside.all():  # keep the most recent `slots` items
-            r_out = rows[~inside]
-            self._rec[r_out, :-1] = self._rec[r_out, 1:]
-            self._rec[r_out, -1] = items[~inside]
-            self._rew[r_out, :-1] = self._rew[r_out, 1:]
-            self._rew[r_out, -1] = rewards[~inside]
+        r_out = arange[~inside]  # keep the most recent `slots` items
+        self._rec[r_out, :-1] = self._rec[r_out, 1:]
+        self._rec[r_out, -1] = items[~inside]
+        self._rew[r_out, :-1] = self._rew[r_out, 1:]
+        self._rew[r_out, -1] = rewards[~inside]
 
-    def _infos(self, rows, active, items, rating, code, red) -> dict[str, Any]:
+    def _infos(self, active, items, rating, code, red) -> dict[str, Any]:
         n = self.num_envs
-        item_all = np.full(n, -1, np.int64)
-        item_all[rows] = items
-        rating_all = np.zeros(n)
-        rating_all[rows] = rating
-        code_all = np.zeros(n, np.int64)
-        code_all[rows] = code
-        red_all = np.zeros(n)
-        red_all[rows] = red
+        item_all = np.where(active, items, -1)
+        rating_all = np.where(active, rating, 0.0)
+        code_all = code
+        red_all = red if red is not None else np.zeros(n)
         infos: dict[str, Any] = {
-            "feedback": _FEEDBACK[(code_all > 0).astype(np.int64)],
+            "feedback": _FEEDBACK[(code_all > 0).view(np.int8)],
             "leave_reason": _REASONS[code_all],
-            "item": item_all,
+            "item": item_all.copy(),
             "rating": rating_all,
             "satisfaction": self.satisfaction.copy(),
             "exposure": self.exposure.copy(),
             "redundancy": red_all,
             "user": self.user.copy(),
-            "active": active.copy(),
+            "active": active,
         }
         for k in list(infos):
-            infos["_" + k] = active if k != "active" else np.ones(n, dtype=bool)
+            infos["_" + k] = self._all_true if k == "active" else active
         return infos
 
     def _observation(self) -> dict[str, np.ndarray]:
         return {
             "user": self.user.copy(),
-            "history": self._history_obs[self.user],
+            "history": self._hist.copy(),
             "recommended": self._rec.copy(),
             "rewards": self._rew.copy(),
             "step": self.steps.copy(),

@@ -205,18 +205,21 @@ def _with_ratings(w, ratings):
 def test_billp_matches_the_authors_rule_step_for_step(small_world):
     thr = float(np.percentile(small_world.distance, 10))
     env = ULRecEnv(world=small_world, leave_rule="billp", window=4, distance_threshold=thr, min_rating=2.0)
-    ref = BiLLPReference(small_world.titles, small_world.ratings, small_world.distance, 4, thr, 2.0)
+    refs = [BiLLPReference(small_world.titles, small_world.ratings, small_world.distance, 4, thr, 2.0, faithful=f)
+            for f in (True, False)]
     rng = np.random.default_rng(0)
     checked, reasons = 0, set()
     for episode in range(300):
         u = int(rng.integers(small_world.n_users))
         env.reset(options={"user": u})
-        ref.reset(u)
+        for ref in refs:
+            ref.reset(u)
         # Bias towards repeats and near items so that every reason occurs.
         pool = rng.choice(small_world.n_items, size=12, replace=False)
         for _ in range(20):
             a = int(rng.choice(pool))
-            r_ref, leave_ref = ref.step(small_world.titles[a])
+            (r_ref, leave_ref), tight = refs[0].step(small_world.titles[a]), refs[1].step(small_world.titles[a])
+            assert tight == (r_ref, leave_ref)
             _, r, term, _, info = env.step(a)
             assert term == leave_ref and r == pytest.approx(r_ref)
             checked += 1
