@@ -17,7 +17,11 @@ __version__ = "0.1.0"
 
 
 def register_envs() -> None:
-    """Register ``ULRec-v0`` with Gymnasium; calling it again changes nothing."""
+    """Register ``ULRec-v0`` and ``ULRec-ML100K-v0`` with Gymnasium; calling it again changes nothing.
+
+    ``ULRec-ML100K-v0`` loads MovieLens-100k only when made (see ``ulrec_env.worlds.movielens_100k``); making
+    it without the data raises ``FileNotFoundError`` that names the ways to provide it.
+    """
     from gymnasium.envs.registration import register, registry
 
     if "ULRec-v0" not in registry:
@@ -25,6 +29,13 @@ def register_envs() -> None:
             id="ULRec-v0",
             entry_point="ulrec_env.env:ULRecEnv",
             vector_entry_point="ulrec_env.vector_env:ULRecVectorEnv",
+            max_episode_steps=100,
+        )
+    if "ULRec-ML100K-v0" not in registry:
+        register(
+            id="ULRec-ML100K-v0",
+            entry_point="ulrec_env.worlds.movielens:make_env",
+            vector_entry_point="ulrec_env.worlds.movielens:make_vector_env",
             max_episode_steps=100,
         )
 
