@@ -1,0 +1,173 @@
+"""The prompt the LLM recommender sees and the completion it writes: pure functions shared with training.
+
+The agent and the trainer must agree on every character and every token: training scores exactly the
+token ids the agent decoded. Both sides therefore build text with :func:`build_prompt` /
+:func:`build_completion` and tokenize it with :func:`encode_prompt` / :func:`encode_completion` (prompt
+and completion tokenized separately, the completion without special tokens). The agent's token trie is
+built from ``encode_completion(tokenizer, build_completion(title))`` and it feeds the decoded completion
+tokens right after ``encode_prompt(tokenizer, prompt)``.
+
+Change :data:`PROMPT_FORMAT_VERSION` whenever the text produced here changes: records and adapters made
+with another version were trained on other prompts.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import numpy as np
+
+from ulrec_env.world import World
+
+__all__ = [
+    "COMPLETION_TERMINATOR",
+    "INSTRUCTION",
+    "PROMPT_FORMAT_VERSION",
+    "build_completion",
+    "build_messages",
+    "build_prompt",
+    "encode_completion",
+    "encode_prompt",
+    "format_item",
+    "parse_completion",
+]
+
+#: Version of the prompt and completion format below.
+PROMPT_FORMAT_VERSION = 1
+
+#: Ends every completion, so that a title that is a prefix of another title ("Siege" / "Siege 2") is still a
+#: complete, distinct token sequence. Tokenizer-independent on purpose.
+COMPLETION_TERMINATOR = "\n"
+
+#: The system instruction (first in every prompt, so all users share its tokens and its KV cache).
+INSTRUCTION = (
+    "You are a recommender system. Recommend one item at a time. The user leaves when an item is disliked, "
+    "repeated or too similar to recent ones, so vary the picks and keep the user engaged as long as possible. "
+    "Answer with the title of one catalog item only."
+)
+
+
+def format_item(world: World, item: int) -> str:
+    """``"Title (Genre/Genre)"``: how an item appears in a prompt."""
+    genres = world.genres[int(item)]
+    title = world.titles[int(item)]
+    return f"{title} ({'/'.join(genres)})" if genres else title
+
+
+def _valid_ids(ids: Any, name: str, n_items: int) -> np.ndarray:
+    arr = np.asarray(ids if ids is not None else [], dtype=np.int64).reshape(-1)
+    arr = arr[arr >= 0]  # -1 pads the observation arrays
+    if arr.size and arr.max() >= n_items:
+        raise ValueError(f"`{name}` holds item id {int(arr.max())}, outside [0, {n_items}) of the world's catalog.")
+    return arr
+
+
+def build_messages(
+    world: World,
+    history_ids: Sequence[int] | np.ndarray,
+    shown_ids: Sequence[int] | np.ndarray = (),
+    shown_rewards: Sequence[float] | np.ndarray = (),
+    max_history: int = 15,
+    max_session: int | None = None,
+) -> list[dict[str, str]]:
+    """The chat messages (system instruction, user turn) of one decision.
+
+    Args:
+        world: The world whose titles and genres are shown.
+        history_ids: The user's past items, oldest first (``-1`` entries, the observation's padding, are dropped).
+        shown_ids: Items recommended so far in this session, oldest first (``-1`` dropped).
+        shown_rewards: The reward each of ``shown_ids`` earned (same length, padding aligned).
+        max_history: How many of the most recent history items to show.
+        max_session: How many of the most recent session steps to show (``None``: all).
+
+    Returns:
+        ``[{"role": "system", ...}, {"role": "user", ...}]``.
+    """
+    if isinstance(max_history, bool) or not isinstance(max_history, (int, np.integer)) or max_history < 0:
+        raise ValueError(f"`max_history` must be an integer >= 0, got {max_history!r}.")
+    if max_session is not None and (isinstance(max_session, bool) or not isinstance(max_session, (int, np.integer)) or max_session < 0):
+        raise ValueError(f"`max_session` must be None or an integer >= 0, got {max_session!r}.")
+    history = _valid_ids(history_ids, "history_ids", world.n_items)
+    shown_raw = np.asarray(shown_ids if shown_ids is not None else [], dtype=np.int64).reshape(-1)
+    rewards_raw = np.asarray(shown_rewards if shown_rewards is not None else [], dtype=np.float64).reshape(-1)
+    if rewards_raw.size and rewards_raw.size != shown_raw.size:
+        raise ValueError(
+            f"`shown_rewards` has {rewards_raw.size} entries for {shown_raw.size} `shown_ids`; pass one reward per item."
+        )
+    keep = shown_raw >= 0
+    shown = _valid_ids(shown_raw[keep], "shown_ids", world.n_items)
+    rewards = rewards_raw[keep] if rewards_raw.size else np.zeros(shown.size)
+
+    lines = ["History:"]
+    recent = history[-max_history:] if max_history else history[:0]
+    lines.extend(format_item(world, i) for i in recent)
+    if not recent.size:
+        lines.append("(none)")
+    first = 0 if max_session is None else max(0, shown.size - max_session)
+    if shown.size:
+        lines.append("Session:")
+        for k in range(first, shown.size):
+            lines.append(f"{k + 1}. {format_item(world, shown[k])}: continued, rating {rewards[k]:.1f}")
+    lines.append("Next item?")
+    return [{"role": "system", "content": INSTRUCTION}, {"role": "user", "content": "\n".join(lines)}]
+
+
+def build_prompt(
+    world: World,
+    history_ids: Sequence[int] | np.ndarray,
+    shown_ids: Sequence[int] | np.ndarray = (),
+    shown_rewards: Sequence[float] | np.ndarray = (),
+    tokenizer: Any = None,
+    max_history: int = 15,
+    max_session: int | None = None,
+) -> str:
+    """The exact prompt text of one decision.
+
+    The user's recent history (titles with genres), this session so far (each recommended item, that the
+    user continued and the reward it earned) and the instruction; inside the tokenizer's chat template
+    (with the generation prompt) when it has one, plain text ending in ``"Answer: "`` otherwise.
+
+    Args:
+        world: The world whose titles and genres are shown.
+        history_ids: The user's past items, oldest first (``-1`` padding dropped).
+        shown_ids: This session's recommended items, oldest first (``-1`` padding dropped).
+        shown_rewards: The rewards of ``shown_ids``.
+        tokenizer: A Hugging Face tokenizer; its ``chat_template`` is applied when set.
+        max_history: How many of the most recent history items to show.
+        max_session: How many of the most recent session steps to show (``None``: all).
+
+    Returns:
+        The prompt string; the completion (:func:`build_completion`) follows it directly.
+    """
+    messages = build_messages(world, history_ids, shown_ids, shown_rewards, max_history, max_session)
+    if tokenizer is not None and getattr(tokenizer, "chat_template", None):
+        return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    return f"{messages[0]['content']}\n\n{messages[1]['content']}\nAnswer: "
+
+
+def build_completion(title: str) -> str:
+    """The completion text for an item title: the title followed by :data:`COMPLETION_TERMINATOR`.
+
+    Raises:
+        ValueError: the title is empty or contains the terminator (it could not be decoded unambiguously).
+    """
+    if not isinstance(title, str) or not title.strip():
+        raise ValueError(f"`title` must be a non-empty string, got {title!r}.")
+    if COMPLETION_TERMINATOR in title:
+        raise ValueError(f"title {title!r} contains the completion terminator {COMPLETION_TERMINATOR!r}; remove it from the catalog.")
+    return title + COMPLETION_TERMINATOR
+
+
+def parse_completion(completion: str) -> str:
+    """The title part of a completion (text before the first terminator, stripped)."""
+    return completion.split(COMPLETION_TERMINATOR, 1)[0].strip()
+
+
+def encode_prompt(tokenizer: Any, prompt: str) -> list[int]:
+    """Token ids of a prompt: ``tokenizer(prompt).input_ids`` (special tokens as the tokenizer adds them)."""
+    return list(tokenizer(prompt).input_ids)
+
+
+def encode_completion(tokenizer: Any, completion: str) -> list[int]:
+    """Token ids of a completion: ``tokenizer(completion, add_special_tokens=False).input_ids``."""
+    return list(tokenizer(completion, add_special_tokens=False).input_ids)
