@@ -41,12 +41,21 @@ class SessionModel:
     replaced by its deterministic floor, so plans are exact for deterministic users.
     """
 
-    def __init__(self, world, config: EnvConfig, traits: UserTraits, user: int) -> None:
+    def __init__(self, world, config: EnvConfig, traits: UserTraits, user: int, candidates: np.ndarray | None = None) -> None:
         self.world, self.cfg, self.user = world, config, user
         lo, hi = world.rating_scale
-        self.rating = world.ratings[user].astype(np.float64)
+        # Items the search may choose: ``candidates`` (positions in the arrays below), all items by default.
+        self.items = np.arange(world.n_items) if candidates is None else np.asarray(candidates, np.int64)
+        self.rating = world.ratings[user, self.items].astype(np.float64)
         self.quality = (self.rating - lo) / (hi - lo)
         self.low = self.rating < config.min_rating
+        if candidates is None:
+            self.dist = world.distance
+            self.sim = None
+        else:
+            self.dist = world.distance[np.ix_(self.items, self.items)]
+            # A small candidate set: similarities once, gathered at every step instead of recomputed.
+            self.sim = similarity(self.dist.astype(np.float64), config.distance_threshold)
         self.tau = float(traits.tolerance[user])
         self.pi = float(traits.patience[user])
         self.rho = float(traits.recovery[user])
@@ -55,7 +64,7 @@ class SessionModel:
         """Replay ``prefix`` from a fresh session; returns the single beam and whether the user is still there."""
         beams = _Beams(
             items=np.zeros((1, 0), np.int64),
-            seen=np.zeros((1, self.world.n_items), bool),
+            seen=np.zeros((1, self.items.size), bool),
             satisfaction=np.ones(1),
             exposure=np.zeros(1),
             ret=np.zeros(1),
@@ -73,16 +82,21 @@ class SessionModel:
         cfg = self.cfg
         win = beams.window(cfg.window)
         empty = win < 0
-        d = self.world.distance[:, np.where(empty, 0, win)].transpose(1, 0, 2).astype(np.float64)  # (B, n, W)
-        d[np.broadcast_to(empty[:, None, :], d.shape)] = np.inf
+        safe = np.where(empty, 0, win)
         leave = beams.seen | self.low[None, :]
         if cfg.leave_rule == "billp":
-            leave = leave | (d < cfg.distance_threshold).any(axis=2)
+            d = self.dist[:, safe].transpose(1, 0, 2)  # (B, n, W)
+            near = (d < cfg.distance_threshold) & ~empty[:, None, :]
+            leave = leave | near.any(axis=2)
             s = np.broadcast_to(beams.satisfaction[:, None], leave.shape)
             e = np.broadcast_to(beams.exposure[:, None], leave.shape)
             red = np.zeros(leave.shape)
         else:
-            red = similarity(d, cfg.distance_threshold).sum(axis=2)
+            if self.sim is not None:
+                sim = self.sim[:, safe].transpose(1, 0, 2)
+            else:
+                sim = similarity(self.dist[:, safe].transpose(1, 0, 2).astype(np.float64), cfg.distance_threshold)
+            red = np.where(empty[:, None, :], 0.0, sim).sum(axis=2)
             s, e = satisfaction_step(
                 beams.satisfaction[:, None], beams.exposure[:, None], red, self.quality[None, :],
                 self.tau, self.pi, self.rho, cfg.exposure_decay,
@@ -118,13 +132,19 @@ class OraclePolicy(Policy):
         beam_width: Number of partial sessions kept per step.
         horizon: Planning horizon; ``None`` takes the environment's ``max_episode_steps`` (or 100).
         lookahead_bonus: Weight of ``(satisfaction - floor)`` in the beam ranking (satisfaction rule only).
+        candidates: The beam expands the user's ``candidates`` best-rated items (greedy and MMR rollouts
+            still see the whole catalog).
     """
 
     name = "oracle"
     peeks = True
 
-    def __init__(self, beam_width: int = 12, horizon: int | None = None, lookahead_bonus: float = 10.0) -> None:
+    def __init__(self, beam_width: int = 12, horizon: int | None = None, lookahead_bonus: float = 10.0,
+                 candidates: int = 300) -> None:
         super().__init__()
+        if candidates < 1:
+            raise ValueError(f"`candidates` must be >= 1, got {candidates}.")
+        self.candidates = int(candidates)
         if beam_width < 1:
             raise ValueError(f"`beam_width` must be >= 1, got {beam_width}.")
         self.beam_width = int(beam_width)
@@ -149,10 +169,14 @@ class OraclePolicy(Policy):
             if horizon is None and getattr(self.env, "spec", None) is not None:
                 horizon = self.env.spec.max_episode_steps
         self.horizon = int(horizon or 100)
-        self._plans = {}
+        # Plans depend only on the world, the settings and the horizon: keep them while those stay.
+        key = (id(self.world), self.cfg, self.horizon)
+        if getattr(self, "_plan_key", None) != key:
+            self._plans = {}
+            self._plan_key = key
 
     def reset(self, seed: int | None = None) -> None:
-        self._plans = {}
+        """Plans stay valid across seeds (users are deterministic given their session so far)."""
 
     # ------------------------------------------------------------------ acting
     def _act_batch(self, obs: Mapping[str, np.ndarray]) -> np.ndarray:
@@ -174,13 +198,20 @@ class OraclePolicy(Policy):
     def plan(self, user: int, prefix: np.ndarray | None = None) -> np.ndarray:
         """The best session (item ids, ``prefix`` included) the oracle finds for ``user``."""
         prefix = np.zeros(0, np.int64) if prefix is None else np.asarray(prefix, np.int64)
-        model = SessionModel(self.world, self.cfg, self.traits, int(user))
-        start, alive = model.start(prefix)
+        full = SessionModel(self.world, self.cfg, self.traits, int(user))
+        start, alive = full.start(prefix)
         if not alive:  # already off plan and gone: any item will do
             return np.concatenate([prefix, [0]])
-        candidates = [self._beam_search(model, start), self._rollout(model, start, "greedy"), self._rollout(model, start, "mmr")]
-        best = max(candidates, key=lambda c: c[0])
-        return best[1]
+        candidates = [self._rollout(full, start, "greedy"), self._rollout(full, start, "mmr")]
+        # The beam searches the best-rated items only (and those already shown): the others never pay.
+        order = np.argsort(-full.rating, kind="stable")
+        top = order[full.rating[order] >= self.cfg.min_rating][: self.candidates]
+        pool = np.union1d(top, prefix)
+        sub = SessionModel(self.world, self.cfg, self.traits, int(user), candidates=pool)
+        sub_start, _ = sub.start(np.searchsorted(pool, prefix))
+        ret, seq = self._beam_search(sub, sub_start)
+        candidates.append((ret, pool[seq]))
+        return max(candidates, key=lambda c: c[0])[1]
 
     def _finish(self, model: SessionModel, beams: _Beams, b: int) -> np.ndarray:
         """Session ``b`` ended by a leave: append some item that makes the user leave."""
@@ -227,7 +258,7 @@ class OraclePolicy(Policy):
                 win = beams.window(self.cfg.window)[0]
                 win = win[win >= 0]
                 if win.size:
-                    sim = similarity(self.world.distance[:, win].astype(np.float64), self.cfg.distance_threshold)
+                    sim = similarity(model.dist[:, win].astype(np.float64), self.cfg.distance_threshold)
                     score -= MMR_PENALTY * (hi - lo) * sim.max(axis=1)
             score[beams.seen[0]] = -np.inf
             item = int(np.argmax(score))

@@ -1,0 +1,215 @@
+"""Running any policy on many users through the native vector env, and summarising the sessions."""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Mapping, Sequence
+
+import numpy as np
+
+from agents.policy import Policy, slice_obs
+from ulrec_env import World
+from ulrec_env.vector_env import ULRecVectorEnv
+
+__all__ = ["Sessions", "run_policy", "summarize", "choose_users", "mean_ci95"]
+
+
+@dataclass
+class Sessions:
+    """What happened in a set of sessions: one entry per episode."""
+
+    users: np.ndarray
+    seeds: np.ndarray
+    lengths: np.ndarray  # continued steps
+    returns: np.ndarray  # summed rewards
+    leave_reasons: list[str]  # a LEAVE_REASON, or "horizon" for truncated sessions
+    items: list[np.ndarray]  # every recommended item, leaving one included
+    seconds: float = 0.0
+    invalid_actions: int = 0
+    records: list[Any] = field(default_factory=list)
+
+    def extend(self, other: "Sessions") -> "Sessions":
+        return Sessions(
+            users=np.concatenate([self.users, other.users]),
+            seeds=np.concatenate([self.seeds, other.seeds]),
+            lengths=np.concatenate([self.lengths, other.lengths]),
+            returns=np.concatenate([self.returns, other.returns]),
+            leave_reasons=self.leave_reasons + other.leave_reasons,
+            items=self.items + other.items,
+            seconds=self.seconds + other.seconds,
+            invalid_actions=self.invalid_actions + other.invalid_actions,
+            records=self.records + other.records,
+        )
+
+    @property
+    def user_steps(self) -> int:
+        return int(sum(len(i) for i in self.items))
+
+
+def choose_users(world: World, split: str, episodes: int | str, seed: int) -> np.ndarray:
+    """The users of one seed: every user of ``split`` (``episodes="all"``) or ``episodes`` of them drawn with
+    ``seed`` (without replacement while the split is large enough)."""
+    pool = world.users(split)
+    if pool.size == 0:
+        raise ValueError(f"world {world.name!r} has no {split!r} users; choose another split.")
+    if episodes == "all":
+        return pool.copy()
+    if isinstance(episodes, bool) or not isinstance(episodes, (int, np.integer)) or episodes < 1:
+        raise ValueError(f"`episodes` must be a positive integer or 'all', got {episodes!r}.")
+    rng = np.random.default_rng(seed)
+    return rng.choice(pool, size=int(episodes), replace=int(episodes) > pool.size)
+
+
+def _actions_of(out: Any) -> tuple[np.ndarray, list[Any] | None]:
+    """Policies return actions, or ``(actions, records)`` (the LLM agent)."""
+    if isinstance(out, tuple):
+        return np.asarray(out[0], dtype=np.int64), list(out[1]) if out[1] is not None else None
+    return np.asarray(out, dtype=np.int64), None
+
+
+def run_policy(
+    policy: Policy,
+    world: World,
+    users: Sequence[int],
+    seed: int = 0,
+    env_settings: Mapping[str, Any] | None = None,
+    max_episode_steps: int = 100,
+    batch_size: int = 256,
+    keep_records: bool = False,
+    on_step: Callable[[int], None] | None = None,
+    env: ULRecVectorEnv | None = None,
+) -> Sessions:
+    """Run ``policy`` for one session of each user in ``users`` and return what happened.
+
+    Sessions run in batches of ``batch_size`` on :class:`ULRecVectorEnv` with autoreset disabled, so each
+    user's session is played exactly once. The policy sees only the sessions that are still running.
+
+    Args:
+        policy: Any :class:`Policy`; it is bound to ``world`` and the environment here.
+        world: The world to simulate.
+        users: World rows, one session each.
+        seed: Seeds the environment (stochastic users) and the policy (``policy.reset(seed)``).
+        env_settings: Settings of ``ULRec-v0`` (leave rule, window, ...).
+        max_episode_steps: Horizon.
+        batch_size: Sessions stepped together.
+        keep_records: Keep what the policy returns beside its actions (the LLM agent's records) in
+            ``Sessions.records``: one dict per step with ``episode`` (index into ``users``), ``user``, ``step``,
+            ``record``, ``item``, ``feedback``, ``leave_reason``, ``rating``, ``reward``, ``truncated``.
+        on_step: Called with the number of user-steps taken after every batched step (progress bars).
+        env: Reuse this environment (its number of envs must equal ``batch_size``).
+    """
+    users = world.subset_users(users)
+    if users.size == 0:
+        raise ValueError("`users` is empty; give at least one world row.")
+    if batch_size < 1:
+        raise ValueError(f"`batch_size` must be >= 1, got {batch_size}.")
+    n_env = min(batch_size, users.size)
+    if env is None or env.num_envs != n_env:
+        env = ULRecVectorEnv(num_envs=n_env, world=world, max_episode_steps=max_episode_steps,
+                             autoreset_mode="disabled", **dict(env_settings or {}))
+    policy.bind(world, env)
+    policy.reset(seed)
+    lengths = np.zeros(users.size, np.int64)
+    returns = np.zeros(users.size)
+    reasons: list[str] = [""] * users.size
+    items: list[list[int]] = [[] for _ in range(users.size)]
+    records: list[Any] = []
+    t0 = time.perf_counter()
+    first = True
+    for start in range(0, users.size, n_env):
+        chunk = users[start : start + n_env]
+        k = chunk.size
+        padded = np.concatenate([chunk, np.full(n_env - k, chunk[0])]) if k < n_env else chunk
+        obs, _ = env.reset(seed=seed if first else None, options={"users": padded})
+        first = False
+        live = np.zeros(n_env, dtype=bool)
+        live[:k] = True
+        while live.any():
+            rows = np.flatnonzero(live)
+            actions = np.zeros(n_env, np.int64)
+            acts, recs = _actions_of(policy.act_batch(slice_obs(obs, rows)))
+            actions[rows] = acts
+            steps_before = obs["step"][rows]
+            obs, rew, term, trunc, info = env.step(actions)
+            for j, r in enumerate(rows.tolist()):
+                e = start + r
+                items[e].append(int(actions[r]))
+                if info["feedback"][r] == "continue":
+                    lengths[e] += 1
+                returns[e] += rew[r]
+                if keep_records and recs is not None:
+                    records.append({
+                        "episode": e, "user": int(chunk[r]), "step": int(steps_before[j]), "record": recs[j],
+                        "item": int(actions[r]), "feedback": info["feedback"][r], "leave_reason": info["leave_reason"][r],
+                        "rating": float(info["rating"][r]), "reward": float(rew[r]), "truncated": bool(trunc[r]),
+                    })
+                if term[r] or trunc[r]:
+                    reasons[e] = info["leave_reason"][r] if term[r] else "horizon"
+                    live[r] = False
+            if on_step is not None:
+                on_step(rows.size)
+    return Sessions(
+        users=users,
+        seeds=np.full(users.size, seed),
+        lengths=lengths,
+        returns=returns,
+        leave_reasons=reasons,
+        items=[np.asarray(i, np.int64) for i in items],
+        seconds=time.perf_counter() - t0,
+        invalid_actions=int(getattr(policy, "invalid_actions", 0)),
+        records=records,
+    )
+
+
+def mean_ci95(x: np.ndarray) -> tuple[float, float]:
+    """Mean and the half-width of its 95% Student-t confidence interval."""
+    x = np.asarray(x, dtype=np.float64)
+    if x.size == 0:
+        return float("nan"), float("nan")
+    if x.size == 1:
+        return float(x[0]), float("nan")
+    from scipy import stats
+
+    half = stats.t.ppf(0.975, x.size - 1) * x.std(ddof=1) / math.sqrt(x.size)
+    return float(x.mean()), float(half)
+
+
+def summarize(name: str, sessions: Sessions, world: World, peeks: bool = False) -> dict[str, Any]:
+    """The row of the benchmark table (and of the JSON) for one policy."""
+    len_mean, len_ci = mean_ci95(sessions.lengths)
+    ret_mean, ret_ci = mean_ci95(sessions.returns)
+    steps = int(sessions.lengths.sum())
+    reasons: dict[str, float] = {}
+    for r in sessions.leave_reasons:
+        reasons[r] = reasons.get(r, 0) + 1
+    n = len(sessions.leave_reasons)
+    # Intra-list distance relative to random pairs: 1 means as diverse as random items.
+    dist = world.distance
+    scale = float(dist.mean()) * world.n_items / max(world.n_items - 1, 1)
+    ild = [float(dist[np.ix_(i, i)].sum() / (i.size * (i.size - 1))) / scale for i in sessions.items if i.size > 1]
+    shown = np.unique(np.concatenate(sessions.items)) if sessions.items else np.zeros(0)
+    user_steps = sessions.user_steps
+    return {
+        "policy": name,
+        "peeks": bool(peeks),
+        "episodes": n,
+        "len_mean": len_mean,
+        "len_ci95": len_ci,
+        "return_mean": ret_mean,
+        "return_ci95": ret_ci,
+        "reward_per_step": float(sessions.returns.sum() / steps) if steps else 0.0,
+        "leave_reasons": {k: 100.0 * v / n for k, v in sorted(reasons.items())},
+        "intra_list_distance": float(np.mean(ild)) if ild else float("nan"),
+        "coverage": float(shown.size / world.n_items),
+        "invalid_actions": int(sessions.invalid_actions),
+        "user_steps": user_steps,
+        "seconds": sessions.seconds,
+        "user_steps_per_s": user_steps / sessions.seconds if sessions.seconds > 0 else float("nan"),
+        "per_seed": {
+            str(int(s)): {"len_mean": float(sessions.lengths[sessions.seeds == s].mean()),
+                          "return_mean": float(sessions.returns[sessions.seeds == s].mean())}
+            for s in np.unique(sessions.seeds)
+        },
+    }

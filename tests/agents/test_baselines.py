@@ -1,0 +1,131 @@
+"""Baselines, the oracle, and the evaluation runner."""
+
+from __future__ import annotations
+
+import gymnasium as gym
+import numpy as np
+import pytest
+
+from agents.baselines import GreedyPolicy, MMRPolicy, PopularPolicy, RandomPolicy, shown_mask, window_items
+from agents.evaluation import choose_users, mean_ci95, run_policy, summarize
+from agents.oracle import OraclePolicy
+from agents.policy import Policy
+from ulrec_env import ULRecVectorEnv
+
+
+def test_helpers_read_the_observation():
+    rec = np.array([[3, 1, -1, -1], [0, 1, 2, 3]])
+    assert shown_mask(rec, 5).tolist() == [[False, True, False, True, False], [True] * 4 + [False]]
+    assert window_items(rec, np.array([2, 4]), 3).tolist() == [[-1, 3, 1], [1, 2, 3]]
+
+
+@pytest.mark.parametrize("cls", [RandomPolicy, PopularPolicy, GreedyPolicy, MMRPolicy])
+def test_baselines_never_repeat_and_act_on_single_envs(small_world, cls):
+    env = gym.make("ULRec-v0", world=small_world, min_rating=-np.inf, leave_rule="billp", distance_threshold=1e-9)
+    policy = cls().bind(small_world, env.unwrapped)
+    obs, info = env.reset(seed=0)
+    shown = []
+    for _ in range(30):
+        a = policy.act(obs, info)
+        assert a not in shown and 0 <= a < small_world.n_items
+        shown.append(a)
+        obs, _, term, trunc, info = env.step(a)
+        assert not term
+
+
+def test_greedy_takes_the_best_rated_unseen_item(small_world):
+    p = GreedyPolicy().bind(small_world)
+    u = 7
+    best = np.argsort(-small_world.ratings[u])
+    obs = {"user": np.array([u]), "recommended": np.array([[best[0], -1, -1]]), "step": np.array([1])}
+    assert p.act_batch(obs)[0] == best[1]
+
+
+def test_mmr_penalises_items_near_the_window(small_world):
+    u = 2
+    r = small_world.ratings[u]
+    top = int(np.argmax(r))
+    obs = {"user": np.array([u]), "recommended": np.array([[top, -1]]), "step": np.array([1])}
+    assert MMRPolicy(penalty=0.0).bind(small_world).act_batch(obs)[0] == GreedyPolicy().bind(small_world).act_batch(obs)[0]
+    a = MMRPolicy(penalty=5.0).bind(small_world).act_batch(obs)[0]
+    near = small_world.distance[top] < np.median(small_world.distance[top])
+    assert not near[a]
+
+
+def test_random_policy_is_seeded(small_world):
+    obs = {"user": np.zeros(5, int), "recommended": -np.ones((5, 3), int), "step": np.zeros(5, int)}
+    a = RandomPolicy(seed=1).bind(small_world).act_batch(obs)
+    b = RandomPolicy(seed=1).bind(small_world).act_batch(obs)
+    assert np.array_equal(a, b)
+
+
+def test_unbound_policy_and_bad_outputs_are_reported(small_world):
+    with pytest.raises(RuntimeError, match="not bound"):
+        GreedyPolicy().act_batch({"user": np.array([0]), "recommended": -np.ones((1, 2), int), "step": np.array([0])})
+
+    class Broken(Policy):
+        name = "broken"
+
+        def _act_batch(self, obs):
+            return np.array([1, 2, 3])
+
+    with pytest.raises(RuntimeError, match="returned \\(3,\\) actions for 1 sessions"):
+        Broken().bind(small_world).act_batch({"user": np.array([0]), "recommended": -np.ones((1, 2), int), "step": np.array([0])})
+
+
+@pytest.mark.parametrize("settings", [{}, {"leave_rule": "billp"}])
+def test_oracle_is_never_beaten_on_the_same_users(small_world, settings):
+    users = small_world.users("all")[:24]
+    results = {}
+    for p in (RandomPolicy(), PopularPolicy(), GreedyPolicy(), MMRPolicy(), OraclePolicy(beam_width=6)):
+        results[p.name] = run_policy(p, small_world, users, seed=0, env_settings=settings, max_episode_steps=40)
+    oracle = results.pop("oracle").returns
+    for name, s in results.items():
+        assert (oracle >= s.returns - 1e-6).all(), name
+    assert oracle.mean() > results["greedy"].returns.mean()
+
+
+def test_oracle_follows_its_plan_exactly(small_world):
+    venv = ULRecVectorEnv(num_envs=1, world=small_world, autoreset_mode="disabled", max_episode_steps=30)
+    oracle = OraclePolicy(beam_width=4).bind(small_world, venv)
+    plan = oracle.plan(5)
+    obs, _ = venv.reset(options={"users": [5]})
+    ret = 0.0
+    for t in range(len(plan)):
+        a = oracle.act_batch(obs)
+        assert a[0] == plan[t]
+        obs, r, term, trunc, _ = venv.step(a)
+        ret += r[0]
+        if term[0] or trunc[0]:
+            break
+
+
+def test_echo_chamber_on_the_default_world(default_world):
+    users = default_world.test_users[:20]
+    greedy = run_policy(GreedyPolicy(), default_world, users)
+    oracle = run_policy(OraclePolicy(beam_width=4), default_world, users)
+    mmr = run_policy(MMRPolicy(), default_world, users)
+    assert greedy.lengths.mean() < 0.4 * oracle.lengths.mean()
+    assert mmr.lengths.mean() > greedy.lengths.mean()
+
+
+def test_run_policy_plays_each_user_once_and_summarises(small_world):
+    users = np.array([1, 2, 3, 1, 5])
+    s = run_policy(GreedyPolicy(), small_world, users, batch_size=2)
+    assert s.users.tolist() == users.tolist() and len(s.items) == 5
+    assert all(len(i) == l + (r != "horizon") for i, l, r in zip(s.items, s.lengths, s.leave_reasons))
+    # Same user, deterministic policy and user: same session.
+    assert np.array_equal(s.items[0], s.items[3])
+    row = summarize("greedy", s, small_world, peeks=True)
+    assert row["episodes"] == 5 and row["len_mean"] == pytest.approx(s.lengths.mean())
+    assert sum(row["leave_reasons"].values()) == pytest.approx(100.0)
+
+
+def test_choose_users_and_ci(small_world):
+    assert np.array_equal(choose_users(small_world, "test", "all", 0), small_world.test_users)
+    a = choose_users(small_world, "train", 10, seed=1)
+    assert a.size == 10 and len(set(a.tolist())) == 10 and np.array_equal(a, choose_users(small_world, "train", 10, 1))
+    with pytest.raises(ValueError, match="episodes"):
+        choose_users(small_world, "test", 0, 0)
+    m, h = mean_ci95(np.array([1.0, 2.0, 3.0]))
+    assert m == 2.0 and h == pytest.approx(2.4841, rel=1e-3)

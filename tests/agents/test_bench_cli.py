@@ -1,0 +1,59 @@
+"""`ulrec bench`: the table, the JSON format, the plot, and one-line errors."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from train.cli import main
+
+
+def test_bench_writes_table_json_and_plot(tmp_path, capsys):
+    pytest.importorskip("matplotlib")
+    out, png = tmp_path / "b.json", tmp_path / "b.png"
+    rc = main(["bench", "--world", "synthetic:3", "--policies", "random,greedy,mmr", "--episodes", "30", "--seeds", "2",
+               "--json", str(out), "--plot", str(png), "--no-progress"])
+    assert rc == 0
+    text = capsys.readouterr().out
+    assert "Len (95% CI)" in text and "greedy *" in text
+    doc = json.loads(out.read_text())
+    assert doc["world"] == "synthetic-3" and doc["settings"]["seeds"] == [0, 1]
+    row = {r["policy"]: r for r in doc["results"]}["greedy"]
+    for key in ("episodes", "len_mean", "len_ci95", "return_mean", "return_ci95", "reward_per_step", "leave_reasons",
+                "invalid_actions", "user_steps_per_s"):
+        assert key in row
+    assert row["episodes"] == 60
+    assert png.stat().st_size > 1000
+
+
+def test_bench_overrides_env_settings(tmp_path):
+    out = tmp_path / "b.json"
+    assert main(["bench", "--world", "synthetic:3", "--policies", "greedy", "--episodes", "all", "--seeds", "1",
+                 "--leave-rule", "billp", "--window", "2", "--json", str(out), "--no-progress"]) == 0
+    doc = json.loads(out.read_text())
+    assert doc["settings"]["env"]["leave_rule"] == "billp" and doc["settings"]["env"]["window"] == 2
+    assert set(doc["results"][0]["leave_reasons"]) <= {"repeat", "low_rating", "redundant", "horizon"}
+
+
+@pytest.mark.parametrize("argv, msg", [
+    (["bench", "--policies", "greedy,nope", "--no-progress"], "unknown policy nope; valid: random, popular"),
+    (["bench", "--world", "mars", "--no-progress"], "unknown world spec 'mars'; valid: synthetic"),
+    (["bench", "--window", "-2", "--policies", "greedy", "--no-progress"], "`window` must be >= 1"),
+])
+def test_bench_errors_are_one_line(argv, msg, capsys):
+    try:
+        rc = main(argv)
+    except SystemExit as e:
+        rc = e.code
+        err = str(e.code)
+    else:
+        err = capsys.readouterr().err
+    assert rc != 0
+    assert msg in str(err)
+
+
+def test_bench_rejects_bad_episodes(capsys):
+    with pytest.raises(SystemExit):
+        main(["bench", "--episodes", "many"])
+    assert "--episodes takes a positive integer or 'all'" in capsys.readouterr().err
