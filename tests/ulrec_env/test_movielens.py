@@ -81,6 +81,9 @@ def test_gym_make_with_a_path(tmp_path, monkeypatch):
     obs, reward, terminated, truncated, info = env.step(0)
     assert info["feedback"] in ("continue", "leave")
     assert env.unwrapped.world.name == "ml-100k"
+    from gymnasium.utils.env_checker import check_env
+
+    check_env(gym.make("ULRec-ML100K-v0", path=folder).unwrapped, skip_render_check=True)
     venv = gym.make_vec("ULRec-ML100K-v0", num_envs=3, vectorization_mode="vector_entry_point", path=folder)
     obs, _ = venv.reset(seed=0)
     assert obs["user"].shape == (3,)
