@@ -262,5 +262,6 @@ class ULRecKTOTrainer(KTOTrainer):
             if n:
                 m[f"rewards/{name}"].append(gather(rewards[sel].sum()).sum().item() / n)
                 m[f"logps/{name}"].append(gather(logps[sel].sum()).sum().item() / n)
-        if m["rewards/chosen"] and m["rewards/rejected"]:
-            m["rewards/margins"].append(m["rewards/chosen"][-1] - m["rewards/rejected"][-1])
+        chosen, rejected = m.get("rewards/chosen"), m.get("rewards/rejected")  # .get: m is a defaultdict
+        if chosen and rejected:
+            m["rewards/margins"].append(chosen[-1] - rejected[-1])
