@@ -91,6 +91,11 @@ class LLMRecommender(Policy):
         batch_size: Sessions decoded together.
         seed: Seed of the sampling generator (see :meth:`reset`).
         max_new_tokens: Token budget of free decoding (constrained decoding stops at the end of a title).
+        max_batch_tokens: Memory bound: a pass over the model holds at most this many padded prompt tokens
+            (rows x longest prompt), so ``act_batch`` splits a batch into smaller passes when prompts are long.
+            The KV cache costs about 46 KB per token for SmolLM2-135M in float32. ``None``: no bound.
+        prefill_chunk: Prompt tokens run per forward pass when prefilling (bounds activation memory;
+            ``None``: the whole prompt at once).
         name: Name in tables.
     """
 
@@ -111,6 +116,8 @@ class LLMRecommender(Policy):
         batch_size: int = 64,
         seed: int = 0,
         max_new_tokens: int = 24,
+        prefill_chunk: int | None = 64,
+        max_batch_tokens: int | None = 12288,
         name: str = "llm",
     ) -> None:
         super().__init__()
@@ -132,6 +139,10 @@ class LLMRecommender(Policy):
             raise ValueError(f"`batch_size` must be a positive integer, got {batch_size!r}.")
         if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, (int, np.integer)) or max_new_tokens < 1:
             raise ValueError(f"`max_new_tokens` must be a positive integer, got {max_new_tokens!r}.")
+        if prefill_chunk is not None and (isinstance(prefill_chunk, bool) or not isinstance(prefill_chunk, (int, np.integer)) or prefill_chunk < 1):
+            raise ValueError(f"`prefill_chunk` must be None or a positive integer, got {prefill_chunk!r}.")
+        if max_batch_tokens is not None and (isinstance(max_batch_tokens, bool) or not isinstance(max_batch_tokens, (int, np.integer)) or max_batch_tokens < 1):
+            raise ValueError(f"`max_batch_tokens` must be None or a positive integer, got {max_batch_tokens!r}.")
         if not isinstance(seed, (int, np.integer)) or isinstance(seed, bool):
             raise TypeError(f"`seed` must be an integer, got {seed!r}.")
         if not callable(getattr(tokenizer, "__call__", None)) or not hasattr(tokenizer, "decode"):
@@ -146,6 +157,8 @@ class LLMRecommender(Policy):
         self.mask_recommended = bool(mask_recommended)
         self.batch_size = int(batch_size)
         self.max_new_tokens = int(max_new_tokens)
+        self.prefill_chunk = None if prefill_chunk is None else int(prefill_chunk)
+        self.max_batch_tokens = None if max_batch_tokens is None else int(max_batch_tokens)
         self.name = name
         self.prompt_format_version = PROMPT_FORMAT_VERSION
         self.device = next(model.parameters()).device
@@ -160,7 +173,7 @@ class LLMRecommender(Policy):
         self.grounder: TitleGrounder | None = None
         self._prefix_ids: tuple[int, ...] = ()
         self._prefix_kv: list[tuple[Any, Any]] | None = None
-        self.stats: dict[str, int] = {"decisions": 0, "mask_exhausted": 0}
+        self.stats: dict[str, int] = {"decisions": 0, "passes": 0, "mask_exhausted": 0}
         stops = {tokenizer.eos_token_id, tokenizer.pad_token_id}
         self._stop_ids = {int(t) for t in stops if t is not None}
 
@@ -255,12 +268,26 @@ class LLMRecommender(Policy):
             rec = np.asarray(obs["recommended"]).reshape(n, -1)
             rows, cols = np.nonzero(rec >= 0)
             masked[rows, rec[rows, cols]] = True
+        prompt_ids = [encode_prompt(self.tokenizer, p) for p in prompts]
         records: list[DecodeRecord] = []
-        for start in range(0, n, self.batch_size):
-            sl = slice(start, start + self.batch_size)
-            records.extend(self.decode(prompts[sl], masked[sl]))
+        for sl in self._passes([len(x) for x in prompt_ids]):
+            records.extend(self.decode(prompts[sl], masked[sl], prompt_ids=prompt_ids[sl]))
         self.stats["decisions"] += n
         return np.asarray([r.item for r in records], dtype=np.int64), records
+
+    def _passes(self, lengths: list[int]) -> list[slice]:
+        """Split rows into equal consecutive passes of at most ``batch_size`` rows and ``max_batch_tokens``
+        padded prompt tokens (rows x the longest prompt)."""
+        n = len(lengths)
+        if n == 0:
+            return []
+        rows = self.batch_size
+        if self.max_batch_tokens is not None:
+            rows = max(1, min(rows, self.max_batch_tokens // max(lengths)))
+        n_pass = -(-n // rows)
+        size = -(-n // n_pass)
+        self.stats["passes"] += n_pass
+        return [slice(i, min(n, i + size)) for i in range(0, n, size)]
 
     def _act_batch(self, obs: Mapping[str, np.ndarray]) -> np.ndarray:
         return self.act_batch(obs)[0]
@@ -276,12 +303,15 @@ class LLMRecommender(Policy):
         return self.grounder.stats["failed"] if self.grounder is not None else 0
 
     # ------------------------------------------------------------------ decoding
-    def decode(self, prompts: list[str], masked: np.ndarray | None = None) -> list[DecodeRecord]:
-        """Decode one completion per prompt (one batch; see :meth:`act_batch` for splitting).
+    def decode(
+        self, prompts: list[str], masked: np.ndarray | None = None, prompt_ids: list[list[int]] | None = None
+    ) -> list[DecodeRecord]:
+        """Decode one completion per prompt, all in one pass (see :meth:`act_batch` for splitting).
 
         Args:
             prompts: Prompt texts (from :func:`agents.prompting.build_prompt`).
             masked: Optional ``(len(prompts), n_items)`` bool array of items that may not be produced.
+            prompt_ids: The prompts' tokens when already encoded (``encode_prompt``).
         """
         import torch
 
@@ -289,10 +319,12 @@ class LLMRecommender(Policy):
             raise RuntimeError("the LLM recommender is not bound to a world; call policy.bind(world) first.")
         if not prompts:
             return []
+        if prompt_ids is None:
+            prompt_ids = [encode_prompt(self.tokenizer, p) for p in prompts]
         with torch.inference_mode():
             if self.grounding == "constrained":
-                return self._decode_constrained(prompts, masked)
-            return self._decode_free(prompts, masked)
+                return self._decode_constrained(prompts, prompt_ids, masked)
+            return self._decode_free(prompts, prompt_ids, masked)
 
     def _forward(self, ids: "torch.Tensor", mask: "torch.Tensor", pos: "torch.Tensor", cache: Any, keep: int) -> "torch.Tensor":
         kwargs: dict[str, Any] = {
@@ -341,9 +373,16 @@ class LLMRecommender(Policy):
         for i, s in enumerate(suffix):
             ids[i, width - len(s):] = torch.tensor(s, dtype=torch.long)
             smask[i, width - len(s):] = 1
-        mask = torch.cat([torch.ones((b, p), dtype=torch.long), smask], dim=1)
         pos = (p + smask.cumsum(1) - 1).clamp(min=0)
-        logp = self._forward(ids, mask, pos, cache, 1)[:, -1]
+        # Prefill in chunks of `prefill_chunk` tokens: activations scale with the chunk, not the prompt.
+        # A chunk may be all padding for a row; its queries still see the shared prefix (p >= 1), so no
+        # attention row is fully masked. Without a shared prefix, run the suffix in one piece.
+        step = width if (self.prefill_chunk is None or p == 0) else self.prefill_chunk
+        ones = torch.ones((b, p), dtype=torch.long)
+        for c in range(0, width, step):
+            end = min(width, c + step)
+            mask = torch.cat([ones, smask[:, :end]], dim=1)
+            logp = self._forward(ids[:, c:end], mask, pos[:, c:end], cache, 1)[:, -1]
         next_pos = torch.tensor([len(x) for x in prompt_ids], dtype=torch.long)
         return cache, mask, next_pos, logp
 
@@ -371,13 +410,12 @@ class LLMRecommender(Policy):
             probs = torch.zeros_like(probs).scatter_(0, idx[keep], sorted_p[keep])
         return int(torch.multinomial(probs, 1, generator=self._generator))
 
-    def _decode_constrained(self, prompts: list[str], masked: np.ndarray | None) -> list[DecodeRecord]:
+    def _decode_constrained(self, prompts: list[str], prompt_ids: list[list[int]], masked: np.ndarray | None) -> list[DecodeRecord]:
         import torch
 
         trie = self.trie
         assert trie is not None and self.world is not None
         b = len(prompts)
-        prompt_ids = [encode_prompt(self.tokenizer, p) for p in prompts]
         counts: list[np.ndarray | None] = []
         for i in range(b):
             c = trie.alive_counts(masked[i]) if masked is not None else None
@@ -471,12 +509,11 @@ class LLMRecommender(Policy):
             )
         return records
 
-    def _decode_free(self, prompts: list[str], masked: np.ndarray | None) -> list[DecodeRecord]:
+    def _decode_free(self, prompts: list[str], prompt_ids: list[list[int]], masked: np.ndarray | None) -> list[DecodeRecord]:
         import torch
 
         assert self.grounder is not None and self.world is not None
         b = len(prompts)
-        prompt_ids = [encode_prompt(self.tokenizer, p) for p in prompts]
         cache, mask, next_pos, logp = self._start(prompt_ids)
         self._check_finite(logp, "on the prompts")
         vocab = np.arange(logp.shape[-1], dtype=np.int64)

@@ -39,11 +39,14 @@ PROMPT_FORMAT_VERSION = 1
 #: complete, distinct token sequence. Tokenizer-independent on purpose.
 COMPLETION_TERMINATOR = "\n"
 
-#: The system instruction (first in every prompt, so all users share its tokens and its KV cache).
+#: The system instruction with one worked example, as in the seed's prompt. It comes first in every prompt,
+#: so all users share its tokens and the agent computes its KV cache once.
 INSTRUCTION = (
     "You are a recommender system. Recommend one item at a time. The user leaves when an item is disliked, "
     "repeated or too similar to recent ones, so vary the picks and keep the user engaged as long as possible. "
-    "Answer with the title of one catalog item only."
+    "Answer with the title of one catalog item only.\n\n"
+    "Example:\nHistory:\nStar Colony (Sci-Fi)\nMoon Base (Sci-Fi)\nSession:\n"
+    "1. Jungle Quest (Adventure): continued, rating 4.1\nNext item?\nAnswer: Harbor Lights"
 )
 
 

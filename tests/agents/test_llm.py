@@ -185,3 +185,20 @@ def test_unbound_agent_raises(tiny_model, tiny_tokenizer, small_world):
     _, obs = first_obs(small_world, n=1)
     with pytest.raises(RuntimeError, match="bind"):
         agent.act_batch(obs)
+
+
+def test_memory_bounds_do_not_change_results(tiny_model, tiny_tokenizer, small_world):
+    _, obs = first_obs(small_world, n=6, seed=2)
+    obs["recommended"][2, :3] = [1, 2, 3]
+    obs["rewards"][2, :3] = 4.0
+    a = make_agent(tiny_model, tiny_tokenizer, small_world, prefill_chunk=None, max_batch_tokens=None)
+    b = make_agent(tiny_model, tiny_tokenizer, small_world, prefill_chunk=7, max_batch_tokens=600)
+    ia, ra = a.act_batch(obs)
+    ib, rb = b.act_batch(obs)
+    assert ia.tolist() == ib.tolist()
+    assert [r.logprob for r in ra] == pytest.approx([r.logprob for r in rb], abs=1e-4)
+    assert a.stats["passes"] == 1 and b.stats["passes"] > 1
+    with pytest.raises(ValueError, match="prefill_chunk"):
+        LLMRecommender(tiny_model, tiny_tokenizer, prefill_chunk=0)
+    with pytest.raises(ValueError, match="max_batch_tokens"):
+        LLMRecommender(tiny_model, tiny_tokenizer, max_batch_tokens=-5)
