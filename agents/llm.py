@@ -173,6 +173,7 @@ class LLMRecommender(Policy):
         self.grounder: TitleGrounder | None = None
         self._prefix_ids: tuple[int, ...] = ()
         self._prefix_kv: list[tuple[Any, Any]] | None = None
+        self._prefix_version = -1
         self.stats: dict[str, int] = {"decisions": 0, "passes": 0, "mask_exhausted": 0}
         stops = {tokenizer.eos_token_id, tokenizer.pad_token_id}
         self._stop_ids = {int(t) for t in stops if t is not None}
@@ -339,6 +340,11 @@ class LLMRecommender(Policy):
         logits = self.model(**kwargs).logits[:, -keep:]
         return torch_log_softmax(logits)
 
+    def _weights_version(self) -> int:
+        """Sum of the parameters' in-place version counters: changes whenever training updates a weight, so
+        the cached KV of the shared prefix is recomputed instead of going stale."""
+        return sum(p._version for p in self.model.parameters())
+
     def _new_cache(self, batch: int, prefix_len: int) -> Any:
         """A KV cache holding the shared prompt prefix (its first ``prefix_len`` tokens) for ``batch`` rows."""
         import torch
@@ -346,11 +352,13 @@ class LLMRecommender(Policy):
 
         if prefix_len == 0:
             return DynamicCache()
-        if self._prefix_kv is None:
+        version = self._weights_version()
+        if self._prefix_kv is None or self._prefix_version != version:
             ids = torch.tensor([self._prefix_ids], dtype=torch.long)
             cache = DynamicCache()
             self._forward(ids, torch.ones_like(ids), torch.arange(ids.shape[1])[None], cache, 1)
             self._prefix_kv = [(k, v) for k, v in _cache_layers(cache)]
+            self._prefix_version = version
         kv = [(k[:, :, :prefix_len].expand(batch, -1, -1, -1), v[:, :, :prefix_len].expand(batch, -1, -1, -1)) for k, v in self._prefix_kv]
         return DynamicCache(ddp_cache_data=kv)
 

@@ -202,3 +202,17 @@ def test_memory_bounds_do_not_change_results(tiny_model, tiny_tokenizer, small_w
         LLMRecommender(tiny_model, tiny_tokenizer, prefill_chunk=0)
     with pytest.raises(ValueError, match="max_batch_tokens"):
         LLMRecommender(tiny_model, tiny_tokenizer, max_batch_tokens=-5)
+
+
+def test_prefix_cache_follows_weight_updates(tiny_model_factory, tiny_tokenizer, small_world):
+    model = tiny_model_factory(4)
+    agent = make_agent(model, tiny_tokenizer, small_world)
+    _, obs = first_obs(small_world, n=2)
+    before = agent.act_batch(obs)[1]
+    with torch.no_grad():
+        for p in model.parameters():
+            p.mul_(1.5)  # an in-place update, as an optimizer step makes
+    after = agent.act_batch(obs)[1]
+    for rec in after:
+        assert rec.logprob == pytest.approx(agent.completion_logprob(rec.prompt, rec.completion), abs=1e-4)
+    assert [r.logprob for r in before] != [r.logprob for r in after]
