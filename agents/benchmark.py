@@ -25,8 +25,10 @@ __all__ = ["POLICY_NAMES", "make_policy", "benchmark", "format_table", "plot_res
 def _llm(**kw: Any) -> Policy:
     from agents.llm import LLMRecommender
 
-    return LLMRecommender.from_pretrained(model=kw.get("llm_model"), adapter=kw.get("llm_adapter"),
-                                          batch_size=kw.get("llm_batch_size", 64))
+    return LLMRecommender.from_pretrained(
+        model=kw.get("llm_model"), adapter=kw.get("llm_adapter"), batch_size=kw.get("llm_batch_size") or 64,
+        temperature=kw.get("temperature") or 0.0, top_p=kw.get("top_p") or 1.0, seed=kw.get("seed") or 0,
+    )
 
 
 _FACTORIES: dict[str, Callable[..., Policy]] = {
@@ -43,7 +45,8 @@ POLICY_NAMES = tuple(_FACTORIES)
 def make_policy(name: str, **options: Any) -> Policy:
     """A policy by name (``random``, ``popular``, ``greedy``, ``mmr``, ``oracle``, ``llm``).
 
-    ``llm`` takes ``llm_model`` and ``llm_adapter`` options (both optional).
+    ``llm`` takes ``llm_model``, ``llm_adapter``, ``llm_batch_size``, ``temperature``, ``top_p`` and ``seed``
+    options (all optional); the baselines ignore them.
     """
     if name not in _FACTORIES:
         raise ValueError(f"unknown policy {name!r}; valid policies: {', '.join(POLICY_NAMES)}.")

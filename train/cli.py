@@ -58,7 +58,129 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--plot", default=None, help="write a PNG plot here")
     b.add_argument("--no-progress", action="store_true")
     b.set_defaults(func=_cmd_bench)
+
+    r = sub.add_parser("rollout", help="run a policy on train users and save every step (prompt, item, feedback)")
+    _add_env_options(r)
+    r.add_argument("--policy", default="llm", help="llm (default) or a baseline: random, popular, greedy, mmr, oracle")
+    r.add_argument("--llm-model", default=None, help="model of the llm policy, and tokenizer of prompts written for baselines")
+    r.add_argument("--llm-adapter", default=None, help="LoRA adapter folder for the llm policy")
+    r.add_argument("--episodes", type=_episodes, default=256, help="sessions, or 'all' users of the split")
+    r.add_argument("--split", default="train", choices=["train", "test", "all"])
+    r.add_argument("--temperature", type=float, default=1.0, help="llm sampling temperature (exploration)")
+    r.add_argument("--top-p", type=float, default=1.0)
+    r.add_argument("--seed", type=int, default=0)
+    r.add_argument("--batch-size", type=int, default=64)
+    r.add_argument("--out", required=True, help="folder to write (steps.jsonl, summary.json)")
+    r.add_argument("--no-progress", action="store_true")
+    r.set_defaults(func=_cmd_rollout)
+
+    lab = sub.add_parser("label", help="turn a rollout into unpaired desirable/undesirable examples")
+    lab.add_argument("rollout", help="folder written by `ulrec rollout`")
+    lab.add_argument("--out", required=True, help="folder to write (examples.jsonl, meta.json)")
+    lab.add_argument("--min-positives", type=int, default=2, help="episodes with fewer positives give none (seed: 2)")
+    lab.add_argument("--extra-negatives", type=int, default=0, help="also label the k steps before a redundant/bored leave undesirable")
+    lab.add_argument("--length-weighting", action="store_true", help="weight examples by their session's length")
+    lab.set_defaults(func=_cmd_label)
+
+    t = sub.add_parser("tune", help="fine-tune the recommender on labelled examples (sft: ULRec-P, kto: ULRec)")
+    t.add_argument("--stage", required=True, choices=["sft", "kto"])
+    t.add_argument("--data", required=True, help="folder written by `ulrec label`")
+    t.add_argument("--model", default=None, help="base model (default SmolLM2-135M-Instruct)")
+    t.add_argument("--init-adapter", default=None, help="adapter to continue from (ULRec-P's for the kto stage)")
+    t.add_argument("--out", required=True, help="adapter folder to write; `--llm-adapter` accepts it")
+    t.add_argument("--max-steps", type=int, default=None, help="stop after this many optimizer steps")
+    t.add_argument("--epochs", type=float, default=None)
+    t.add_argument("--learning-rate", type=float, default=None)
+    t.add_argument("--batch-size", type=int, default=None)
+    t.add_argument("--beta", type=float, default=None, help="KTO beta")
+    t.add_argument("--sft-alpha", type=float, default=None, help="weight of the SFT term in the kto stage (0 turns it off)")
+    t.add_argument("--full-finetune", action="store_true", help="train all weights instead of LoRA")
+    t.add_argument("--overwrite", action="store_true")
+    t.add_argument("--seed", type=int, default=0)
+    t.set_defaults(func=_cmd_tune)
     return parser
+
+
+def _prompt_builder_for(model: str | None):
+    """Prompts an LLM would have seen, for policies that act on ids (written with the model's tokenizer)."""
+    from transformers import AutoTokenizer
+
+    from agents.models import resolve_model_path
+    from agents.prompting import build_prompt
+
+    tok = AutoTokenizer.from_pretrained(resolve_model_path(model))
+
+    def build(world, obs):
+        t = int(obs["step"])
+        return build_prompt(world, obs["history"], obs["recommended"][:t], obs["rewards"][:t], tokenizer=tok)
+
+    return build
+
+
+def _cmd_rollout(args: argparse.Namespace) -> int:
+    from agents.benchmark import POLICY_NAMES, make_policy
+    from agents.prompting import PROMPT_FORMAT_VERSION, build_completion
+    from train.rollout import collect_rollouts, save_rollout
+    from ulrec_env.worlds.spec import world_from_spec
+
+    if args.policy not in POLICY_NAMES:
+        raise SystemExit(f"ulrec rollout: unknown policy {args.policy!r}; valid: {', '.join(POLICY_NAMES)}")
+    world = world_from_spec(args.world)
+    policy = make_policy(args.policy, llm_model=args.llm_model, llm_adapter=args.llm_adapter,
+                         llm_batch_size=args.batch_size, temperature=args.temperature, top_p=args.top_p, seed=args.seed)
+    builder = None if args.policy == "llm" else _prompt_builder_for(args.llm_model)
+    records = collect_rollouts(policy, world, args.episodes, split=args.split, seed=args.seed,
+                               env_settings=_env_settings(args), max_episode_steps=args.max_episode_steps,
+                               batch_size=args.batch_size, prompt_builder=builder,
+                               completion_builder=build_completion, progress=not args.no_progress)
+    summary = save_rollout(records, args.out, {
+        "world": world.name, "world_fingerprint": world.fingerprint(), "policy": args.policy,
+        "llm_model": args.llm_model, "llm_adapter": args.llm_adapter, "temperature": args.temperature,
+        "seed": args.seed, "split": args.split, "env": _env_settings(args),
+        "max_episode_steps": args.max_episode_steps, "prompt_format_version": PROMPT_FORMAT_VERSION,
+    })
+    print(f"{summary['episodes']} episodes, {summary['steps']} steps, Len {summary['len_mean']:.2f}, "
+          f"return {summary['return_mean']:.1f}, leave reasons {summary['leave_reasons']} -> {args.out}")
+    return 0
+
+
+def _cmd_label(args: argparse.Namespace) -> int:
+    from train.labeling import LabelOptions, label_steps, recommend_weights, save_examples
+    from train.rollout import load_rollout
+
+    records, meta = load_rollout(args.rollout)
+    opts = LabelOptions(min_positives=args.min_positives, extra_negatives=args.extra_negatives,
+                        length_weighting=args.length_weighting)
+    examples, report = label_steps(records, opts)
+    save_examples(examples, args.out, world_fingerprint=meta.get("world_fingerprint"), report=report, options=opts,
+                  extra_meta={"rollout": str(args.rollout), "prompt_format_version": meta.get("prompt_format_version"),
+                              "world": meta.get("world")})
+    print(f"{report.desirable} desirable, {report.undesirable} undesirable examples from {report.episodes} episodes "
+          f"({report.truncated_episodes} truncated, {report.filtered_episodes} below --min-positives); "
+          f"leave reasons {report.leave_reasons} -> {args.out}")
+    if report.desirable and report.undesirable:
+        dw, uw = recommend_weights(report.desirable, report.undesirable)
+        print(f"KTO weights for TRL's band: desirable_weight={dw:.3f}, undesirable_weight={uw:.3f}")
+    return 0
+
+
+def _cmd_tune(args: argparse.Namespace) -> int:
+    from train.tune import TuneConfig, default_trainer_args, tune
+
+    overrides = {k: v for k, v in {
+        "max_steps": args.max_steps, "num_train_epochs": args.epochs, "learning_rate": args.learning_rate,
+        "per_device_train_batch_size": args.batch_size, "beta": args.beta, "sft_alpha": args.sft_alpha,
+    }.items() if v is not None}
+    if args.stage == "sft" and ("beta" in overrides or "sft_alpha" in overrides):
+        raise SystemExit("ulrec tune: --beta and --sft-alpha belong to the kto stage")
+    trainer_args = default_trainer_args(args.stage, args.out + ".staging", lora=not args.full_finetune,
+                                        seed=args.seed, **overrides)
+    result = tune(args.stage, args.data, args.model, out=args.out, init_adapter=args.init_adapter,
+                  max_steps=args.max_steps, seed=args.seed,
+                  config=TuneConfig(trainer_args=trainer_args, full_finetune=args.full_finetune, overwrite=args.overwrite))
+    print(f"{args.stage}: {result.n_train_examples} examples, {result.global_step} steps in {result.train_seconds:.1f}s "
+          f"({result.examples_per_second:.2f} examples/s) -> {result.out}")
+    return 0
 
 
 def _cmd_bench(args: argparse.Namespace) -> int:
