@@ -103,9 +103,10 @@ def main(argv: list[str] | None = None) -> dict:
     rows = []
     for b in batches:
         times_c, times_g = [], []
-        for _ in range(args.repeats):
+        for k in range(args.repeats):
             times_c.append(run_constrained(b))
-            peak_c = peak_rss_mb()
+            if k == 0:  # before this batch size's generate runs: the peak constrained decoding reached
+                peak_c = peak_rss_mb()
             times_g.append(run_generate(b))
         tc, tg = statistics.median(times_c), statistics.median(times_g)
         row = {
