@@ -98,7 +98,117 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--overwrite", action="store_true")
     t.add_argument("--seed", type=int, default=0)
     t.set_defaults(func=_cmd_tune)
+
+    for cmd, helptext in (("loop", "rollout -> label -> tune -> evaluate, for several iterations; resumable"),
+                          ("compare", "the paper's table: base, ULRec-P, ULRec, ablations, baselines (trains what it needs)")):
+        lp = sub.add_parser(cmd, help=helptext)
+        _add_loop_options(lp)
+        if cmd == "compare":
+            lp.add_argument("--json", default=None, help="write the table in the `ulrec bench` JSON format")
+            lp.add_argument("--plot", default=None, help="write a PNG plot of the table")
+        lp.set_defaults(func=_cmd_loop if cmd == "loop" else _cmd_compare)
+
+    d = sub.add_parser("demo", help="a short loop with SmolLM2 on the default world; prints the before/after table")
+    d.add_argument("--out", default=None, help="run folder (default runs/demo)")
+    d.add_argument("--resume", action="store_true")
+    d.add_argument("--no-progress", action="store_true")
+    d.set_defaults(func=_cmd_demo)
     return parser
+
+
+def _add_loop_options(p: argparse.ArgumentParser) -> None:
+    from train.loop import LoopSettings
+
+    dflt = LoopSettings()
+    _add_env_options(p)
+    p.add_argument("--model", default=None, help="base model: smollm2 (default), a local folder or a HF id")
+    p.add_argument("--iterations", type=int, default=dflt.iterations)
+    p.add_argument("--episodes", type=int, default=dflt.episodes, help="rollout sessions per iteration (train users)")
+    p.add_argument("--eval-episodes", type=_episodes, default=dflt.eval_episodes, help="test sessions, or 'all'")
+    p.add_argument("--temperature", type=float, default=dflt.temperature, help="rollout sampling temperature")
+    p.add_argument("--no-sft-first", action="store_true", help="skip ULRec-P; start KTO from the base model")
+    p.add_argument("--epochs", type=float, default=dflt.epochs)
+    p.add_argument("--max-steps", type=int, default=None, help="cap on optimizer steps per tuning stage")
+    p.add_argument("--train-batch-size", type=int, default=dflt.train_batch_size)
+    p.add_argument("--gen-batch-size", type=int, default=dflt.gen_batch_size)
+    p.add_argument("--sft-learning-rate", type=float, default=dflt.sft_learning_rate)
+    p.add_argument("--kto-learning-rate", type=float, default=dflt.kto_learning_rate)
+    p.add_argument("--beta", type=float, default=dflt.beta)
+    p.add_argument("--sft-alpha", type=float, default=dflt.sft_alpha)
+    p.add_argument("--min-positives", type=int, default=dflt.min_positives)
+    p.add_argument("--extra-negatives", type=int, default=dflt.extra_negatives)
+    p.add_argument("--references", default=",".join(dflt.references), help="baselines drawn as reference lines ('' for none)")
+    p.add_argument("--seed", type=int, default=dflt.seed)
+    p.add_argument("--out", required=True, help="run folder, e.g. runs/NAME")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out, skipping finished stages")
+    p.add_argument("--no-progress", action="store_true")
+
+
+def _loop_settings(args: argparse.Namespace):
+    from train.loop import LoopSettings
+
+    model = None if args.model in (None, "smollm2") else args.model
+    return LoopSettings(
+        world=args.world, model=model, iterations=args.iterations, episodes=args.episodes,
+        eval_episodes=args.eval_episodes, temperature=args.temperature, sft_first=not args.no_sft_first,
+        max_episode_steps=args.max_episode_steps, env=_env_settings(args), gen_batch_size=args.gen_batch_size,
+        train_batch_size=args.train_batch_size, epochs=args.epochs, sft_learning_rate=args.sft_learning_rate,
+        kto_learning_rate=args.kto_learning_rate, beta=args.beta, sft_alpha=args.sft_alpha, max_steps=args.max_steps,
+        min_positives=args.min_positives, extra_negatives=args.extra_negatives,
+        references=tuple(r for r in args.references.split(",") if r), seed=args.seed,
+    )
+
+
+def _print_evals(doc: dict) -> None:
+    from agents.benchmark import format_table
+
+    rows = [{**e, "policy": f"{e['policy']}@{e['iteration']}"} for e in doc["evals"]] + doc.get("references", [])
+    s = doc["settings"]
+    print(format_table({"results": rows, "world": doc["world"], "settings": {
+        "split": "test", "episodes": s["eval_episodes"], "seeds": [s["seed"]],
+        "env": {"leave_rule": s["env"].get("leave_rule", "satisfaction")}, "max_episode_steps": s["max_episode_steps"]}}))
+
+
+def _cmd_loop(args: argparse.Namespace) -> int:
+    from train.loop import run_loop
+
+    doc = run_loop(_loop_settings(args), args.out, resume=args.resume, progress=not args.no_progress)
+    _print_evals(doc)
+    print(f"run folder: {args.out} (metrics.json, metrics.csv, learning_curve.png)")
+    return 0
+
+
+def _cmd_compare(args: argparse.Namespace) -> int:
+    from agents.benchmark import format_table, plot_results, write_json
+    from train.loop import run_compare
+
+    doc = run_compare(_loop_settings(args), args.out, resume=True, progress=not args.no_progress)
+    print(format_table(doc))
+    if args.json:
+        write_json(doc, args.json)
+        print(f"wrote {args.json}")
+    if args.plot:
+        plot_results(doc, args.plot, title=f"ulrec compare: {doc['world']}")
+        print(f"wrote {args.plot}")
+    return 0
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from train.loop import DEMO_SETTINGS, run_loop
+
+    out = args.out or "runs/demo"
+    print("ulrec demo: SmolLM2-135M-Instruct learns from simulated users' continue/leave feedback on the default "
+          f"world (one rollout -> label -> ULRec-P -> ULRec round); run folder {out}")
+    doc = run_loop(DEMO_SETTINGS, out, resume=args.resume or _has_run(out), progress=not args.no_progress)
+    _print_evals(doc)
+    print(f"learning curve: {out}/learning_curve.png; metrics: {out}/metrics.json")
+    return 0
+
+
+def _has_run(out: str) -> bool:
+    from pathlib import Path
+
+    return (Path(out) / "settings.json").is_file()
 
 
 def _prompt_builder_for(model: str | None):

