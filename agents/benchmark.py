@@ -133,7 +133,8 @@ def format_table(doc: Mapping[str, Any]) -> str:
     header = ["policy", "Len (95% CI)", "Traj Reward (95% CI)", "R/step", "leave reasons %", "ILD", "cover", "invalid", "steps/s", "s"]
     lines = []
     for r in doc["results"]:
-        reasons = " ".join(f"{k}:{v:.0f}" for k, v in sorted(r["leave_reasons"].items(), key=lambda kv: -kv[1]))
+        reasons = " ".join(f"{k}:{v:.0f}" if v >= 1 else f"{k}:{v:.1f}"
+                           for k, v in sorted(r["leave_reasons"].items(), key=lambda kv: -kv[1]))
         lines.append([
             r["policy"] + (" *" if r.get("peeks") else ""),
             _fmt_ci(r["len_mean"], r["len_ci95"]),

@@ -129,6 +129,8 @@ def _add_loop_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-sft-first", action="store_true", help="skip ULRec-P; start KTO from the base model")
     p.add_argument("--epochs", type=float, default=dflt.epochs)
     p.add_argument("--max-steps", type=int, default=None, help="cap on optimizer steps per tuning stage")
+    p.add_argument("--max-history", type=int, default=dflt.max_history, help="history items per prompt")
+    p.add_argument("--max-session", type=int, default=dflt.max_session, help="recent session steps per prompt")
     p.add_argument("--train-batch-size", type=int, default=dflt.train_batch_size)
     p.add_argument("--gen-batch-size", type=int, default=dflt.gen_batch_size)
     p.add_argument("--sft-learning-rate", type=float, default=dflt.sft_learning_rate)
@@ -152,6 +154,7 @@ def _loop_settings(args: argparse.Namespace):
         world=args.world, model=model, iterations=args.iterations, episodes=args.episodes,
         eval_episodes=args.eval_episodes, temperature=args.temperature, sft_first=not args.no_sft_first,
         max_episode_steps=args.max_episode_steps, env=_env_settings(args), gen_batch_size=args.gen_batch_size,
+        max_history=args.max_history, max_session=args.max_session,
         train_batch_size=args.train_batch_size, epochs=args.epochs, sft_learning_rate=args.sft_learning_rate,
         kto_learning_rate=args.kto_learning_rate, beta=args.beta, sft_alpha=args.sft_alpha, max_steps=args.max_steps,
         min_positives=args.min_positives, extra_negatives=args.extra_negatives,

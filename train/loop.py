@@ -52,6 +52,8 @@ class LoopSettings:
         sft_first: Train ULRec-P (SFT on positives) at the first iteration and start ULRec from it.
         max_episode_steps: Horizon of rollouts and evaluations.
         env: ``ULRec-v0`` settings (leave rule, window, ...).
+        max_history: History items shown in each prompt (fewer tokens: faster decoding and tuning).
+        max_session: Most recent session steps shown in each prompt (the user's redundancy window is 4).
         gen_batch_size: Sessions decoded together.
         train_batch_size: Per-device batch of tuning.
         epochs: Epochs of each tuning stage.
@@ -76,6 +78,8 @@ class LoopSettings:
     sft_first: bool = True
     max_episode_steps: int = 100
     env: dict = field(default_factory=dict)
+    max_history: int = 10
+    max_session: int | None = 5
     gen_batch_size: int = 64
     train_batch_size: int = 8
     epochs: float = 1.0
@@ -147,7 +151,8 @@ def evaluate_llm(world, settings: LoopSettings, users: np.ndarray, adapter: str 
     from agents.progress import Progress
 
     policy = LLMRecommender.from_pretrained(settings.model, adapter=adapter, temperature=0.0,
-                                            batch_size=settings.gen_batch_size, seed=settings.seed, name=name)
+                                            batch_size=settings.gen_batch_size, seed=settings.seed, name=name,
+                                            max_history=settings.max_history, max_session=settings.max_session)
     with Progress(None, f"eval {name}", unit="user-step", enabled=progress) as bar:
         sessions = run_policy(policy, world, users, seed=settings.seed, env_settings=settings.env,
                               max_episode_steps=settings.max_episode_steps, batch_size=settings.gen_batch_size,
@@ -213,7 +218,8 @@ class _Run:
 
             s = self.settings
             policy = LLMRecommender.from_pretrained(s.model, adapter=adapter, temperature=s.temperature, top_p=s.top_p,
-                                                    batch_size=s.gen_batch_size, seed=s.seed + k)
+                                                    batch_size=s.gen_batch_size, seed=s.seed + k,
+                                                    max_history=s.max_history, max_session=s.max_session)
             records = collect_rollouts(policy, self.world, s.episodes, split="train", seed=s.seed + k,
                                        env_settings=s.env, max_episode_steps=s.max_episode_steps,
                                        batch_size=s.gen_batch_size, progress=self.progress)
