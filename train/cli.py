@@ -131,6 +131,7 @@ def _add_loop_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-steps", type=int, default=None, help="cap on optimizer steps per tuning stage")
     p.add_argument("--max-history", type=int, default=dflt.max_history, help="history items per prompt")
     p.add_argument("--max-session", type=int, default=dflt.max_session, help="recent session steps per prompt")
+    p.add_argument("--worked-example", action="store_true", help="keep the worked example in every prompt")
     p.add_argument("--train-batch-size", type=int, default=dflt.train_batch_size)
     p.add_argument("--gen-batch-size", type=int, default=dflt.gen_batch_size)
     p.add_argument("--sft-learning-rate", type=float, default=dflt.sft_learning_rate)
@@ -154,7 +155,7 @@ def _loop_settings(args: argparse.Namespace):
         world=args.world, model=model, iterations=args.iterations, episodes=args.episodes,
         eval_episodes=args.eval_episodes, temperature=args.temperature, sft_first=not args.no_sft_first,
         max_episode_steps=args.max_episode_steps, env=_env_settings(args), gen_batch_size=args.gen_batch_size,
-        max_history=args.max_history, max_session=args.max_session,
+        max_history=args.max_history, max_session=args.max_session, worked_example=args.worked_example,
         train_batch_size=args.train_batch_size, epochs=args.epochs, sft_learning_rate=args.sft_learning_rate,
         kto_learning_rate=args.kto_learning_rate, beta=args.beta, sft_alpha=args.sft_alpha, max_steps=args.max_steps,
         min_positives=args.min_positives, extra_negatives=args.extra_negatives,
@@ -251,10 +252,17 @@ def _cmd_rollout(args: argparse.Namespace) -> int:
         "llm_model": args.llm_model, "llm_adapter": args.llm_adapter, "temperature": args.temperature,
         "seed": args.seed, "split": args.split, "env": _env_settings(args),
         "max_episode_steps": args.max_episode_steps, "prompt_format_version": PROMPT_FORMAT_VERSION,
+        "prompt": _prompt_options_of(policy),
     })
     print(f"{summary['episodes']} episodes, {summary['steps']} steps, Len {summary['len_mean']:.2f}, "
           f"return {summary['return_mean']:.1f}, leave reasons {summary['leave_reasons']} -> {args.out}")
     return 0
+
+
+def _prompt_options_of(policy) -> dict | None:
+    if not hasattr(policy, "max_history"):
+        return None
+    return {"max_history": policy.max_history, "max_session": policy.max_session, "worked_example": policy.worked_example}
 
 
 def _cmd_label(args: argparse.Namespace) -> int:
@@ -267,7 +275,7 @@ def _cmd_label(args: argparse.Namespace) -> int:
     examples, report = label_steps(records, opts)
     save_examples(examples, args.out, world_fingerprint=meta.get("world_fingerprint"), report=report, options=opts,
                   extra_meta={"rollout": str(args.rollout), "prompt_format_version": meta.get("prompt_format_version"),
-                              "world": meta.get("world")})
+                              "world": meta.get("world"), "prompt": meta.get("prompt")})
     print(f"{report.desirable} desirable, {report.undesirable} undesirable examples from {report.episodes} episodes "
           f"({report.truncated_episodes} truncated, {report.filtered_episodes} below --min-positives); "
           f"leave reasons {report.leave_reasons} -> {args.out}")

@@ -54,6 +54,7 @@ class LoopSettings:
         env: ``ULRec-v0`` settings (leave rule, window, ...).
         max_history: History items shown in each prompt (fewer tokens: faster decoding and tuning).
         max_session: Most recent session steps shown in each prompt (the user's redundancy window is 4).
+        worked_example: Keep the worked example in the instruction (70 more tokens in every example).
         gen_batch_size: Sessions decoded together.
         train_batch_size: Per-device batch of tuning.
         epochs: Epochs of each tuning stage.
@@ -80,6 +81,7 @@ class LoopSettings:
     env: dict = field(default_factory=dict)
     max_history: int = 10
     max_session: int | None = 5
+    worked_example: bool = False
     gen_batch_size: int = 64
     train_batch_size: int = 8
     epochs: float = 1.0
@@ -108,6 +110,10 @@ class LoopSettings:
             raise ValueError(f"`max_steps` must be None or >= 1, got {self.max_steps}.")
         object.__setattr__(self, "references", tuple(self.references))
         object.__setattr__(self, "env", dict(self.env))
+
+    def prompt_options(self) -> dict[str, Any]:
+        """How prompts are written; stored with rollouts, labels and adapters so the agent can match them."""
+        return {"max_history": self.max_history, "max_session": self.max_session, "worked_example": self.worked_example}
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
@@ -152,7 +158,8 @@ def evaluate_llm(world, settings: LoopSettings, users: np.ndarray, adapter: str 
 
     policy = LLMRecommender.from_pretrained(settings.model, adapter=adapter, temperature=0.0,
                                             batch_size=settings.gen_batch_size, seed=settings.seed, name=name,
-                                            max_history=settings.max_history, max_session=settings.max_session)
+                                            max_history=settings.max_history, max_session=settings.max_session,
+                                            worked_example=settings.worked_example)
     with Progress(None, f"eval {name}", unit="user-step", enabled=progress) as bar:
         sessions = run_policy(policy, world, users, seed=settings.seed, env_settings=settings.env,
                               max_episode_steps=settings.max_episode_steps, batch_size=settings.gen_batch_size,
@@ -219,13 +226,15 @@ class _Run:
             s = self.settings
             policy = LLMRecommender.from_pretrained(s.model, adapter=adapter, temperature=s.temperature, top_p=s.top_p,
                                                     batch_size=s.gen_batch_size, seed=s.seed + k,
-                                                    max_history=s.max_history, max_session=s.max_session)
+                                                    max_history=s.max_history, max_session=s.max_session,
+                                                    worked_example=s.worked_example)
             records = collect_rollouts(policy, self.world, s.episodes, split="train", seed=s.seed + k,
                                        env_settings=s.env, max_episode_steps=s.max_episode_steps,
                                        batch_size=s.gen_batch_size, progress=self.progress)
             summary = save_rollout(records, folder, {
                 "world": self.world.name, "world_fingerprint": self.world.fingerprint(), "policy": "llm",
                 "adapter": adapter, "iteration": k, "prompt_format_version": PROMPT_FORMAT_VERSION,
+                "prompt": s.prompt_options(),
             })
             return {"path": str(folder), "summary": summary}
 
@@ -242,7 +251,8 @@ class _Run:
             opts = LabelOptions(min_positives=self.settings.min_positives, extra_negatives=self.settings.extra_negatives)
             examples, report = label_steps(records, opts)
             save_examples(examples, folder, world_fingerprint=meta.get("world_fingerprint"), report=report, options=opts,
-                          extra_meta={"prompt_format_version": meta.get("prompt_format_version"), "iteration": k})
+                          extra_meta={"prompt_format_version": meta.get("prompt_format_version"), "iteration": k,
+                                      "prompt": meta.get("prompt")})
             return {"path": str(folder), "report": report.to_dict()}
 
         return self.stage(f"iter{k}/label", run, folder)
@@ -469,9 +479,11 @@ def _env_dict(run: _Run) -> dict[str, Any]:
 #: `ulrec demo`: one round on the default world, sized to end within 15 minutes on 2 CPU cores.
 DEMO_SETTINGS = LoopSettings(
     iterations=1,
-    episodes=64,
-    eval_episodes=48,
+    episodes=32,
+    eval_episodes=40,
     max_episode_steps=30,
     epochs=1.0,
+    max_steps=4,
+    train_batch_size=4,
     references=("random", "greedy", "oracle"),
 )

@@ -384,6 +384,7 @@ def tune(
             "adapter": not cfg.full_finetune,
             "init_adapter": os.fspath(init_adapter) if init_adapter is not None else None,
             "prompt_format_version": _prompt_format_version(labelled.meta),
+            "prompt": labelled.meta.get("prompt"),
             "world_fingerprint": labelled.world_fingerprint,
             "label_counts": {"desirable": n_des, "undesirable": n_und},
             "label_report": labelled.meta.get("report"),
@@ -413,8 +414,14 @@ def tune(
             "final_train_loss": next((h["train_loss"] for h in reversed(trainer.state.log_history) if "train_loss" in h), None),
             "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         }
-        _save(trainer, tok, staging, sidecar)
-        _move_into_place(staging, out, cfg.overwrite)
+        # Under `accelerate launch` every process trains; only the main one writes the result.
+        acc = trainer.accelerator
+        if acc.is_main_process:
+            _save(trainer, tok, staging, sidecar)
+            _move_into_place(staging, out, cfg.overwrite)
+        else:
+            shutil.rmtree(staging, ignore_errors=True)
+        acc.wait_for_everyone()
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
