@@ -269,7 +269,10 @@ class _Run:
             if stage == "sft":
                 args["learning_rate"] = s.sft_learning_rate
             else:
-                args.update(learning_rate=s.kto_learning_rate, beta=s.beta, sft_alpha=s.sft_alpha)
+                # Reference log-probs computed up front pay off only over several epochs; with one epoch or a
+                # step cap they would be computed for examples the run never reaches.
+                args.update(learning_rate=s.kto_learning_rate, beta=s.beta, sft_alpha=s.sft_alpha,
+                            precompute_ref_log_probs=s.epochs > 1 and s.max_steps is None)
             balance = "undesirable_weight" not in overrides
             args.update(overrides)
             trainer_args = default_trainer_args(stage, str(folder) + ".staging", seed=s.seed, **args)
@@ -413,8 +416,8 @@ def plot_learning_curve(doc: Mapping[str, Any], path: Path) -> None:
             ax.axhline(r[f"{key}_mean"], color=f"C{i + 3}", linestyle=":", linewidth=1)
             ax.annotate(r["policy"], (0, r[f"{key}_mean"]), fontsize=8, color=f"C{i + 3}", va="bottom")
         ax.set_xlabel("iteration")
+        ax.set_xticks(sorted({int(e["iteration"]) for e in evals}) or [0])
         ax.set_title(label + " on test users")
-        ax.set_yscale("symlog", linthresh=10)
         ax.legend(fontsize=8)
     fig.suptitle(f"ulrec loop: {doc['world']}")
     fig.tight_layout()

@@ -68,6 +68,12 @@ def default_lora_config() -> "LoraConfig":
     )
 
 
+def _has_gpu() -> bool:
+    import torch
+
+    return bool(torch.cuda.is_available())
+
+
 def _use_bf16() -> bool:
     import torch
 
@@ -99,6 +105,9 @@ def default_trainer_args(
         seed=seed,
         data_seed=seed,
         bf16=_use_bf16(),
+        # Without a GPU, say so: under `accelerate launch --multi_gpu --num_processes N` the processes then form
+        # a gloo (CPU) data-parallel group instead of N unrelated single-process runs.
+        use_cpu=not _has_gpu(),
         activation_checkpointing=False,
         dataloader_num_workers=0,
     )
@@ -346,6 +355,10 @@ def tune(
             data_fingerprint=labelled.world_fingerprint,
             world=world,
         )
+        if stage == "kto" and args.precompute_ref_log_probs and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+            # TRL's precompute maps an in-memory dataset into a per-process temporary cache that the other
+            # processes cannot open; computing the reference on the fly costs the same over one epoch.
+            args = dataclasses.replace(args, precompute_ref_log_probs=False)
         if stage == "kto" and cfg.balance_weights and args.desirable_weight == 1.0 and args.undesirable_weight == 1.0:
             dw, uw = recommend_weights(n_des, n_und)
             args = dataclasses.replace(args, desirable_weight=dw, undesirable_weight=uw)
@@ -411,6 +424,7 @@ def tune(
                 ),
             },
             "global_step": trainer.state.global_step,
+            "num_processes": trainer.accelerator.num_processes,
             "final_train_loss": next((h["train_loss"] for h in reversed(trainer.state.log_history) if "train_loss" in h), None),
             "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         }
