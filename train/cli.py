@@ -141,6 +141,7 @@ def _add_loop_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--min-positives", type=int, default=dflt.min_positives)
     p.add_argument("--extra-negatives", type=int, default=dflt.extra_negatives)
     p.add_argument("--references", default=",".join(dflt.references), help="baselines drawn as reference lines ('' for none)")
+    p.add_argument("--teacher", default=None, help="a baseline (mmr, oracle, ...) whose sessions are the first rollouts")
     p.add_argument("--seed", type=int, default=dflt.seed)
     p.add_argument("--out", required=True, help="run folder, e.g. runs/NAME")
     p.add_argument("--resume", action="store_true", help="continue the run in --out, skipping finished stages")
@@ -159,7 +160,7 @@ def _loop_settings(args: argparse.Namespace):
         train_batch_size=args.train_batch_size, epochs=args.epochs, sft_learning_rate=args.sft_learning_rate,
         kto_learning_rate=args.kto_learning_rate, beta=args.beta, sft_alpha=args.sft_alpha, max_steps=args.max_steps,
         min_positives=args.min_positives, extra_negatives=args.extra_negatives,
-        references=tuple(r for r in args.references.split(",") if r), seed=args.seed,
+        references=tuple(r for r in args.references.split(",") if r), teacher=args.teacher, seed=args.seed,
     )
 
 

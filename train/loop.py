@@ -66,6 +66,9 @@ class LoopSettings:
         min_positives: Labelling: episodes with fewer positives give none (seed: 2).
         extra_negatives: Labelling: also mark the k steps before a redundant/bored leave undesirable.
         references: Baselines evaluated once on the same test users (reference lines).
+        teacher: A baseline (``mmr``, ``oracle``, ...) whose sessions replace the first iteration's rollouts, with
+            the prompts the LLM would have seen; the paper tuned on a stronger model's trajectories. ``None``: the
+            LLM rolls out itself from the start.
         seed: Seeds rollouts (users and sampling), evaluation users and training.
     """
 
@@ -93,6 +96,7 @@ class LoopSettings:
     min_positives: int = 2
     extra_negatives: int = 0
     references: tuple[str, ...] = REFERENCE_POLICIES
+    teacher: str | None = None
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -109,6 +113,11 @@ class LoopSettings:
         if self.max_steps is not None and self.max_steps < 1:
             raise ValueError(f"`max_steps` must be None or >= 1, got {self.max_steps}.")
         object.__setattr__(self, "references", tuple(self.references))
+        from agents.benchmark import POLICY_NAMES
+
+        if self.teacher is not None and (self.teacher not in POLICY_NAMES or self.teacher == "llm"):
+            raise ValueError(f"`teacher` must be None or a baseline ({', '.join(p for p in POLICY_NAMES if p != 'llm')}), "
+                             f"got {self.teacher!r}.")
         object.__setattr__(self, "env", dict(self.env))
 
     def prompt_options(self) -> dict[str, Any]:
@@ -228,11 +237,20 @@ class _Run:
                                                     batch_size=s.gen_batch_size, seed=s.seed + k,
                                                     max_history=s.max_history, max_session=s.max_session,
                                                     worked_example=s.worked_example)
+            builder = None
+            if k == 1 and s.teacher:
+                from agents.benchmark import make_policy
+
+                llm, policy = policy, make_policy(s.teacher)
+                llm.bind(self.world)
+                builder = _prompts_like(llm)
             records = collect_rollouts(policy, self.world, s.episodes, split="train", seed=s.seed + k,
                                        env_settings=s.env, max_episode_steps=s.max_episode_steps,
-                                       batch_size=s.gen_batch_size, progress=self.progress)
+                                       batch_size=s.gen_batch_size, prompt_builder=builder,
+                                       completion_builder=_completion, progress=self.progress)
             summary = save_rollout(records, folder, {
-                "world": self.world.name, "world_fingerprint": self.world.fingerprint(), "policy": "llm",
+                "world": self.world.name, "world_fingerprint": self.world.fingerprint(),
+                "policy": s.teacher if (k == 1 and s.teacher) else "llm",
                 "adapter": adapter, "iteration": k, "prompt_format_version": PROMPT_FORMAT_VERSION,
                 "prompt": s.prompt_options(),
             })
@@ -376,6 +394,21 @@ class _Run:
                         _secs(st.get(tune_key)) if k else "", _secs(st.get(eval_key)),
                         json.dumps(e["leave_reasons"])])
         return buf.getvalue()
+
+
+def _completion(title: str) -> str:
+    from agents.prompting import build_completion
+
+    return build_completion(title)
+
+
+def _prompts_like(llm) -> Callable:
+    """The prompt ``llm`` would have been given, for decisions another policy made."""
+
+    def build(world, obs) -> str:
+        return llm.prompts({k: np.asarray(v)[None] for k, v in obs.items()})[0]
+
+    return build
 
 
 def _secs(stage: Mapping[str, Any] | None) -> str:

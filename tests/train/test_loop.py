@@ -104,3 +104,16 @@ def test_compare_builds_the_paper_table(tmp_path, tiny_model_dir, capsys):
     assert names == ["base", "ulrec-p", "ulrec", "kto-no-sft", "kto-no-neg", "random", "greedy"]
     for r in doc["results"]:
         assert {"len_mean", "len_ci95", "return_mean", "return_ci95", "leave_reasons"} <= set(r)
+
+
+def test_teacher_sessions_seed_the_first_iteration(tmp_path, tiny_model_dir):
+    from train.rollout import load_rollout
+
+    out = tmp_path / "run"
+    doc = run_loop(_settings(tiny_model_dir, iterations=1, teacher="random", references=()), out, progress=False)
+    records, meta = load_rollout(out / "iter1" / "rollout")
+    assert meta["policy"] == "random" and records
+    assert all(r.prompt.endswith("<|im_start|>assistant\n") and r.completion == r.title + "\n" for r in records)
+    assert [e["policy"] for e in doc["evals"]] == ["base", "ulrec-p", "ulrec"]
+    with pytest.raises(ValueError, match="`teacher` must be None or a baseline"):
+        _settings(tiny_model_dir, teacher="llm")
