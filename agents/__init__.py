@@ -1,5 +1,12 @@
 """Recommender policies for ULRec-v0: baselines and the LLM recommender."""
 
+from agents.baselines import GreedyPolicy, MMRPolicy, PopularPolicy, RandomPolicy
+from agents.oracle import OraclePolicy
+from agents.policy import Policy
+
+__all__ = ["Policy", "RandomPolicy", "PopularPolicy", "GreedyPolicy", "MMRPolicy", "OraclePolicy",
+           "LLMRecommender", "DecodeRecord", "load_model_and_tokenizer", "resolve_model_path"]
+
 # LLM names load lazily: `import agents` must not import torch (the baselines stay torch-free).
 _LLM_NAMES = {
     "LLMRecommender": "agents.llm",
