@@ -95,3 +95,13 @@ def tiny_model_factory(tiny_tokenizer):
 @pytest.fixture
 def tiny_model(tiny_model_factory):
     return tiny_model_factory(0)
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory, tiny_model_factory, tiny_tokenizer) -> str:
+    """The tiny model and tokenizer saved as a local model folder (what `--model PATH` takes)."""
+    pytest.importorskip("trl")
+    d = tmp_path_factory.mktemp("tiny-llama")
+    tiny_model_factory(0).save_pretrained(d)
+    tiny_tokenizer.save_pretrained(d)
+    return str(d)

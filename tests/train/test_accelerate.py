@@ -32,19 +32,15 @@ def _examples(world):
 
 
 @pytest.mark.parametrize("stage", ["sft", "kto"])
-def test_tune_under_accelerate_two_processes(tmp_path, tiny_model_factory, tiny_tokenizer, default_world, stage):
-    pytest.importorskip("trl")
-    if shutil.which("accelerate") is None:
-        pytest.skip("accelerate's launcher is not on PATH")  # installed with the llm extra
-    model_dir = tmp_path / "model"
-    tiny_model_factory(0).save_pretrained(model_dir)
-    tiny_tokenizer.save_pretrained(model_dir)
+def test_tune_under_accelerate_two_processes(tmp_path, tiny_model_dir, default_world, stage):
+    assert shutil.which("accelerate"), "accelerate's launcher is not on PATH (it comes with the llm extra)"
+    model_dir = tiny_model_dir
     examples, report = _examples(default_world)
     save_examples(examples, tmp_path / "data", report=report)
     out = tmp_path / "adapter"
     cmd = ["accelerate", "launch", "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no",
            "--dynamo_backend", "no", "--multi_gpu", "-m", "train.cli", "tune", "--stage", stage, "--data",
-           str(tmp_path / "data"), "--model", str(model_dir), "--out", str(out), "--max-steps", "2", "--batch-size", "2"]
+           str(tmp_path / "data"), "--model", model_dir, "--out", str(out), "--max-steps", "2", "--batch-size", "2"]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.getcwd()}
     res = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]

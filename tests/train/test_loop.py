@@ -17,15 +17,6 @@ from train.loop import LoopSettings, run_loop
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture(scope="module")
-def tiny_model_dir(tmp_path_factory, tiny_model_factory, tiny_tokenizer):
-    pytest.importorskip("trl")
-    d = tmp_path_factory.mktemp("tiny-llama-loop")
-    tiny_model_factory(0).save_pretrained(d)
-    tiny_tokenizer.save_pretrained(d)
-    return str(d)
-
-
 def _settings(model, **kw):
     base = dict(world="synthetic:3", model=model, iterations=2, episodes=10, eval_episodes=6, max_episode_steps=5,
                 max_steps=2, train_batch_size=4, gen_batch_size=8, min_positives=1, references=("greedy",),

@@ -10,15 +10,6 @@ from train.cli import main
 from train.rollout import load_rollout, summarize_rollout
 
 
-@pytest.fixture(scope="module")
-def tiny_model_dir(tmp_path_factory, tiny_model_factory, tiny_tokenizer):
-    pytest.importorskip("trl")
-    d = tmp_path_factory.mktemp("tiny-llama")
-    tiny_model_factory(0).save_pretrained(d)
-    tiny_tokenizer.save_pretrained(d)
-    return str(d)
-
-
 def test_rollout_label_tune_bench(tmp_path, tiny_model_dir, capsys):
     ro, lab, sft, kto = (str(tmp_path / n) for n in ("ro", "lab", "sft", "kto"))
     world = "synthetic:3"

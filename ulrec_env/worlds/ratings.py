@@ -151,6 +151,17 @@ def _sorted_ids(ids: Sequence[str]) -> list[str]:
         return sorted(uniq)
 
 
+def _finite_number(text: str, what: str) -> tuple[float, str | None]:
+    """``(value, None)`` for a finite number, else ``(nan, why)`` naming ``what`` and the text."""
+    try:
+        value = float(text)
+    except ValueError:
+        return math.nan, f"{what} {text!r} is not a number"
+    if not math.isfinite(value):
+        return math.nan, f"{what} {text!r} is not finite"
+    return value, None
+
+
 def parse_ratings(
     data: bytes,
     source: str,
@@ -223,24 +234,15 @@ def parse_ratings(
         if not u or not it:
             bad.append((lineno, "empty user or item id"))
             continue
-        try:
-            r = float(rv)
-        except ValueError:
-            bad.append((lineno, f"rating {rv!r} is not a number"))
-            continue
-        if not math.isfinite(r):
-            bad.append((lineno, f"rating {rv!r} is not finite"))
+        r, problem = _finite_number(rv, "rating")
+        if problem:
+            bad.append((lineno, problem))
             continue
         t = float(lineno)
         if ct is not None:
-            tv = row[ct].strip()
-            try:
-                t = float(tv)
-            except ValueError:
-                bad.append((lineno, f"timestamp {tv!r} is not a number"))
-                continue
-            if not math.isfinite(t):
-                bad.append((lineno, f"timestamp {tv!r} is not finite"))
+            t, problem = _finite_number(row[ct].strip(), "timestamp")
+            if problem:
+                bad.append((lineno, problem))
                 continue
         users.append(u)
         items.append(it)
