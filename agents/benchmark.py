@@ -105,8 +105,7 @@ def benchmark(
                                     max_episode_steps=max_episode_steps, batch_size=batch_size)
                 sessions = result if sessions is None else sessions.extend(result)
                 bar.update(user_sets[s].size)
-            row = summarize(name, sessions, world, peeks=policy.peeks)
-            row["length_histogram"] = np.bincount(sessions.lengths, minlength=max_episode_steps + 1).tolist()
+            row = summarize(name, sessions, world, peeks=policy.peeks, max_episode_steps=max_episode_steps)
             rows.append(row)
     return {
         "world": world.name,

@@ -176,8 +176,10 @@ def mean_ci95(x: np.ndarray) -> tuple[float, float]:
     return float(x.mean()), float(half)
 
 
-def summarize(name: str, sessions: Sessions, world: World, peeks: bool = False) -> dict[str, Any]:
-    """The row of the benchmark table (and of the JSON) for one policy."""
+def summarize(name: str, sessions: Sessions, world: World, peeks: bool = False,
+              max_episode_steps: int = 100) -> dict[str, Any]:
+    """The row of the benchmark table (and of the JSON) for one policy; ``length_histogram`` counts sessions
+    by length ``0..max_episode_steps``."""
     len_mean, len_ci = mean_ci95(sessions.lengths)
     ret_mean, ret_ci = mean_ci95(sessions.returns)
     steps = int(sessions.lengths.sum())
@@ -207,6 +209,7 @@ def summarize(name: str, sessions: Sessions, world: World, peeks: bool = False) 
         "user_steps": user_steps,
         "seconds": sessions.seconds,
         "user_steps_per_s": user_steps / sessions.seconds if sessions.seconds > 0 else float("nan"),
+        "length_histogram": np.bincount(sessions.lengths, minlength=max_episode_steps + 1).tolist(),
         "per_seed": {
             str(int(s)): {"len_mean": float(sessions.lengths[sessions.seeds == s].mean()),
                           "return_mean": float(sessions.returns[sessions.seeds == s].mean())}

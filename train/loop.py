@@ -173,8 +173,7 @@ def evaluate_llm(world, settings: LoopSettings, users: np.ndarray, adapter: str 
         sessions = run_policy(policy, world, users, seed=settings.seed, env_settings=settings.env,
                               max_episode_steps=settings.max_episode_steps, batch_size=settings.gen_batch_size,
                               on_step=bar.update)
-    row = summarize(name, sessions, world, peeks=False)
-    row["length_histogram"] = np.bincount(sessions.lengths, minlength=settings.max_episode_steps + 1).tolist()
+    row = summarize(name, sessions, world, peeks=False, max_episode_steps=settings.max_episode_steps)
     return row
 
 
@@ -319,10 +318,11 @@ class _Run:
 
             rows = []
             for pname in self.settings.references:
-                sessions = run_policy(make_policy(pname), self.world, self.users, seed=self.settings.seed,
+                policy = make_policy(pname)
+                sessions = run_policy(policy, self.world, self.users, seed=self.settings.seed,
                                       env_settings=self.settings.env, max_episode_steps=self.settings.max_episode_steps)
-                row = summarize(pname, sessions, self.world, peeks=pname in ("greedy", "mmr", "oracle"))
-                row["length_histogram"] = np.bincount(sessions.lengths, minlength=self.settings.max_episode_steps + 1).tolist()
+                row = summarize(pname, sessions, self.world, peeks=policy.peeks,
+                                max_episode_steps=self.settings.max_episode_steps)
                 rows.append(row)
             return {"rows": rows}
 
@@ -360,20 +360,20 @@ class _Run:
         return evals
 
     def evals(self) -> list[dict[str, Any]]:
-        return [v["eval"] for k, v in self.manifest.stages.items() if "eval" in v]
+        return [v["eval"] for v in self.manifest.stages.values() if "eval" in v]
 
     def write_metrics(self) -> None:
         evals = self.evals()
         refs = self.manifest.stages.get("references", {}).get("rows", [])
         doc = {"settings": self.settings.to_dict(), "world": self.world.name, "evals": evals, "references": refs}
         atomic_write_text(self.out / "metrics.json", json.dumps(doc, indent=2, default=float))
-        atomic_write_text(self.out / "metrics.csv", self._csv(evals))
+        atomic_write_text(self.out / "metrics.csv", self._csv())
         try:
             plot_learning_curve(doc, self.out / "learning_curve.png")
         except ImportError as e:
             self.log(f"no plot: {e}")
 
-    def _csv(self, evals: list[dict[str, Any]]) -> str:
+    def _csv(self) -> str:
         buf = io.StringIO()
         cols = ["iteration", "policy", "len_mean", "len_ci95", "return_mean", "return_ci95", "reward_per_step",
                 "episodes", "desirable", "undesirable", "rollout_len_mean", "rollout_s", "label_s", "tune_s", "eval_s",
@@ -381,17 +381,19 @@ class _Run:
         w = csv.writer(buf)
         w.writerow(cols)
         st = self.manifest.stages
-        for e in evals:
+        for eval_key, stage in st.items():
+            if "eval" not in stage:
+                continue
+            e = stage["eval"]
             k = int(e["iteration"])
             report = st.get(f"iter{k}/label", {}).get("report", {})
-            tune_key = f"iter{k}/tune-ulrec-p" if e["policy"] == "ulrec-p" else f"iter{k}/tune-ulrec"
-            eval_key = next((n for n, v in st.items() if v.get("eval") is e or v.get("eval") == e), "")
+            tune_key = eval_key.replace("/eval-", "/tune-")  # the stage that trained the evaluated adapter
             w.writerow([k, e["policy"], f"{e['len_mean']:.4f}", f"{e['len_ci95']:.4f}", f"{e['return_mean']:.4f}",
                         f"{e['return_ci95']:.4f}", f"{e['reward_per_step']:.4f}", e["episodes"],
                         report.get("desirable", ""), report.get("undesirable", ""),
                         st.get(f"iter{k}/rollout", {}).get("summary", {}).get("len_mean", ""),
                         _secs(st.get(f"iter{k}/rollout")), _secs(st.get(f"iter{k}/label")),
-                        _secs(st.get(tune_key)) if k else "", _secs(st.get(eval_key)),
+                        _secs(st.get(tune_key)) if tune_key != eval_key else "", _secs(stage),
                         json.dumps(e["leave_reasons"])])
         return buf.getvalue()
 

@@ -151,6 +151,18 @@ def _sorted_ids(ids: Sequence[str]) -> list[str]:
         return sorted(uniq)
 
 
+def _data_rows(rows: list[list[str]], first: int, need: int, bad: list[tuple[int, str]]):
+    """``(line number, row)`` of the non-blank rows from index ``first`` on; short rows go to ``bad``."""
+    for k in range(first, len(rows)):
+        row = rows[k]
+        if not any(f.strip() for f in row):
+            continue
+        if len(row) < need:
+            bad.append((k + 1, f"expected at least {need} fields, got {len(row)}"))
+            continue
+        yield k + 1, row
+
+
 def _finite_number(text: str, what: str) -> tuple[float, str | None]:
     """``(value, None)`` for a finite number, else ``(nan, why)`` naming ``what`` and the text."""
     try:
@@ -222,14 +234,7 @@ def parse_ratings(
     times: list[float] = []
     lines: list[int] = []
     bad: list[tuple[int, str]] = []
-    for k in range(start, len(rows)):
-        row = rows[k]
-        lineno = k + 1
-        if not any(f.strip() for f in row):
-            continue
-        if len(row) < need:
-            bad.append((lineno, f"expected at least {need} fields, got {len(row)}"))
-            continue
+    for lineno, row in _data_rows(rows, start, need, bad):
         u, it, rv = row[cu].strip(), row[ci].strip(), row[cr].strip()
         if not u or not it:
             bad.append((lineno, "empty user or item id"))
@@ -326,14 +331,7 @@ def parse_items(
     out: dict[str, tuple[str, tuple[str, ...]]] = {}
     first_line: dict[str, int] = {}
     bad: list[tuple[int, str]] = []
-    for k in range(start + 1, len(rows)):
-        row = rows[k]
-        lineno = k + 1
-        if not any(f.strip() for f in row):
-            continue
-        if len(row) < need:
-            bad.append((lineno, f"expected at least {need} fields, got {len(row)}"))
-            continue
+    for lineno, row in _data_rows(rows, start + 1, need, bad):
         item, title = row[ci].strip(), row[ct].strip()
         if not item:
             bad.append((lineno, "empty item id"))
