@@ -7,6 +7,8 @@ Rows:
 * ``kto-trl-fp32-nockpt``: TRL's ``KTOTrainer`` with fp32 and no activation checkpointing (isolates those two).
 * ``ulrec-kto``: ``train.kto.ULRecKTOTrainer`` as ``train.tune`` runs it: fp32, no checkpointing, reference
   log-probs precomputed once per data set (their cost is included in the time), KTO + 0.1 * SFT.
+* ``ulrec-kto-top10`` / ``sft-top10``: the same with LoRA only in the last 10 of the 30 blocks
+  (``default_lora_config(top_layers=10)``, ``ulrec loop --lora-layers 10``): the backward pass stops there.
 
 Every row: same model, same examples (prompts from ``agents.prompting.build_prompt`` on the synthetic world, history
 shortened to about 100 tokens), LoRA r=16 on all linear layers, batch 8, ``--epochs`` passes over ``--examples``
@@ -30,7 +32,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-ROWS = ("sft", "kto-trl-defaults", "kto-trl-fp32-nockpt", "ulrec-kto")
+ROWS = ("sft", "sft-top10", "kto-trl-defaults", "kto-trl-fp32-nockpt", "ulrec-kto", "ulrec-kto-top10")
 
 
 def make_examples(tokenizer, n: int, seed: int = 0):
@@ -76,9 +78,9 @@ def run_row(row: str, examples, epochs: int, batch: int, workdir: str):
         seed=0,
         learning_rate=5e-5,
     )
-    lora = default_lora_config()
+    lora = default_lora_config(10, model.config.num_hidden_layers) if row.endswith("-top10") else default_lora_config()
     t0 = time.perf_counter()
-    if row == "sft":
+    if row in ("sft", "sft-top10"):
         args = default_trainer_args("sft", common.pop("output_dir"), **common)
         trainer, _ = build_sft_trainer(model, tok, examples, args, peft_config=lora)
         n_seen = sum(e["label"] for e in examples) * epochs
@@ -88,7 +90,7 @@ def run_row(row: str, examples, epochs: int, batch: int, workdir: str):
         ds = Dataset.from_list([{k: e[k] for k in ("prompt", "completion", "label")} for e in examples])
         trainer = KTOTrainer(model, args=args, train_dataset=ds, processing_class=tok, peft_config=copy.deepcopy(lora))
         n_seen = len(examples) * epochs
-    elif row == "ulrec-kto":
+    elif row in ("ulrec-kto", "ulrec-kto-top10"):
         args = default_trainer_args("kto", common.pop("output_dir"), **common)
         assert isinstance(args, ULRecKTOConfig) and args.precompute_ref_log_probs
         ds = Dataset.from_list([{k: e[k] for k in ("prompt", "completion", "label")} for e in examples])
@@ -150,11 +152,12 @@ def main() -> None:
             results.append(r)
             print(json.dumps(r), flush=True)
     base = next((r for r in results if r["row"] == "kto-trl-defaults"), None)
+    base = base or next((r for r in results if r["row"] == "kto-trl-fp32-nockpt"), None)
     print()
-    print(f"| stage | examples/s | train-only ex/s | steps | total s | vs TRL KTO defaults |")
+    print(f"| stage | examples/s | train-only ex/s | steps | total s | vs {base['row'] if base else 'TRL KTO'} |")
     print("|---|---:|---:|---:|---:|---:|")
     for r in results:
-        rel = f"{r['examples_per_s'] / base['examples_per_s']:.2f}x" if base and r["row"] != "sft" else ""
+        rel = f"{r['examples_per_s'] / base['examples_per_s']:.2f}x" if base and not r["row"].startswith("sft") else ""
         print(
             f"| {r['row']} | {r['examples_per_s']:.3f} | {r['train_only_examples_per_s']:.3f} | {r['steps']} | "
             f"{r['total_s']:.1f} | {rel} |"

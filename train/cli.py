@@ -95,6 +95,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--beta", type=float, default=None, help="KTO beta")
     t.add_argument("--sft-alpha", type=float, default=None, help="weight of the SFT term in the kto stage (0 turns it off)")
     t.add_argument("--full-finetune", action="store_true", help="train all weights instead of LoRA")
+    t.add_argument("--lora-layers", type=int, default=None,
+                   help="LoRA only in the last N transformer blocks (about 2x faster steps on a CPU with 10 of 30); default all")
     t.add_argument("--overwrite", action="store_true")
     t.add_argument("--seed", type=int, default=0)
     t.set_defaults(func=_cmd_tune)
@@ -138,6 +140,7 @@ def _add_loop_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--kto-learning-rate", type=float, default=dflt.kto_learning_rate)
     p.add_argument("--beta", type=float, default=dflt.beta)
     p.add_argument("--sft-alpha", type=float, default=dflt.sft_alpha)
+    p.add_argument("--lora-layers", type=int, default=dflt.lora_layers, help="LoRA only in the last N blocks (default all)")
     p.add_argument("--min-positives", type=int, default=dflt.min_positives)
     p.add_argument("--extra-negatives", type=int, default=dflt.extra_negatives)
     p.add_argument("--references", default=",".join(dflt.references), help="baselines drawn as reference lines ('' for none)")
@@ -158,7 +161,8 @@ def _loop_settings(args: argparse.Namespace):
         max_episode_steps=args.max_episode_steps, env=_env_settings(args), gen_batch_size=args.gen_batch_size,
         max_history=args.max_history, max_session=args.max_session, worked_example=args.worked_example,
         train_batch_size=args.train_batch_size, epochs=args.epochs, sft_learning_rate=args.sft_learning_rate,
-        kto_learning_rate=args.kto_learning_rate, beta=args.beta, sft_alpha=args.sft_alpha, max_steps=args.max_steps,
+        kto_learning_rate=args.kto_learning_rate, beta=args.beta, sft_alpha=args.sft_alpha,
+        lora_layers=args.lora_layers, max_steps=args.max_steps,
         min_positives=args.min_positives, extra_negatives=args.extra_negatives,
         references=tuple(r for r in args.references.split(",") if r), teacher=args.teacher, seed=args.seed,
     )
@@ -299,7 +303,8 @@ def _cmd_tune(args: argparse.Namespace) -> int:
                                         seed=args.seed, **overrides)
     result = tune(args.stage, args.data, args.model, out=args.out, init_adapter=args.init_adapter,
                   max_steps=args.max_steps, seed=args.seed,
-                  config=TuneConfig(trainer_args=trainer_args, full_finetune=args.full_finetune, overwrite=args.overwrite))
+                  config=TuneConfig(trainer_args=trainer_args, full_finetune=args.full_finetune, overwrite=args.overwrite,
+                                    lora_top_layers=args.lora_layers))
     print(f"{args.stage}: {result.n_train_examples} examples, {result.global_step} steps in {result.train_seconds:.1f}s "
           f"({result.examples_per_second:.2f} examples/s) -> {result.out}")
     return 0

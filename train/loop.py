@@ -62,6 +62,7 @@ class LoopSettings:
         kto_learning_rate: Learning rate of ULRec (LoRA).
         beta: KTO beta.
         sft_alpha: Weight of the SFT term in ULRec's loss.
+        lora_layers: LoRA only in the last N transformer blocks (``None``: all blocks); fewer blocks, cheaper steps.
         max_steps: Cap on optimizer steps per tuning stage (``None``: epochs decide).
         min_positives: Labelling: episodes with fewer positives give none (seed: 2).
         extra_negatives: Labelling: also mark the k steps before a redundant/bored leave undesirable.
@@ -92,6 +93,7 @@ class LoopSettings:
     kto_learning_rate: float = 5e-5
     beta: float = 0.1
     sft_alpha: float = 0.1
+    lora_layers: int | None = None
     max_steps: int | None = None
     min_positives: int = 2
     extra_negatives: int = 0
@@ -110,6 +112,9 @@ class LoopSettings:
             raise ValueError(f"`temperature` must be >= 0, got {self.temperature}.")
         if self.epochs <= 0:
             raise ValueError(f"`epochs` must be > 0, got {self.epochs}.")
+        if self.lora_layers is not None and (isinstance(self.lora_layers, bool) or not isinstance(self.lora_layers, int)
+                                             or self.lora_layers < 1):
+            raise ValueError(f"`lora_layers` must be None or a positive integer, got {self.lora_layers!r}.")
         if self.max_steps is not None and self.max_steps < 1:
             raise ValueError(f"`max_steps` must be None or >= 1, got {self.max_steps}.")
         object.__setattr__(self, "references", tuple(self.references))
@@ -223,8 +228,9 @@ class _Run:
         return result
 
     # ------------------------------------------------------------------ stages
-    def rollout(self, k: int, adapter: str | None) -> dict[str, Any]:
-        folder = self.out / f"iter{k}" / "rollout"
+    def rollout(self, k: int, adapter: str | None, teacher: bool = False, name: str = "rollout") -> dict[str, Any]:
+        """Sessions on train users by the LLM (with ``adapter``), or by the teacher baseline when ``teacher``."""
+        folder = self.out / f"iter{k}" / name
 
         def run() -> dict[str, Any]:
             from agents.llm import LLMRecommender
@@ -237,7 +243,7 @@ class _Run:
                                                     max_history=s.max_history, max_session=s.max_session,
                                                     worked_example=s.worked_example)
             builder = None
-            if k == 1 and s.teacher:
+            if teacher:
                 from agents.benchmark import make_policy
 
                 llm, policy = policy, make_policy(s.teacher)
@@ -249,22 +255,22 @@ class _Run:
                                        completion_builder=_completion, progress=self.progress)
             summary = save_rollout(records, folder, {
                 "world": self.world.name, "world_fingerprint": self.world.fingerprint(),
-                "policy": s.teacher if (k == 1 and s.teacher) else "llm",
+                "policy": s.teacher if teacher else "llm",
                 "adapter": adapter, "iteration": k, "prompt_format_version": PROMPT_FORMAT_VERSION,
                 "prompt": s.prompt_options(),
             })
             return {"path": str(folder), "summary": summary}
 
-        return self.stage(f"iter{k}/rollout", run, folder)
+        return self.stage(f"iter{k}/{name}", run, folder)
 
-    def label(self, k: int) -> dict[str, Any]:
-        folder = self.out / f"iter{k}" / "labels"
+    def label(self, k: int, rollout: str = "rollout", name: str = "labels") -> dict[str, Any]:
+        folder = self.out / f"iter{k}" / name
 
         def run() -> dict[str, Any]:
             from train.labeling import LabelOptions, label_steps, save_examples
             from train.rollout import load_rollout
 
-            records, meta = load_rollout(self.out / f"iter{k}" / "rollout")
+            records, meta = load_rollout(self.out / f"iter{k}" / rollout)
             opts = LabelOptions(min_positives=self.settings.min_positives, extra_negatives=self.settings.extra_negatives)
             examples, report = label_steps(records, opts)
             save_examples(examples, folder, world_fingerprint=meta.get("world_fingerprint"), report=report, options=opts,
@@ -272,7 +278,7 @@ class _Run:
                                       "prompt": meta.get("prompt")})
             return {"path": str(folder), "report": report.to_dict()}
 
-        return self.stage(f"iter{k}/label", run, folder)
+        return self.stage(f"iter{k}/{'label' if name == 'labels' else name}", run, folder)
 
     def tune(self, name: str, stage: str, data: Path, folder: Path, init_adapter: str | None,
              **overrides: Any) -> dict[str, Any]:
@@ -294,7 +300,8 @@ class _Run:
             args.update(overrides)
             trainer_args = default_trainer_args(stage, str(folder) + ".staging", seed=s.seed, **args)
             result = tune(stage, data, s.model, out=folder, init_adapter=init_adapter, seed=s.seed, world=self.world,
-                          config=TuneConfig(trainer_args=trainer_args, balance_weights=balance, overwrite=True))
+                          config=TuneConfig(trainer_args=trainer_args, balance_weights=balance, overwrite=True,
+                                            lora_top_layers=s.lora_layers))
             return {"path": str(folder), "examples": result.n_train_examples, "steps": result.global_step,
                     "train_seconds": result.train_seconds, "examples_per_s": result.examples_per_second,
                     "desirable_weight": result.desirable_weight, "undesirable_weight": result.undesirable_weight}
@@ -343,7 +350,8 @@ class _Run:
         evals = [self.evaluate("iter0/eval", 0, "base", None)["eval"]]
         adapter: str | None = None
         for k in range(1, s.iterations + 1):
-            self.rollout(k, adapter)
+            teacher = k == 1 and s.teacher is not None
+            self.rollout(k, adapter, teacher=teacher)
             labels = self.out / f"iter{k}" / "labels"
             self.label(k)
             init = adapter
@@ -352,6 +360,12 @@ class _Run:
                 self.tune(f"iter{k}/tune-ulrec-p", "sft", labels, p_dir, None)
                 evals.append(self.evaluate(f"iter{k}/eval-ulrec-p", k, "ulrec-p", str(p_dir))["eval"])
                 init = str(p_dir)
+            if teacher:
+                # The teacher's sessions rarely end (few negatives) and are not the LLM's own mistakes: ULRec's
+                # KTO learns from the LLM's own sessions (ULRec-P's when it was trained, else the base model's).
+                self.rollout(k, init, name="rollout-own")
+                self.label(k, rollout="rollout-own", name="labels-own")
+                labels = self.out / f"iter{k}" / "labels-own"
             u_dir = self.out / f"iter{k}" / "ulrec"
             self.tune(f"iter{k}/tune-ulrec", "kto", labels, u_dir, init)
             evals.append(self.evaluate(f"iter{k}/eval-ulrec", k, "ulrec", str(u_dir))["eval"])
@@ -482,7 +496,7 @@ def run_compare(settings: LoopSettings, out: str | os.PathLike, resume: bool = T
         raise ValueError("`ulrec compare` needs ULRec-P (sft_first=True): the ablations start from it.")
     run = _Run(settings, out, resume or (Path(out) / "settings.json").is_file(), progress, log)
     run.loop()
-    labels = run.out / "iter1" / "labels"
+    labels = run.out / "iter1" / ("labels-own" if run.settings.teacher else "labels")  # ULRec's own KTO data
     p_dir = str(run.out / "iter1" / "ulrec-p")
     abl = run.out / "ablations"
     run.tune("ablation/tune-kto-no-sft", "kto", labels, abl / "kto-no-sft", p_dir, sft_alpha=0.0)

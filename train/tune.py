@@ -54,15 +54,33 @@ Stage = Literal["sft", "kto"]
 _STAGES = ("sft", "kto")
 
 
-def default_lora_config() -> "LoraConfig":
-    """LoRA for small causal LMs: r=16, alpha=32, dropout 0.05, all linear layers of the blocks (not ``lm_head``)."""
+def default_lora_config(top_layers: int | None = None, num_layers: int | None = None) -> "LoraConfig":
+    """LoRA for small causal LMs: r=16, alpha=32, dropout 0.05, all linear layers of the blocks (not ``lm_head``).
+
+    Args:
+        top_layers: Put adapters only in the last ``top_layers`` transformer blocks (``None``: every block). The
+            backward pass then stops at the lowest adapted block: with 10 of SmolLM2's 30 blocks a training step
+            costs about half as much on a CPU, at the price of adapting fewer layers.
+        num_layers: The model's number of blocks (``config.num_hidden_layers``); required with ``top_layers``.
+    """
     from peft import LoraConfig
 
+    layers = None
+    if top_layers is not None:
+        if isinstance(top_layers, bool) or not isinstance(top_layers, int) or top_layers < 1:
+            raise ValueError(f"`top_layers` must be None or a positive integer, got {top_layers!r}.")
+        if num_layers is None:
+            raise ValueError("`num_layers` is required with `top_layers` (the model's config.num_hidden_layers).")
+        if top_layers > num_layers:
+            raise ValueError(f"`top_layers` is {top_layers} but the model has {num_layers} blocks; "
+                             f"pass at most {num_layers} or None for all.")
+        layers = list(range(num_layers - top_layers, num_layers))
     return LoraConfig(
         r=16,
         lora_alpha=32,
         lora_dropout=0.05,
         target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
+        layers_to_transform=layers,
         bias="none",
         task_type="CAUSAL_LM",
     )
@@ -133,6 +151,7 @@ class TuneConfig:
             ``None`` builds :func:`default_trainer_args`. Its ``output_dir`` is replaced by a staging folder.
         lora: The PEFT ``LoraConfig`` of a new adapter; ``None`` uses :func:`default_lora_config`. Ignored when an
             initial adapter is continued.
+        lora_top_layers: With ``lora=None``: adapt only the last N blocks (see :func:`default_lora_config`).
         full_finetune: Train all weights instead of a LoRA adapter (an initial adapter is merged first).
         balance_weights: KTO only: when ``desirable_weight`` and ``undesirable_weight`` are both left at 1.0, set
             them with :func:`train.labeling.recommend_weights` so the weighted ratio sits in TRL's band.
@@ -141,6 +160,7 @@ class TuneConfig:
 
     trainer_args: Any = None
     lora: Any = None
+    lora_top_layers: int | None = None
     full_finetune: bool = False
     balance_weights: bool = True
     overwrite: bool = False
@@ -479,7 +499,10 @@ def _attach_adapter(lm: Any, init_adapter: Any, cfg: TuneConfig) -> tuple[Any, A
         return lm, None
     if cfg.full_finetune:
         return lm, None
-    return lm, (cfg.lora if cfg.lora is not None else default_lora_config())
+    if cfg.lora is not None:
+        return lm, cfg.lora
+    n_layers = getattr(getattr(lm, "config", None), "num_hidden_layers", None)
+    return lm, default_lora_config(cfg.lora_top_layers, n_layers)
 
 
 def _save(trainer: Any, tokenizer: Any, folder: Path, sidecar: Mapping[str, Any]) -> None:

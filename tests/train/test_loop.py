@@ -106,5 +106,11 @@ def test_teacher_sessions_seed_the_first_iteration(tmp_path, tiny_model_dir):
     assert meta["policy"] == "random" and records
     assert all(r.prompt.endswith("<|im_start|>assistant\n") and r.completion == r.title + "\n" for r in records)
     assert [e["policy"] for e in doc["evals"]] == ["base", "ulrec-p", "ulrec"]
+    # ULRec's KTO learns from ULRec-P's own sessions, not the teacher's
+    own, own_meta = load_rollout(out / "iter1" / "rollout-own")
+    assert own_meta["policy"] == "llm" and own_meta["adapter"] == str(out / "iter1" / "ulrec-p") and own
+    own_labels = json.loads((out / "iter1" / "labels-own" / "meta.json").read_text())
+    sidecar = json.loads((out / "iter1" / "ulrec" / "ulrec_adapter.json").read_text())
+    assert sidecar["label_counts"] == {"desirable": own_labels["n_desirable"], "undesirable": own_labels["n_undesirable"]}
     with pytest.raises(ValueError, match="`teacher` must be None or a baseline"):
         _settings(tiny_model_dir, teacher="llm")

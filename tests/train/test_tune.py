@@ -92,6 +92,33 @@ def test_full_finetune_saves_a_model(data_dir, tiny_model_factory, tiny_tokenize
     assert not torch.equal(before, model.model.layers[0].mlp.up_proj.weight.detach())
 
 
+def test_lora_top_layers_adapts_only_the_last_blocks(data_dir, tiny_model_factory, tiny_tokenizer, tmp_path):
+    from peft import PeftModel
+
+    res = tune(
+        "sft", data_dir, tiny_model_factory(0), tokenizer=tiny_tokenizer, out=tmp_path / "top", max_steps=1,
+        config=TuneConfig(trainer_args=small_args("sft"), lora_top_layers=1),
+    )  # fmt: skip
+    cfg = json.loads((res.out / "adapter_config.json").read_text())
+    assert cfg["layers_to_transform"] == [1]  # the tiny model has 2 blocks
+    loaded = PeftModel.from_pretrained(tiny_model_factory(0), str(res.out))
+    lora = [n for n, _ in loaded.named_parameters() if "lora_A" in n]
+    assert lora and all(".layers.1." in n for n in lora)
+
+
+def test_default_lora_config_checks_top_layers():
+    from train.tune import default_lora_config
+
+    assert default_lora_config().layers_to_transform is None
+    assert default_lora_config(3, 30).layers_to_transform == [27, 28, 29]
+    with pytest.raises(ValueError, match="`top_layers` is 40 but the model has 30 blocks"):
+        default_lora_config(40, 30)
+    with pytest.raises(ValueError, match="`num_layers` is required"):
+        default_lora_config(3)
+    with pytest.raises(ValueError, match="`top_layers` must be None or a positive integer"):
+        default_lora_config(0, 30)
+
+
 def test_checks_before_training(data_dir, tiny_tokenizer, default_world, tmp_path):
     from ulrec_env.worlds import synthetic
 
