@@ -20,6 +20,8 @@ tokenization, left-side prompt cut, per-example weights) and the loss (adds the 
 
 from __future__ import annotations
 
+import contextlib
+import inspect
 import logging
 from dataclasses import dataclass, field
 from typing import Any
@@ -28,12 +30,24 @@ import torch
 import torch.nn.functional as F
 from datasets import Dataset, IterableDataset
 from trl import KTOConfig, KTOTrainer
+from accelerate.utils import is_peft_model
 from trl.trainer.kto_trainer import DataCollatorForUnpairedPreference
+from trl.trainer.utils import use_adapter
 
 from train.encoding import EncodingReport, encode_examples
 from train.labeling import TRL_WEIGHT_BAND, weighted_ratio
 
-__all__ = ["ULRecKTOConfig", "ULRecKTOTrainer", "UnpairedCollatorWithWeights", "completion_logps", "kto_losses"]
+__all__ = [
+    "AlignedBatch",
+    "ULRecKTOConfig",
+    "ULRecKTOTrainer",
+    "UnpairedCollatorWithWeights",
+    "align_right",
+    "aligned_completion_logps",
+    "completion_logps",
+    "kl_logps_from_prompt_cache",
+    "kto_losses",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -51,6 +65,14 @@ class ULRecKTOConfig(KTOConfig):
     sft_alpha: float = field(
         default=0.1,
         metadata={"help": "Weight alpha of the SFT term on desirable completions: loss = KTO + alpha * SFT."},
+    )
+    prompt_cache: bool = field(
+        default=True,
+        metadata={
+            "help": "Score only completion positions (left padding, logits_to_keep) and compute the KL pairs from the "
+            "main forward's key/value cache of the prompts. Same numbers, fewer FLOPs; off under gradient "
+            "checkpointing or for models without logits_to_keep."
+        },
     )
 
     def __post_init__(self) -> None:
@@ -99,6 +121,126 @@ def completion_logps(
         per_token = torch.gather(logits.log_softmax(-1), 2, input_ids[:, 1:, None]).squeeze(2)
         per_token = per_token.masked_fill(~mask, 0.0)
     return per_token.sum(-1), per_token, out
+
+
+@dataclass
+class AlignedBatch:
+    """A batch moved to left padding, so every completion ends at the last column.
+
+    Attributes:
+        input_ids, attention_mask, completion_mask, position_ids: ``(B, T)``, real tokens flush right.
+        width: ``C``, the longest completion; the completions live in the last ``C`` columns.
+        target_mask: ``(B, C)``, 1 where the last ``C`` columns hold completion tokens.
+    """
+
+    input_ids: torch.Tensor
+    attention_mask: torch.Tensor
+    completion_mask: torch.Tensor
+    position_ids: torch.Tensor
+    width: int
+    target_mask: torch.Tensor
+
+    @property
+    def prompt_lengths(self) -> torch.Tensor:
+        return self.attention_mask.sum(1) - self.completion_mask.sum(1)
+
+
+def _forward_params(model: Any) -> set[str]:
+    """Parameter names of the underlying transformers model's ``forward`` (through DDP and PEFT wrappers)."""
+    m = getattr(model, "module", model)
+    m = m.get_base_model() if hasattr(m, "get_base_model") else m
+    return set(inspect.signature(type(m).forward).parameters)
+
+
+def _output_cache(out: Any) -> Any:
+    """The key/value cache of a model output (``cache`` since transformers 5.24, ``past_key_values`` before)."""
+    cache = getattr(out, "cache", None)
+    return cache if cache is not None else out.past_key_values
+
+
+def align_right(input_ids: torch.Tensor, attention_mask: torch.Tensor, completion_mask: torch.Tensor) -> AlignedBatch | None:
+    """Moves every row's real tokens (prompt then completion) to the end of the row.
+
+    Returns ``None`` when some row's completion is not the tail of its real tokens (nothing to speed up then).
+    """
+    T = input_ids.size(1)
+    mask = attention_mask.to(torch.bool)
+    ar = torch.arange(T, device=input_ids.device)
+    order = torch.argsort(mask.long() * T + ar, dim=1, stable=True)  # padding first, real tokens after, in order
+    ids, am, cm = (x.gather(1, order) for x in (input_ids, attention_mask, completion_mask))
+    n_comp = cm.sum(1)
+    width = int(n_comp.max()) if n_comp.numel() else 0
+    if width == 0 or not torch.equal(cm.to(torch.bool), ar[None, :] >= (T - n_comp)[:, None]):
+        return None
+    pos = (am.cumsum(1) - 1).clamp(min=0)
+    return AlignedBatch(ids, am, cm, pos, width, cm[:, T - width :].to(torch.bool))
+
+
+def aligned_completion_logps(model: Any, batch: AlignedBatch, use_cache: bool = False) -> tuple[torch.Tensor, torch.Tensor, Any]:
+    """Completion log-probabilities that project only the completion positions through the LM head.
+
+    On a CPU the LM head of a small model is a large share of the compute (SmolLM2: 49k-word vocabulary, about a
+    quarter of a forward), and TRL's fused head scores every position there; with left padding all completions end
+    at the last column, so ``logits_to_keep = C + 1`` keeps exactly the positions that predict them.
+
+    Returns:
+        ``(seq_logps (B,), per_token (B, C), outputs)``; ``per_token`` is zero where ``batch.target_mask`` is 0.
+    """
+    width = batch.width
+    out = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, position_ids=batch.position_ids,
+                logits_to_keep=width + 1, use_cache=use_cache)
+    logits = out.logits[:, -(width + 1) : -1].float()
+    targets = batch.input_ids[:, -width:]
+    per_token = torch.gather(logits.log_softmax(-1), 2, targets[..., None]).squeeze(2)
+    per_token = per_token.masked_fill(~batch.target_mask, 0.0)
+    return per_token.sum(-1), per_token, out
+
+
+def kl_logps_from_prompt_cache(
+    model: Any, cache: Any, batch: AlignedBatch, kl_input_ids: torch.Tensor, kl_attention_mask: torch.Tensor,
+    kl_completion_mask: torch.Tensor, pad_token_id: int
+) -> torch.Tensor:
+    """Log-probabilities of the mismatched KL completions, reusing the prompts' keys and values.
+
+    KTO's KL pairs put completion ``j`` after prompt ``i``: the prompt part is the same as in the main batch, so only
+    the last prompt token and the KL completion go through the model, attending to the main forward's cache with
+    row ``i``'s completion (and its last prompt token) masked out. Same numbers as a full forward over
+    ``kl_input_ids``, at the cost of a few tokens per row instead of the whole prompt.
+
+    Args:
+        model: The model that produced ``cache`` (same weights and adapter state).
+        cache: The key/value cache of :func:`aligned_completion_logps` on ``batch`` with ``use_cache=True``.
+        batch: The aligned main batch.
+        kl_input_ids, kl_attention_mask, kl_completion_mask: The collator's ``KL_*`` tensors (prompt ``i`` + completion ``j``).
+        pad_token_id: Id written in padded slots (masked, never scored).
+
+    Returns:
+        ``(B,)`` summed log-probabilities of the KL completions.
+    """
+    B, T = batch.input_ids.shape
+    dev = batch.input_ids.device
+    kl_comp = [kl_input_ids[i][kl_completion_mask[i].to(torch.bool) & kl_attention_mask[i].to(torch.bool)] for i in range(B)]
+    n_kl = torch.tensor([c.numel() for c in kl_comp], device=dev)
+    width = int(n_kl.max())
+    prompt_len = batch.prompt_lengths
+    n_comp = batch.completion_mask.sum(1)
+    last_col = T - n_comp - 1  # column of each row's last prompt token
+    new_ids = torch.full((B, 1 + width), pad_token_id, dtype=batch.input_ids.dtype, device=dev)
+    new_mask = torch.zeros((B, 1 + width), dtype=batch.attention_mask.dtype, device=dev)
+    new_ids[:, 0] = batch.input_ids.gather(1, last_col[:, None]).squeeze(1)
+    new_mask[:, 0] = 1
+    for i, c in enumerate(kl_comp):
+        new_ids[i, 1 : 1 + c.numel()] = c
+        new_mask[i, 1 : 1 + c.numel()] = 1
+    ar = torch.arange(T, device=dev)
+    cache_mask = (batch.attention_mask.to(torch.bool) & (ar[None, :] < last_col[:, None])).to(new_mask.dtype)
+    pos = (prompt_len - 1)[:, None] + torch.arange(1 + width, device=dev)[None, :]
+    cache_kw = "cache" if "cache" in _forward_params(model) else "past_key_values"
+    out = model(input_ids=new_ids, attention_mask=torch.cat([cache_mask, new_mask], 1), position_ids=pos,
+                use_cache=True, **{cache_kw: cache})
+    logits = out.logits[:, :-1].float()
+    per_token = torch.gather(logits.log_softmax(-1), 2, new_ids[:, 1:, None]).squeeze(2)
+    return per_token.masked_fill(new_mask[:, 1:] == 0, 0.0).sum(-1)
 
 
 def kto_losses(
@@ -207,10 +349,20 @@ class ULRecKTOTrainer(KTOTrainer):
         batch = {k: (v.to(dev) if isinstance(v, torch.Tensor) else v) for k, v in inputs.items()}
         labels = batch["label"].to(torch.bool)
 
-        kl_logps = self._compute_kl_logps(model, batch) if self.calculate_KL else None
-        logps, per_token, outputs = completion_logps(
-            model, batch["input_ids"], batch["attention_mask"], batch["completion_mask"], fused=True
-        )
+        aligned = self._aligned(model, batch)
+        if aligned is not None:
+            logps, per_token, outputs = aligned_completion_logps(model, aligned, use_cache=self.calculate_KL)
+            token_mask = aligned.target_mask
+            kl_logps = None
+            if self.calculate_KL:
+                with torch.no_grad():
+                    kl_logps = self._kl_from_cache(model, _output_cache(outputs), aligned, batch)
+        else:
+            kl_logps = self._compute_kl_logps(model, batch) if self.calculate_KL else None
+            logps, per_token, outputs = completion_logps(
+                model, batch["input_ids"], batch["attention_mask"], batch["completion_mask"], fused=True
+            )
+            token_mask = batch["completion_mask"][:, 1:].to(torch.bool)
         if self.precompute_ref_logps:
             ref_logps, ref_kl_logps = batch["ref_logps"], batch.get("ref_KL_logps")
         else:
@@ -233,8 +385,7 @@ class ULRecKTOTrainer(KTOTrainer):
             weights = weights * batch["sample_weight"].to(weights)
         kto_loss = (weights * per_example).mean()
 
-        mask = batch["completion_mask"][:, 1:].to(torch.bool)
-        des_mask = mask & labels[:, None]
+        des_mask = token_mask & labels[:, None]
         n_des_tokens = des_mask.sum()
         if n_des_tokens > 0:
             sft_loss = -(per_token * des_mask).sum() / n_des_tokens
@@ -250,6 +401,38 @@ class ULRecKTOTrainer(KTOTrainer):
                 outputs = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
             return loss, outputs
         return loss
+
+    # ----------------------------------------------------------------------------------------------- prompt cache
+    def _aligned(self, model: Any, batch: dict[str, Any]) -> AlignedBatch | None:
+        """The left-padded batch of the prompt-cache path, or ``None`` when that path is off or not possible."""
+        if not getattr(self.args, "prompt_cache", False) or self.args.gradient_checkpointing:
+            return None
+        if getattr(self, "_logits_to_keep_ok", None) is None:
+            self._logits_to_keep_ok = "logits_to_keep" in _forward_params(self.accelerator.unwrap_model(model))
+        if not self._logits_to_keep_ok:
+            return None
+        return align_right(batch["input_ids"], batch["attention_mask"], batch["completion_mask"])
+
+    def _kl_from_cache(self, model: Any, cache: Any, aligned: AlignedBatch, batch: dict[str, Any]) -> torch.Tensor:
+        tok = self._tokenizer
+        pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+        return kl_logps_from_prompt_cache(
+            model, cache, aligned, batch["KL_input_ids"], batch["KL_attention_mask"], batch["KL_completion_mask"], pad
+        )
+
+    def compute_ref_log_probs(self, model: Any, inputs: dict[str, Any]):
+        """TRL's reference log-probs, through the prompt-cache path when it applies (same numbers)."""
+        aligned = self._aligned(model, inputs)
+        if aligned is None:
+            return super().compute_ref_log_probs(model, inputs)
+        adapter_context = contextlib.nullcontext()
+        if self.ref_model is None and is_peft_model(self.model):
+            unwrapped = self.accelerator.unwrap_model(self.model)
+            adapter_context = use_adapter(unwrapped, adapter_name="ref" if "ref" in unwrapped.peft_config else None)
+        with torch.no_grad(), adapter_context, self.accelerator.autocast():
+            logps, _, out = aligned_completion_logps(model, aligned, use_cache=self.calculate_KL)
+            kl = self._kl_from_cache(model, _output_cache(out), aligned, inputs) if self.calculate_KL else None
+        return logps, kl
 
     def _log_kto_metrics(self, mode, labels, logps, rewards, kl, kto_loss, sft_loss) -> None:
         gather = self.accelerator.gather_for_metrics

@@ -11,7 +11,15 @@ pytest.importorskip("peft")
 from datasets import Dataset
 from peft import LoraConfig
 
-from train.kto import ULRecKTOConfig, ULRecKTOTrainer, completion_logps
+from train.kto import (
+    ULRecKTOConfig,
+    ULRecKTOTrainer,
+    _output_cache,
+    align_right,
+    aligned_completion_logps,
+    completion_logps,
+    kl_logps_from_prompt_cache,
+)
 
 
 def make_examples(world, n=8):
@@ -77,6 +85,61 @@ def test_masked_logprob_is_sum_over_title_tokens(tiny_model, tiny_tokenizer, def
             by_hand = sum(logits[len(p) - 1 + j, tok].item() for j, tok in enumerate(c))
             assert seq[i].item() == pytest.approx(by_hand, abs=1e-4)
             assert int(batch["completion_mask"][i].sum()) == len(c)  # the title tokens only: no EOS, no prompt
+
+
+def uneven_examples(world, n=4):
+    """Prompts and completions of different lengths, so rows pad differently."""
+    return [
+        {
+            "prompt": "History: " + ", ".join(world.titles[i : i + 1 + i % 3]) + ". Recommended:",
+            "completion": " " + " ".join(world.titles[i + 5 : i + 6 + (i % 2)]),
+            "label": i % 2 == 0,
+        }
+        for i in range(n)
+    ]
+
+
+def test_prompt_cache_path_gives_the_same_log_probs(tiny_model, tiny_tokenizer, default_world, tmp_path):
+    trainer = make_trainer(tiny_model, tiny_tokenizer, uneven_examples(default_world), tmp_path)
+    batch = first_batch(trainer)
+    assert len(set(batch["attention_mask"].sum(1).tolist())) > 1  # rows of different lengths
+    model = trainer.model.eval()
+    with torch.no_grad():
+        full, _, _ = completion_logps(model, batch["input_ids"], batch["attention_mask"], batch["completion_mask"], fused=False)
+        aligned = align_right(batch["input_ids"], batch["attention_mask"], batch["completion_mask"])
+        fast, per_token, out = aligned_completion_logps(model, aligned, use_cache=True)
+        assert torch.allclose(fast, full, atol=1e-4)
+        assert int(aligned.target_mask.sum()) == int(batch["completion_mask"].sum()) and per_token.shape[1] == aligned.width
+        # the mismatched KL pairs, from the prompts' cache, against a full forward over KL_input_ids
+        kl_full, _, _ = completion_logps(
+            model, batch["KL_input_ids"], batch["KL_attention_mask"], batch["KL_completion_mask"], fused=False
+        )
+        kl_fast = kl_logps_from_prompt_cache(
+            model, _output_cache(out), aligned, batch["KL_input_ids"], batch["KL_attention_mask"],
+            batch["KL_completion_mask"], tiny_tokenizer.pad_token_id or 0,
+        )  # fmt: skip
+        assert torch.allclose(kl_fast, kl_full, atol=1e-4)
+        assert not torch.allclose(kl_full, full, atol=1e-2)  # the KL pairs really are other sequences
+
+
+def test_prompt_cache_on_and_off_give_the_same_loss(tiny_model_factory, tiny_tokenizer, default_world, tmp_path):
+    losses = []
+    for on in (True, False):
+        trainer = make_trainer(
+            tiny_model_factory(0), tiny_tokenizer, uneven_examples(default_world), tmp_path / str(on), prompt_cache=on
+        )
+        trainer.model.eval()
+        with torch.no_grad():
+            losses.append(trainer.compute_loss(trainer.model, first_batch(trainer)).item())
+    assert losses[0] == pytest.approx(losses[1], rel=1e-4)
+
+
+def test_align_right_refuses_a_completion_that_is_not_the_tail():
+    ids = torch.tensor([[5, 6, 7, 8, 0]])
+    am = torch.tensor([[1, 1, 1, 1, 0]])
+    assert align_right(ids, am, torch.tensor([[0, 0, 1, 0, 0]])) is None
+    a = align_right(ids, am, torch.tensor([[0, 0, 1, 1, 0]]))
+    assert a.input_ids.tolist() == [[0, 5, 6, 7, 8]] and a.position_ids.tolist() == [[0, 0, 1, 2, 3]] and a.width == 2
 
 
 def test_sft_term_zero_without_desirable_examples(tiny_model, tiny_tokenizer, default_world, tmp_path):
