@@ -10,12 +10,43 @@ from __future__ import annotations
 
 from typing import Any, Mapping, Sequence
 
+import torch
 from datasets import Dataset
 from trl import SFTConfig, SFTTrainer
 
 from train.encoding import EncodingReport, encode_examples
+from train.kto import _forward_params, align_right, aligned_completion_logps
 
-__all__ = ["sft_dataset", "build_sft_trainer"]
+__all__ = ["ULRecSFTTrainer", "sft_dataset", "build_sft_trainer"]
+
+
+class ULRecSFTTrainer(SFTTrainer):
+    """TRL's ``SFTTrainer`` whose loss projects only the completion positions through the LM head.
+
+    The loss is TRL's (mean negative log-likelihood over the completion tokens, ``num_items_in_batch`` and
+    multi-process averaging as TRL does them); the batch is moved to left padding so that every completion ends
+    at the last column and ``logits_to_keep`` skips the prompt positions. On a CPU TRL's fused head scores every
+    position, which for SmolLM2's 49k-word vocabulary is a large share of the step. Falls back to TRL's loss
+    for padding-free batches, under gradient checkpointing, with label smoothing or a custom loss, and for models
+    without ``logits_to_keep``. The entropy and token-accuracy metrics are not logged on the fast path.
+    """
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        aligned = None
+        if (not return_outputs and "attention_mask" in inputs and "labels" in inputs
+                and not self.args.gradient_checkpointing and self.compute_loss_func is None
+                and self.label_smoother is None and self.args.loss_type == "nll" and not self.aux_loss_enabled
+                and "logits_to_keep" in _forward_params(self.accelerator.unwrap_model(model))):
+            labels = inputs["labels"]
+            aligned = align_right(inputs["input_ids"], inputs["attention_mask"], (labels != -100).long())
+        if aligned is None:
+            return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+        _, per_token, _ = aligned_completion_logps(model, aligned)
+        n_tokens = aligned.target_mask.sum() if num_items_in_batch is None else num_items_in_batch
+        loss = -per_token.sum() / torch.as_tensor(n_tokens).clamp(min=1)
+        if self.args.average_tokens_across_devices and num_items_in_batch is not None:
+            loss = loss * (self.accelerator.num_processes // self.get_tp_size())
+        return loss
 
 
 def sft_dataset(
@@ -56,7 +87,7 @@ def build_sft_trainer(
     args: SFTConfig,
     peft_config: Any = None,
 ) -> tuple[SFTTrainer, EncodingReport]:
-    """An ``SFTTrainer`` for ULRec-P on the desirable examples.
+    """A :class:`ULRecSFTTrainer` (TRL's ``SFTTrainer``) for ULRec-P on the desirable examples.
 
     Args:
         model: The causal LM (a ``PeftModel`` to continue an adapter; then ``peft_config`` must be None).
@@ -69,7 +100,7 @@ def build_sft_trainer(
         ``(trainer, encoding_report)``.
     """
     dataset, report = sft_dataset(examples, tokenizer, args.max_length)
-    trainer = SFTTrainer(
+    trainer = ULRecSFTTrainer(
         model=model, args=args, train_dataset=dataset, processing_class=tokenizer, peft_config=peft_config
     )
     return trainer, report
