@@ -12,6 +12,12 @@
 All log-probabilities count only the completion tokens (the item title as the agent produced it): prompts and
 completions are tokenized separately (:mod:`train.encoding`) and the collator masks every prompt token.
 
+Speed (same numbers as the plain forwards; ``ULRecKTOConfig(prompt_cache=False)`` turns it off): each batch is moved to
+left padding so that every completion ends at the last column, and the model is asked for
+``logits_to_keep = C + 1`` logits only (:func:`aligned_completion_logps`): on a CPU TRL's fused head scores every
+position. KTO's mismatched KL pairs reuse the main forward's key/value cache of the prompts and run only the last
+prompt token plus the other completion (:func:`kl_logps_from_prompt_cache`), for the policy and the reference.
+
 :class:`ULRecKTOTrainer` is a small subclass of TRL's ``KTOTrainer``: TRL still does the model/PEFT set-up, the
 reference model (adapter disabled, or a frozen copy of an initial adapter), ``precompute_ref_log_probs``, the
 collator, gradient accumulation, accelerate and logging; the subclass replaces the dataset preparation (separate
