@@ -108,6 +108,10 @@ def default_trainer_args(
     costs one extra forward per step). SFT: lr 2e-4 (LoRA) / 2e-5 (full). KTO (:class:`train.kto.ULRecKTOConfig`):
     lr 5e-5 (LoRA) / 5e-6 (full, the paper's), beta 0.1, ``sft_alpha`` 0.1, reference log-probs precomputed once
     per data set.
+
+    Measured with LoRA on SmolLM2-135M (README, "The learning result"): at lr 5e-4 and beta 0.1, 60 KTO steps left
+    the implicit rewards (beta x log-ratio) within +-0.07; beta 1.0 moved log-ratios by 1-3 nats in as many steps.
+    For short LoRA runs on small models raise beta and the learning rate (e.g. ``--beta 1.0`` at 5e-4).
     """
     if stage not in _STAGES:
         raise ValueError(f"`stage` must be 'sft' or 'kto', got {stage!r}.")
