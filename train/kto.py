@@ -27,6 +27,7 @@ tokenization, left-side prompt cut, per-example weights) and the loss (adds the 
 from __future__ import annotations
 
 import contextlib
+import functools
 import inspect
 import logging
 from dataclasses import dataclass, field
@@ -53,6 +54,7 @@ __all__ = [
     "completion_logps",
     "kl_logps_from_prompt_cache",
     "kto_losses",
+    "supports_logits_to_keep",
 ]
 
 logger = logging.getLogger(__name__)
@@ -123,10 +125,14 @@ def completion_logps(
         per_token = out.log_probs[:, -(input_ids.size(1) - 1) :]
     else:
         out = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
-        logits = out.logits[:, :-1].float()
-        per_token = torch.gather(logits.log_softmax(-1), 2, input_ids[:, 1:, None]).squeeze(2)
-        per_token = per_token.masked_fill(~mask, 0.0)
+        per_token = _token_logps(out.logits[:, :-1], input_ids[:, 1:], mask)
     return per_token.sum(-1), per_token, out
+
+
+def _token_logps(logits: torch.Tensor, targets: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+    """``log softmax(logits)[target]`` per position, in float32, zero where ``keep`` is false."""
+    per_token = torch.gather(logits.float().log_softmax(-1), 2, targets[..., None]).squeeze(2)
+    return per_token.masked_fill(~keep.to(torch.bool), 0.0)
 
 
 @dataclass
@@ -151,11 +157,21 @@ class AlignedBatch:
         return self.attention_mask.sum(1) - self.completion_mask.sum(1)
 
 
-def _forward_params(model: Any) -> set[str]:
+def _forward_params(model: Any) -> frozenset[str]:
     """Parameter names of the underlying transformers model's ``forward`` (through DDP and PEFT wrappers)."""
     m = getattr(model, "module", model)
     m = m.get_base_model() if hasattr(m, "get_base_model") else m
-    return set(inspect.signature(type(m).forward).parameters)
+    return _class_forward_params(type(m))
+
+
+@functools.lru_cache(maxsize=None)
+def _class_forward_params(cls: type) -> frozenset[str]:
+    return frozenset(inspect.signature(cls.forward).parameters)
+
+
+def supports_logits_to_keep(model: Any) -> bool:
+    """Whether the model's ``forward`` takes ``logits_to_keep`` (the fast completion-only paths need it)."""
+    return "logits_to_keep" in _forward_params(model)
 
 
 def _output_cache(out: Any) -> Any:
@@ -195,10 +211,7 @@ def aligned_completion_logps(model: Any, batch: AlignedBatch, use_cache: bool = 
     width = batch.width
     out = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, position_ids=batch.position_ids,
                 logits_to_keep=width + 1, use_cache=use_cache)
-    logits = out.logits[:, -(width + 1) : -1].float()
-    targets = batch.input_ids[:, -width:]
-    per_token = torch.gather(logits.log_softmax(-1), 2, targets[..., None]).squeeze(2)
-    per_token = per_token.masked_fill(~batch.target_mask, 0.0)
+    per_token = _token_logps(out.logits[:, -(width + 1) : -1], batch.input_ids[:, -width:], batch.target_mask)
     return per_token.sum(-1), per_token, out
 
 
@@ -226,8 +239,7 @@ def kl_logps_from_prompt_cache(
     B, T = batch.input_ids.shape
     dev = batch.input_ids.device
     kl_comp = [kl_input_ids[i][kl_completion_mask[i].to(torch.bool) & kl_attention_mask[i].to(torch.bool)] for i in range(B)]
-    n_kl = torch.tensor([c.numel() for c in kl_comp], device=dev)
-    width = int(n_kl.max())
+    width = max(c.numel() for c in kl_comp)
     prompt_len = batch.prompt_lengths
     n_comp = batch.completion_mask.sum(1)
     last_col = T - n_comp - 1  # column of each row's last prompt token
@@ -244,9 +256,7 @@ def kl_logps_from_prompt_cache(
     cache_kw = "cache" if "cache" in _forward_params(model) else "past_key_values"
     out = model(input_ids=new_ids, attention_mask=torch.cat([cache_mask, new_mask], 1), position_ids=pos,
                 use_cache=True, **{cache_kw: cache})
-    logits = out.logits[:, :-1].float()
-    per_token = torch.gather(logits.log_softmax(-1), 2, new_ids[:, 1:, None]).squeeze(2)
-    return per_token.masked_fill(new_mask[:, 1:] == 0, 0.0).sum(-1)
+    return _token_logps(out.logits[:, :-1], new_ids[:, 1:], new_mask[:, 1:]).sum(-1)
 
 
 def kto_losses(
@@ -413,9 +423,7 @@ class ULRecKTOTrainer(KTOTrainer):
         """The left-padded batch of the prompt-cache path, or ``None`` when that path is off or not possible."""
         if not getattr(self.args, "prompt_cache", False) or self.args.gradient_checkpointing:
             return None
-        if getattr(self, "_logits_to_keep_ok", None) is None:
-            self._logits_to_keep_ok = "logits_to_keep" in _forward_params(self.accelerator.unwrap_model(model))
-        if not self._logits_to_keep_ok:
+        if not supports_logits_to_keep(self.accelerator.unwrap_model(model)):
             return None
         return align_right(batch["input_ids"], batch["attention_mask"], batch["completion_mask"])
 

@@ -15,7 +15,7 @@ from datasets import Dataset
 from trl import SFTConfig, SFTTrainer
 
 from train.encoding import EncodingReport, encode_examples
-from train.kto import _forward_params, align_right, aligned_completion_logps
+from train.kto import align_right, aligned_completion_logps, supports_logits_to_keep
 
 __all__ = ["ULRecSFTTrainer", "sft_dataset", "build_sft_trainer"]
 
@@ -36,7 +36,7 @@ class ULRecSFTTrainer(SFTTrainer):
         if (not return_outputs and "attention_mask" in inputs and "labels" in inputs
                 and not self.args.gradient_checkpointing and self.compute_loss_func is None
                 and self.label_smoother is None and self.args.loss_type == "nll" and not self.aux_loss_enabled
-                and "logits_to_keep" in _forward_params(self.accelerator.unwrap_model(model))):
+                and supports_logits_to_keep(self.accelerator.unwrap_model(model))):
             labels = inputs["labels"]
             aligned = align_right(inputs["input_ids"], inputs["attention_mask"], (labels != -100).long())
         if aligned is None:
