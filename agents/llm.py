@@ -245,6 +245,10 @@ class LLMRecommender(Policy):
         """Reseed the sampling generator (``None``: back to the constructor's seed)."""
         self._generator.manual_seed(self._seed if seed is None else int(seed))
 
+    def prompt_options(self) -> dict[str, Any]:
+        """How this agent writes prompts (the keys an adapter's ``ulrec_adapter.json`` records under ``"prompt"``)."""
+        return {"max_history": self.max_history, "max_session": self.max_session, "worked_example": self.worked_example}
+
     # ------------------------------------------------------------------ acting
     def prompts(self, obs: Mapping[str, np.ndarray]) -> list[str]:
         """The prompt of each session of a batched observation."""

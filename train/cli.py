@@ -257,17 +257,11 @@ def _cmd_rollout(args: argparse.Namespace) -> int:
         "llm_model": args.llm_model, "llm_adapter": args.llm_adapter, "temperature": args.temperature,
         "seed": args.seed, "split": args.split, "env": _env_settings(args),
         "max_episode_steps": args.max_episode_steps, "prompt_format_version": PROMPT_FORMAT_VERSION,
-        "prompt": _prompt_options_of(policy),
+        "prompt": policy.prompt_options() if hasattr(policy, "prompt_options") else None,
     })
     print(f"{summary['episodes']} episodes, {summary['steps']} steps, Len {summary['len_mean']:.2f}, "
           f"return {summary['return_mean']:.1f}, leave reasons {summary['leave_reasons']} -> {args.out}")
     return 0
-
-
-def _prompt_options_of(policy) -> dict | None:
-    if not hasattr(policy, "max_history"):
-        return None
-    return {"max_history": policy.max_history, "max_session": policy.max_session, "worked_example": policy.worked_example}
 
 
 def _cmd_label(args: argparse.Namespace) -> int:
