@@ -11,7 +11,10 @@ from ulrec_env.user_model import similarity
 
 MMR_PENALTY = 0.5
 
-__all__ = ["MMR_PENALTY", "RandomPolicy", "PopularPolicy", "GreedyPolicy", "MMRPolicy", "shown_mask", "window_items"]
+__all__ = [
+    "MMR_PENALTY", "RandomPolicy", "PopularPolicy", "GreedyPolicy", "MMRPolicy", "GenreCyclePolicy",
+    "recent_history", "shown_mask", "window_items",
+]
 
 
 def shown_mask(recommended: np.ndarray, n_items: int) -> np.ndarray:
@@ -32,6 +35,15 @@ def window_items(recommended: np.ndarray, steps: np.ndarray, window: int) -> np.
     idx = filled[:, None] + offsets[None, :]
     out = np.where(idx >= 0, rec[np.arange(n)[:, None], np.clip(idx, 0, slots - 1)], -1)
     return out
+
+
+def recent_history(history: np.ndarray, k: int) -> np.ndarray:
+    """Boolean mask of the ``k`` most recent real entries of each ``obs["history"]`` row (``-1`` is padding)."""
+    hist = np.asarray(history)
+    valid = hist >= 0
+    # Count real entries from the right: the newest real entry is 1, the one before it 2, ...
+    from_end = np.cumsum(valid[:, ::-1], axis=1)[:, ::-1]
+    return valid & (from_end <= k)
 
 
 class RandomPolicy(Policy):
@@ -129,5 +141,64 @@ class MMRPolicy(Policy):
         sim = similarity(d, self.distance_threshold)
         sim[np.broadcast_to(empty[:, None, :], sim.shape)] = 0.0
         score -= self.penalty * (hi - lo) * sim.max(axis=2)
+        score[shown_mask(obs["recommended"], self.world.n_items)] = -np.inf
+        return score.argmax(axis=1)
+
+
+class GenreCyclePolicy(Policy):
+    """A rule that reads only what the LLM's prompt shows: genres of the history and of the recent session.
+
+    Among the items not shown yet it picks, at random, one whose genres all occur in the user's last
+    ``max_history`` history items and none of which occurs among the last ``window`` recommended items. If no
+    item qualifies it drops the history condition, then the window condition. It never looks at ratings or
+    distances (``peeks`` is False), so every decision is a function of the prompt's text plus a coin: the kind of
+    teacher whose sessions an LLM reading the same prompt can learn to imitate (``ulrec loop --teacher
+    genre-cycle``). It also measures how far the prompt's information alone can take a recommender.
+
+    Args:
+        max_history: How many of the most recent history items it reads (set it to the prompt's ``max_history``).
+        window: How many of the most recent recommended items' genres it avoids.
+        seed: Seed of the random choice among qualifying items.
+    """
+
+    name = "genre-cycle"
+
+    def __init__(self, max_history: int = 15, window: int = 2, seed: int | None = 0) -> None:
+        super().__init__()
+        for arg, value in (("max_history", max_history), ("window", window)):
+            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+                raise ValueError(f"`{arg}` must be an integer >= 1, got {value!r}.")
+        self.max_history = int(max_history)
+        self.window = int(window)
+        self._rng = np.random.default_rng(seed)
+
+    def reset(self, seed: int | None = None) -> None:
+        if seed is not None:
+            self._rng = np.random.default_rng(seed)
+
+    def _on_bind(self) -> None:
+        names = {g: k for k, g in enumerate(self.world.genre_names)}
+        member = np.zeros((self.world.n_items, max(len(names), 1)), dtype=np.float64)
+        for i, gs in enumerate(self.world.genres):
+            for g in gs:
+                member[i, names[g]] = 1.0
+        self._member = member  # (n_items, n_genres)
+
+    def _act_batch(self, obs: Mapping[str, np.ndarray]) -> np.ndarray:
+        member = self._member
+        hist = np.asarray(obs["history"])
+        keep = recent_history(hist, self.max_history)
+        # (n, n_genres): genres present in the read history / in the recent window.
+        hist_genres = np.zeros((hist.shape[0], member.shape[1]))
+        rows, cols = np.nonzero(keep)
+        np.add.at(hist_genres, rows, member[hist[rows, cols]])
+        win = window_items(obs["recommended"], obs["step"], self.window)
+        win_genres = np.zeros_like(hist_genres)
+        rows, cols = np.nonzero(win >= 0)
+        np.add.at(win_genres, rows, member[win[rows, cols]])
+        fresh = (win_genres > 0).astype(np.float64) @ member.T == 0  # (n, n_items): no genre in the window
+        liked = (hist_genres == 0).astype(np.float64) @ member.T == 0  # every genre occurs in the history
+        # Tiers as score offsets: fresh and liked (2), fresh (1), anything unseen (0); random within a tier.
+        score = self._rng.random(fresh.shape) + fresh + (fresh & liked)
         score[shown_mask(obs["recommended"], self.world.n_items)] = -np.inf
         return score.argmax(axis=1)

@@ -11,7 +11,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
-from agents.baselines import GreedyPolicy, MMRPolicy, PopularPolicy, RandomPolicy
+from agents.baselines import GenreCyclePolicy, GreedyPolicy, MMRPolicy, PopularPolicy, RandomPolicy
 from agents.evaluation import choose_users, run_policy, summarize
 from agents.oracle import OraclePolicy
 from agents.policy import Policy
@@ -36,6 +36,7 @@ _FACTORIES: dict[str, Callable[..., Policy]] = {
     "popular": lambda **kw: PopularPolicy(),
     "greedy": lambda **kw: GreedyPolicy(),
     "mmr": lambda **kw: MMRPolicy(),
+    "genre-cycle": lambda **kw: GenreCyclePolicy(max_history=kw.get("max_history") or 15, seed=kw.get("seed") or 0),
     "oracle": lambda **kw: OraclePolicy(),
     "llm": _llm,
 }
@@ -43,10 +44,11 @@ POLICY_NAMES = tuple(_FACTORIES)
 
 
 def make_policy(name: str, **options: Any) -> Policy:
-    """A policy by name (``random``, ``popular``, ``greedy``, ``mmr``, ``oracle``, ``llm``).
+    """A policy by name (``random``, ``popular``, ``greedy``, ``mmr``, ``genre-cycle``, ``oracle``, ``llm``).
 
-    ``llm`` takes ``llm_model``, ``llm_adapter``, ``llm_batch_size``, ``temperature``, ``top_p`` and ``seed``
-    options (all optional); the baselines ignore them.
+    ``genre-cycle`` takes ``max_history`` (how many history items it reads) and ``seed``; ``llm`` takes
+    ``llm_model``, ``llm_adapter``, ``llm_batch_size``, ``temperature``, ``top_p`` and ``seed`` (all optional).
+    The other baselines ignore options.
     """
     if name not in _FACTORIES:
         raise ValueError(f"unknown policy {name!r}; valid policies: {', '.join(POLICY_NAMES)}.")

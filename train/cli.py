@@ -144,7 +144,7 @@ def _add_loop_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--min-positives", type=int, default=dflt.min_positives)
     p.add_argument("--extra-negatives", type=int, default=dflt.extra_negatives)
     p.add_argument("--references", default=",".join(dflt.references), help="baselines drawn as reference lines ('' for none)")
-    p.add_argument("--teacher", default=None, help="a baseline (mmr, oracle, ...) whose sessions are the first rollouts")
+    p.add_argument("--teacher", default=None, help="a baseline (genre-cycle, mmr, oracle, ...) whose sessions are the first rollouts")
     p.add_argument("--seed", type=int, default=dflt.seed)
     p.add_argument("--out", required=True, help="run folder, e.g. runs/NAME")
     p.add_argument("--resume", action="store_true", help="continue the run in --out, skipping finished stages")

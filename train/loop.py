@@ -246,7 +246,7 @@ class _Run:
             if teacher:
                 from agents.benchmark import make_policy
 
-                llm, policy = policy, make_policy(s.teacher)
+                llm, policy = policy, make_policy(s.teacher, max_history=s.max_history, seed=s.seed + k)
                 llm.bind(self.world)
                 builder = _prompts_like(llm)
             records = collect_rollouts(policy, self.world, s.episodes, split="train", seed=s.seed + k,

@@ -6,7 +6,16 @@ import gymnasium as gym
 import numpy as np
 import pytest
 
-from agents.baselines import GreedyPolicy, MMRPolicy, PopularPolicy, RandomPolicy, shown_mask, window_items
+from agents.baselines import (
+    GenreCyclePolicy,
+    GreedyPolicy,
+    MMRPolicy,
+    PopularPolicy,
+    RandomPolicy,
+    recent_history,
+    shown_mask,
+    window_items,
+)
 from agents.evaluation import choose_users, mean_ci95, run_policy, summarize
 from agents.oracle import OraclePolicy
 from agents.policy import Policy
@@ -17,9 +26,12 @@ def test_helpers_read_the_observation():
     rec = np.array([[3, 1, -1, -1], [0, 1, 2, 3]])
     assert shown_mask(rec, 5).tolist() == [[False, True, False, True, False], [True] * 4 + [False]]
     assert window_items(rec, np.array([2, 4]), 3).tolist() == [[-1, 3, 1], [1, 2, 3]]
+    hist = np.array([[5, 6, 7, -1], [-1, -1, 8, 9], [4, -1, -1, -1]])
+    assert recent_history(hist, 2).tolist() == [
+        [False, True, True, False], [False, False, True, True], [True, False, False, False]]
 
 
-@pytest.mark.parametrize("cls", [RandomPolicy, PopularPolicy, GreedyPolicy, MMRPolicy])
+@pytest.mark.parametrize("cls", [RandomPolicy, PopularPolicy, GreedyPolicy, MMRPolicy, GenreCyclePolicy])
 def test_baselines_never_repeat_and_act_on_single_envs(small_world, cls):
     env = gym.make("ULRec-v0", world=small_world, min_rating=-np.inf, leave_rule="billp", distance_threshold=1e-9)
     policy = cls().bind(small_world, env.unwrapped)
@@ -129,3 +141,68 @@ def test_choose_users_and_ci(small_world):
         choose_users(small_world, "test", 0, 0)
     m, h = mean_ci95(np.array([1.0, 2.0, 3.0]))
     assert m == 2.0 and h == pytest.approx(2.4841, rel=1e-3)
+
+
+def _genre_sets(world, items):
+    return [set(world.genres[int(i)]) for i in items if i >= 0]
+
+
+def test_genre_cycle_reads_only_the_prompt_and_follows_its_rule(default_world):
+    """Each pick avoids the genres of the last ``window`` shown items and stays inside the read history's genres."""
+    world = default_world
+    policy = GenreCyclePolicy(max_history=6, window=2, seed=1)
+    assert not policy.peeks
+    # Users who never leave (no rating floor, no distance rule) so that the check covers late steps too.
+    env = ULRecVectorEnv(num_envs=16, world=world, max_episode_steps=12, autoreset_mode="disabled",
+                         min_rating=-np.inf, leave_rule="billp", distance_threshold=1e-9)
+    policy.bind(world, env)
+    obs, _ = env.reset(seed=0, options={"users": world.test_users[:16]})
+    checked = 0
+    for _ in range(8):
+        actions = policy.act_batch(obs)
+        for r, a in enumerate(actions):
+            history = obs["history"][r][obs["history"][r] >= 0][-6:]
+            liked = set().union(*_genre_sets(world, history))
+            step = int(obs["step"][r])
+            recent = set().union(set(), *_genre_sets(world, obs["recommended"][r][max(0, step - 2):step]))
+            shown = set(obs["recommended"][r][:step].tolist())
+            assert a not in shown
+            qualifying = [i for i in range(world.n_items) if i not in shown and set(world.genres[i]) <= liked
+                          and not set(world.genres[i]) & recent]
+            if qualifying:
+                assert set(world.genres[a]) <= liked and not set(world.genres[a]) & recent
+                checked += 1
+        obs, _, term, _, _ = env.step(actions)
+        assert not term.any()
+    assert checked > 16
+
+
+def test_genre_cycle_falls_back_when_nothing_qualifies(small_world):
+    # History holds one item; the window holds an item of the same genres, so no unseen item qualifies fully.
+    item = 0
+    same = [i for i in range(small_world.n_items) if small_world.genres[i] == small_world.genres[item] and i != item][0]
+    obs = {"history": np.array([[item, -1]]), "recommended": np.array([[same, -1]]), "step": np.array([1]),
+           "user": np.array([0])}
+    for seed in range(20):
+        policy = GenreCyclePolicy(max_history=1, window=1, seed=seed).bind(small_world)
+        a = int(policy.act_batch(obs)[0])
+        assert a != same and not set(small_world.genres[a]) & set(small_world.genres[same])
+
+
+def test_genre_cycle_is_seeded_and_validates(small_world):
+    env = ULRecVectorEnv(num_envs=4, world=small_world, max_episode_steps=5, autoreset_mode="disabled")
+    runs = [run_policy(GenreCyclePolicy(seed=0), small_world, small_world.test_users[:4], seed=s, env=env).items
+            for s in (3, 3, 4)]
+    assert all((a == b).all() for a, b in zip(runs[0], runs[1]))
+    assert any((a != b).any() for a, b in zip(runs[0], runs[2]) if a.size == b.size) or any(
+        a.size != b.size for a, b in zip(runs[0], runs[2]))
+    for bad in ({"max_history": 0}, {"window": True}, {"window": 1.5}):
+        with pytest.raises(ValueError, match=next(iter(bad))):
+            GenreCyclePolicy(**bad)
+
+
+def test_make_policy_passes_the_history_length():
+    from agents.benchmark import make_policy
+
+    p = make_policy("genre-cycle", max_history=6, seed=2)
+    assert isinstance(p, GenreCyclePolicy) and p.max_history == 6 and p.name == "genre-cycle"
