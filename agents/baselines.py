@@ -13,7 +13,7 @@ MMR_PENALTY = 0.5
 
 __all__ = [
     "MMR_PENALTY", "RandomPolicy", "PopularPolicy", "GreedyPolicy", "MMRPolicy", "GenreCyclePolicy",
-    "recent_history", "shown_mask", "window_items",
+    "recent_history", "shown_mask", "title_words", "window_items",
 ]
 
 
@@ -44,6 +44,15 @@ def recent_history(history: np.ndarray, k: int) -> np.ndarray:
     # Count real entries from the right: the newest real entry is 1, the one before it 2, ...
     from_end = np.cumsum(valid[:, ::-1], axis=1)[:, ::-1]
     return valid & (from_end <= k)
+
+
+_STOPWORDS = frozenset({"the", "and", "for", "with", "from", "les", "las", "der", "die", "das"})
+
+
+def title_words(title: str) -> frozenset[str]:
+    """The case-folded alphabetic words of a title with three letters or more, minus a few stopwords."""
+    words = ("".join(ch for ch in w if ch.isalpha()).casefold() for w in title.split())
+    return frozenset(w for w in words if len(w) >= 3 and w not in _STOPWORDS)
 
 
 class RandomPolicy(Policy):
@@ -155,21 +164,27 @@ class GenreCyclePolicy(Policy):
     teacher whose sessions an LLM reading the same prompt can learn to imitate (``ulrec loop --teacher
     genre-cycle``). It also measures how far the prompt's information alone can take a recommender.
 
+    With ``copy_words`` it prefers, among the qualifying items, those whose title shares a word (three letters or
+    more, case-folded) with a read history title: a small LLM tends to copy words from its prompt, so this
+    variant's choices are the closest to what the untuned model already does (``genre-cycle-words``).
+
     Args:
         max_history: How many of the most recent history items it reads (set it to the prompt's ``max_history``).
         window: How many of the most recent recommended items' genres it avoids.
         seed: Seed of the random choice among qualifying items.
+        copy_words: Prefer titles that share a word with the read history.
     """
 
     name = "genre-cycle"
 
-    def __init__(self, max_history: int = 15, window: int = 2, seed: int | None = 0) -> None:
+    def __init__(self, max_history: int = 15, window: int = 2, seed: int | None = 0, copy_words: bool = False) -> None:
         super().__init__()
         for arg, value in (("max_history", max_history), ("window", window)):
             if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
                 raise ValueError(f"`{arg}` must be an integer >= 1, got {value!r}.")
         self.max_history = int(max_history)
         self.window = int(window)
+        self.copy_words = bool(copy_words)
         self._rng = np.random.default_rng(seed)
 
     def reset(self, seed: int | None = None) -> None:
@@ -183,6 +198,14 @@ class GenreCyclePolicy(Policy):
             for g in gs:
                 member[i, names[g]] = 1.0
         self._member = member  # (n_items, n_genres)
+        if self.copy_words:
+            from scipy import sparse
+
+            words = [title_words(t) for t in self.world.titles]
+            vocab = {w: k for k, w in enumerate(sorted(set().union(*words)))}
+            rows = [i for i, ws in enumerate(words) for _ in ws]
+            cols = [vocab[w] for ws in words for w in ws]
+            self._words = sparse.csr_matrix((np.ones(len(rows)), (rows, cols)), shape=(len(words), max(len(vocab), 1)))
 
     def _act_batch(self, obs: Mapping[str, np.ndarray]) -> np.ndarray:
         member = self._member
@@ -200,5 +223,12 @@ class GenreCyclePolicy(Policy):
         liked = (hist_genres == 0).astype(np.float64) @ member.T == 0  # every genre occurs in the history
         # Tiers as score offsets: fresh and liked (2), fresh (1), anything unseen (0); random within a tier.
         score = self._rng.random(fresh.shape) + fresh + (fresh & liked)
+        if self.copy_words:
+            # (n, n_items): shares a word with a read history title; a third tier above "fresh and liked".
+            rows, cols = np.nonzero(keep)
+            read = np.zeros((hist.shape[0], self.world.n_items))
+            read[rows, hist[rows, cols]] = 1.0
+            shared = np.asarray((self._words @ (self._words.T @ read.T)).T) > 0
+            score += fresh & liked & shared
         score[shown_mask(obs["recommended"], self.world.n_items)] = -np.inf
         return score.argmax(axis=1)

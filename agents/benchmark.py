@@ -37,6 +37,8 @@ _FACTORIES: dict[str, Callable[..., Policy]] = {
     "greedy": lambda **kw: GreedyPolicy(),
     "mmr": lambda **kw: MMRPolicy(),
     "genre-cycle": lambda **kw: GenreCyclePolicy(max_history=kw.get("max_history") or 15, seed=kw.get("seed") or 0),
+    "genre-cycle-words": lambda **kw: GenreCyclePolicy(max_history=kw.get("max_history") or 15, seed=kw.get("seed") or 0,
+                                                       copy_words=True),
     "oracle": lambda **kw: OraclePolicy(),
     "llm": _llm,
 }
@@ -44,9 +46,10 @@ POLICY_NAMES = tuple(_FACTORIES)
 
 
 def make_policy(name: str, **options: Any) -> Policy:
-    """A policy by name (``random``, ``popular``, ``greedy``, ``mmr``, ``genre-cycle``, ``oracle``, ``llm``).
+    """A policy by name (``random``, ``popular``, ``greedy``, ``mmr``, ``genre-cycle``, ``genre-cycle-words``,
+    ``oracle``, ``llm``).
 
-    ``genre-cycle`` takes ``max_history`` (how many history items it reads) and ``seed``; ``llm`` takes
+    The ``genre-cycle`` rules take ``max_history`` (how many history items it reads) and ``seed``; ``llm`` takes
     ``llm_model``, ``llm_adapter``, ``llm_batch_size``, ``temperature``, ``top_p`` and ``seed`` (all optional).
     The other baselines ignore options.
     """

@@ -14,6 +14,7 @@ from agents.baselines import (
     RandomPolicy,
     recent_history,
     shown_mask,
+    title_words,
     window_items,
 )
 from agents.evaluation import choose_users, mean_ci95, run_policy, summarize
@@ -147,17 +148,19 @@ def _genre_sets(world, items):
     return [set(world.genres[int(i)]) for i in items if i >= 0]
 
 
-def test_genre_cycle_reads_only_the_prompt_and_follows_its_rule(default_world):
-    """Each pick avoids the genres of the last ``window`` shown items and stays inside the read history's genres."""
+@pytest.mark.parametrize("copy_words", [False, True])
+def test_genre_cycle_reads_only_the_prompt_and_follows_its_rule(default_world, copy_words):
+    """Each pick avoids the genres of the last ``window`` shown items and stays inside the read history's genres;
+    with ``copy_words`` it also shares a title word with a read history item whenever such an item qualifies."""
     world = default_world
-    policy = GenreCyclePolicy(max_history=6, window=2, seed=1)
+    policy = GenreCyclePolicy(max_history=6, window=2, seed=1, copy_words=copy_words)
     assert not policy.peeks
     # Users who never leave (no rating floor, no distance rule) so that the check covers late steps too.
     env = ULRecVectorEnv(num_envs=16, world=world, max_episode_steps=12, autoreset_mode="disabled",
                          min_rating=-np.inf, leave_rule="billp", distance_threshold=1e-9)
     policy.bind(world, env)
     obs, _ = env.reset(seed=0, options={"users": world.test_users[:16]})
-    checked = 0
+    checked = copied = 0
     for _ in range(8):
         actions = policy.act_batch(obs)
         for r, a in enumerate(actions):
@@ -172,9 +175,14 @@ def test_genre_cycle_reads_only_the_prompt_and_follows_its_rule(default_world):
             if qualifying:
                 assert set(world.genres[a]) <= liked and not set(world.genres[a]) & recent
                 checked += 1
+            words = set().union(*(title_words(world.titles[h]) for h in history))
+            if copy_words and any(title_words(world.titles[i]) & words for i in qualifying):
+                assert title_words(world.titles[a]) & words
+                copied += 1
         obs, _, term, _, _ = env.step(actions)
         assert not term.any()
     assert checked > 16
+    assert copied > 16 or not copy_words
 
 
 def test_genre_cycle_falls_back_when_nothing_qualifies(small_world):
@@ -201,8 +209,15 @@ def test_genre_cycle_is_seeded_and_validates(small_world):
             GenreCyclePolicy(**bad)
 
 
+def test_title_words():
+    assert title_words("The Lost Temple 2") == {"lost", "temple"}
+    assert title_words("Star Wars (1977)") == {"star", "wars"}
+    assert title_words("Up") == frozenset()
+
+
 def test_make_policy_passes_the_history_length():
     from agents.benchmark import make_policy
 
     p = make_policy("genre-cycle", max_history=6, seed=2)
     assert isinstance(p, GenreCyclePolicy) and p.max_history == 6 and p.name == "genre-cycle"
+    assert not p.copy_words and make_policy("genre-cycle-words").copy_words
