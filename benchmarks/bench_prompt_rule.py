@@ -4,7 +4,8 @@ references, on the same test users, seeds and horizon as the learning run.
     python benchmarks/bench_prompt_rule.py [--world synthetic] [--episodes 200] [--seeds 3] [--horizon 20]
         [--json benchmarks/results/prompt_rule.json]
 
-`genre-cycle` reads what the prompt shows (the genres of the last ``max_history`` history items and of the last
+`genre-cycle` (and `genre-cycle-words`, which prefers titles sharing a word with the history) reads what the
+prompt shows (the genres of the last ``max_history`` history items and of the last
 ``window`` recommended items) and nothing of the hidden user model; it picks at random among the unseen items
 that fit. Its Len is therefore what a recommender that perfectly applies a simple genre rule to the prompt can
 reach, a yardstick for the LLM's learning goal. Prints a table; writes JSON.
@@ -43,10 +44,12 @@ def main(argv: list[str] | None = None) -> dict:
     for h in (int(x) for x in args.histories.split(",")):
         for w in (int(x) for x in args.windows.split(",")):
             policies[f"genre-cycle h={h} w={w}"] = lambda h=h, w=w: GenreCyclePolicy(max_history=h, window=w)
+            policies[f"genre-cycle-words h={h} w={w}"] = lambda h=h, w=w: GenreCyclePolicy(
+                max_history=h, window=w, copy_words=True)
 
     rows = []
     print(f"{args.world}: {args.episodes} test users x {args.seeds} seeds, horizon {args.horizon}")
-    print(f"{'policy':<24} {'Len (95% CI)':>16} {'Traj Reward':>16}  leave reasons %")
+    print(f"{'policy':<30} {'Len (95% CI)':>16} {'Traj Reward':>16}  leave reasons %")
     for name, make in policies.items():
         lengths, returns, reasons = [], [], []
         for seed in range(args.seeds):
@@ -62,7 +65,7 @@ def main(argv: list[str] | None = None) -> dict:
         rows.append({"policy": name, "len_mean": lm, "len_ci95": lc, "return_mean": rm, "return_ci95": rc,
                      "leave_reasons": shares, "sessions": int(lengths.size)})
         why = ", ".join(f"{k} {v:g}" for k, v in shares.items())
-        print(f"{name:<24} {lm:>8.2f} ± {lc:<5.2f} {rm:>8.1f} ± {rc:<5.1f}  {why}")
+        print(f"{name:<30} {lm:>8.2f} ± {lc:<5.2f} {rm:>8.1f} ± {rc:<5.1f}  {why}")
     doc = {"world": args.world, "episodes": args.episodes, "seeds": args.seeds, "horizon": args.horizon,
            "machine": platform.platform(), "rows": rows}
     if args.json:
