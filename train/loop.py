@@ -325,7 +325,8 @@ class _Run:
 
             rows = []
             for pname in self.settings.references:
-                policy = make_policy(pname)
+                # The prompt-reading rules (genre-cycle) read as much history as the LLM's prompt shows.
+                policy = make_policy(pname, max_history=self.settings.max_history, seed=self.settings.seed)
                 sessions = run_policy(policy, self.world, self.users, seed=self.settings.seed,
                                       env_settings=self.settings.env, max_episode_steps=self.settings.max_episode_steps)
                 row = summarize(pname, sessions, self.world, peeks=policy.peeks,

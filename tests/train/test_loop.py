@@ -101,9 +101,11 @@ def test_teacher_sessions_seed_the_first_iteration(tmp_path, tiny_model_dir):
     from train.rollout import load_rollout
 
     out = tmp_path / "run"
-    doc = run_loop(_settings(tiny_model_dir, iterations=1, teacher="random", references=()), out, progress=False)
+    doc = run_loop(_settings(tiny_model_dir, iterations=1, teacher="genre-cycle", references=("genre-cycle-words",)),
+                   out, progress=False)
     records, meta = load_rollout(out / "iter1" / "rollout")
-    assert meta["policy"] == "random" and records
+    assert meta["policy"] == "genre-cycle" and records
+    assert [r["policy"] for r in doc["references"]] == ["genre-cycle-words"]
     assert all(r.prompt.endswith("<|im_start|>assistant\n") and r.completion == r.title + "\n" for r in records)
     assert [e["policy"] for e in doc["evals"]] == ["base", "ulrec-p", "ulrec"]
     # ULRec's KTO learns from ULRec-P's own sessions, not the teacher's
