@@ -170,7 +170,8 @@ class GenreCyclePolicy(Policy):
 
     Args:
         max_history: How many of the most recent history items it reads (set it to the prompt's ``max_history``).
-        window: How many of the most recent recommended items' genres it avoids.
+        window: How many of the most recent recommended items' genres it avoids (at most the prompt's
+            ``max_session``, so that it reads nothing the prompt hides).
         seed: Seed of the random choice among qualifying items.
         copy_words: Prefer titles that share a word with the read history.
     """
@@ -180,8 +181,8 @@ class GenreCyclePolicy(Policy):
     def __init__(self, max_history: int = 15, window: int = 2, seed: int | None = 0, copy_words: bool = False) -> None:
         super().__init__()
         for arg, value in (("max_history", max_history), ("window", window)):
-            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-                raise ValueError(f"`{arg}` must be an integer >= 1, got {value!r}.")
+            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0:
+                raise ValueError(f"`{arg}` must be an integer >= 0, got {value!r}.")
         self.max_history = int(max_history)
         self.window = int(window)
         self.copy_words = bool(copy_words)
@@ -198,6 +199,7 @@ class GenreCyclePolicy(Policy):
             for g in gs:
                 member[i, names[g]] = 1.0
         self._member = member  # (n_items, n_genres)
+        self._has_genre = member.sum(axis=1) > 0
         if self.copy_words:
             from scipy import sparse
 
@@ -220,7 +222,8 @@ class GenreCyclePolicy(Policy):
         rows, cols = np.nonzero(win >= 0)
         np.add.at(win_genres, rows, member[win[rows, cols]])
         fresh = (win_genres > 0).astype(np.float64) @ member.T == 0  # (n, n_items): no genre in the window
-        liked = (hist_genres == 0).astype(np.float64) @ member.T == 0  # every genre occurs in the history
+        # Every genre occurs in the history (an item without genres is not known to be liked).
+        liked = ((hist_genres == 0).astype(np.float64) @ member.T == 0) & self._has_genre
         # Tiers as score offsets: fresh and liked (2), fresh (1), anything unseen (0); random within a tier.
         score = self._rng.random(fresh.shape) + fresh + (fresh & liked)
         if self.copy_words:

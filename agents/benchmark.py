@@ -31,14 +31,18 @@ def _llm(**kw: Any) -> Policy:
     )
 
 
+def _genre_cycle(copy_words: bool, **kw: Any) -> Policy:
+    opts = {k: kw[k] for k in ("max_history", "window") if kw.get(k) is not None}
+    return GenreCyclePolicy(copy_words=copy_words, seed=kw.get("seed") or 0, **opts)
+
+
 _FACTORIES: dict[str, Callable[..., Policy]] = {
     "random": lambda **kw: RandomPolicy(seed=0),
     "popular": lambda **kw: PopularPolicy(),
     "greedy": lambda **kw: GreedyPolicy(),
     "mmr": lambda **kw: MMRPolicy(),
-    "genre-cycle": lambda **kw: GenreCyclePolicy(max_history=kw.get("max_history") or 15, seed=kw.get("seed") or 0),
-    "genre-cycle-words": lambda **kw: GenreCyclePolicy(max_history=kw.get("max_history") or 15, seed=kw.get("seed") or 0,
-                                                       copy_words=True),
+    "genre-cycle": lambda **kw: _genre_cycle(False, **kw),
+    "genre-cycle-words": lambda **kw: _genre_cycle(True, **kw),
     "oracle": lambda **kw: OraclePolicy(),
     "llm": _llm,
 }
@@ -49,7 +53,7 @@ def make_policy(name: str, **options: Any) -> Policy:
     """A policy by name (``random``, ``popular``, ``greedy``, ``mmr``, ``genre-cycle``, ``genre-cycle-words``,
     ``oracle``, ``llm``).
 
-    The ``genre-cycle`` rules take ``max_history`` (how many history items it reads) and ``seed``; ``llm`` takes
+    The ``genre-cycle`` rules take ``max_history`` (history items read), ``window`` and ``seed``; ``llm`` takes
     ``llm_model``, ``llm_adapter``, ``llm_batch_size``, ``temperature``, ``top_p`` and ``seed`` (all optional).
     The other baselines ignore options.
     """

@@ -1,5 +1,5 @@
 """How far the information in the LLM's prompt can take a recommender: the `genre-cycle` rule against the base
-references, on the same test users, seeds and horizon as the learning run.
+references, at the learning run's horizon (20) and prompt history lengths, on more test users and seeds.
 
     python benchmarks/bench_prompt_rule.py [--world synthetic] [--episodes 200] [--seeds 3] [--horizon 20]
         [--json benchmarks/results/prompt_rule.json]

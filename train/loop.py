@@ -246,7 +246,7 @@ class _Run:
             if teacher:
                 from agents.benchmark import make_policy
 
-                llm, policy = policy, make_policy(s.teacher, max_history=s.max_history, seed=s.seed + k)
+                llm, policy = policy, make_policy(s.teacher, **_rule_options(s))
                 llm.bind(self.world)
                 builder = _prompts_like(llm)
             records = collect_rollouts(policy, self.world, s.episodes, split="train", seed=s.seed + k,
@@ -325,8 +325,7 @@ class _Run:
 
             rows = []
             for pname in self.settings.references:
-                # The prompt-reading rules (genre-cycle) read as much history as the LLM's prompt shows.
-                policy = make_policy(pname, max_history=self.settings.max_history, seed=self.settings.seed)
+                policy = make_policy(pname, **_rule_options(self.settings))
                 sessions = run_policy(policy, self.world, self.users, seed=self.settings.seed,
                                       env_settings=self.settings.env, max_episode_steps=self.settings.max_episode_steps)
                 row = summarize(pname, sessions, self.world, peeks=policy.peeks,
@@ -411,6 +410,12 @@ class _Run:
                         _secs(st.get(tune_key)) if tune_key != eval_key else "", _secs(stage),
                         json.dumps(e["leave_reasons"])])
         return buf.getvalue()
+
+
+def _rule_options(s: LoopSettings) -> dict[str, Any]:
+    """Options for the prompt-reading rules (genre-cycle): read no more history and session than the prompt shows."""
+    window = 2 if s.max_session is None else min(2, s.max_session)
+    return {"max_history": s.max_history, "window": window}
 
 
 def _completion(title: str) -> str:

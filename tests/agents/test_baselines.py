@@ -197,14 +197,33 @@ def test_genre_cycle_falls_back_when_nothing_qualifies(small_world):
         assert a != same and not set(small_world.genres[a]) & set(small_world.genres[same])
 
 
+def test_genre_cycle_last_tier_and_items_without_genres(small_world):
+    # Every unseen item shares a genre with the window: the rule still answers, with an unseen item.
+    genres = {g for gs in small_world.genres for g in gs}
+    window = []
+    for g in sorted(genres):
+        window.append(next(i for i in range(small_world.n_items) if g in small_world.genres[i] and i not in window))
+    obs = {"history": np.array([window[:2]]), "recommended": np.array([window]), "step": np.array([len(window)]),
+           "user": np.array([0])}
+    a = int(GenreCyclePolicy(max_history=2, window=len(window)).bind(small_world).act_batch(obs)[0])
+    assert a not in window and 0 <= a < small_world.n_items
+    # With no genres at all, no item is "liked"; the rule falls back to the window tier (all fresh) and picks unseen.
+    from dataclasses import replace
+
+    bare = replace(small_world, genres=tuple(() for _ in range(small_world.n_items)))
+    policy = GenreCyclePolicy(max_history=0, window=0).bind(bare)
+    assert not policy._has_genre.any()
+    assert int(policy.act_batch(obs)[0]) not in window
+
+
 def test_genre_cycle_is_seeded_and_validates(small_world):
     env = ULRecVectorEnv(num_envs=4, world=small_world, max_episode_steps=5, autoreset_mode="disabled")
-    runs = [run_policy(GenreCyclePolicy(seed=0), small_world, small_world.test_users[:4], seed=s, env=env).items
-            for s in (3, 3, 4)]
+    policy = GenreCyclePolicy(seed=0)  # one object: run_policy's reset(seed) alone must make runs repeat
+    runs = [run_policy(policy, small_world, small_world.test_users[:4], seed=s, env=env).items for s in (3, 3, 4)]
     assert all((a == b).all() for a, b in zip(runs[0], runs[1]))
     assert any((a != b).any() for a, b in zip(runs[0], runs[2]) if a.size == b.size) or any(
         a.size != b.size for a, b in zip(runs[0], runs[2]))
-    for bad in ({"max_history": 0}, {"window": True}, {"window": 1.5}):
+    for bad in ({"max_history": -1}, {"window": True}, {"window": 1.5}):
         with pytest.raises(ValueError, match=next(iter(bad))):
             GenreCyclePolicy(**bad)
 
@@ -221,3 +240,5 @@ def test_make_policy_passes_the_history_length():
     p = make_policy("genre-cycle", max_history=6, seed=2)
     assert isinstance(p, GenreCyclePolicy) and p.max_history == 6 and p.name == "genre-cycle"
     assert not p.copy_words and make_policy("genre-cycle-words").copy_words
+    q = make_policy("genre-cycle", max_history=0, window=1)
+    assert (q.max_history, q.window) == (0, 1)

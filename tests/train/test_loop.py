@@ -116,3 +116,10 @@ def test_teacher_sessions_seed_the_first_iteration(tmp_path, tiny_model_dir):
     assert sidecar["label_counts"] == {"desirable": own_labels["n_desirable"], "undesirable": own_labels["n_undesirable"]}
     with pytest.raises(ValueError, match="`teacher` must be None or a baseline"):
         _settings(tiny_model_dir, teacher="llm")
+
+
+def test_prompt_rules_read_no_more_than_the_prompt(tiny_model_dir):
+    from train.loop import _rule_options
+
+    assert _rule_options(_settings(tiny_model_dir, max_history=6, max_session=1)) == {"max_history": 6, "window": 1}
+    assert _rule_options(_settings(tiny_model_dir, max_history=3, max_session=None)) == {"max_history": 3, "window": 2}
