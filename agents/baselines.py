@@ -210,17 +210,19 @@ class GenreCyclePolicy(Policy):
             self._words = sparse.csr_matrix((np.ones(len(rows)), (rows, cols)), shape=(len(words), max(len(vocab), 1)))
 
     def _act_batch(self, obs: Mapping[str, np.ndarray]) -> np.ndarray:
-        member = self._member
+        from scipy import sparse
+
+        def selector(items: np.ndarray, keep: np.ndarray) -> "sparse.csr_matrix":
+            # (n, n_items): 1 where a session's row reads an item (repeats add up; only > 0 matters below).
+            rows, cols = np.nonzero(keep)
+            return sparse.csr_matrix((np.ones(rows.size), (rows, items[rows, cols])), shape=(items.shape[0], n_items))
+
+        n_items, member = self.world.n_items, self._member
         hist = np.asarray(obs["history"])
-        keep = recent_history(hist, self.max_history)
-        # (n, n_genres): genres present in the read history / in the recent window.
-        hist_genres = np.zeros((hist.shape[0], member.shape[1]))
-        rows, cols = np.nonzero(keep)
-        np.add.at(hist_genres, rows, member[hist[rows, cols]])
+        read = selector(hist, recent_history(hist, self.max_history))
         win = window_items(obs["recommended"], obs["step"], self.window)
-        win_genres = np.zeros_like(hist_genres)
-        rows, cols = np.nonzero(win >= 0)
-        np.add.at(win_genres, rows, member[win[rows, cols]])
+        # (n, n_genres): genres present in the read history / in the recent window.
+        hist_genres, win_genres = read @ member, selector(win, win >= 0) @ member
         fresh = (win_genres > 0).astype(np.float64) @ member.T == 0  # (n, n_items): no genre in the window
         # Every genre occurs in the history (an item without genres is not known to be liked).
         liked = ((hist_genres == 0).astype(np.float64) @ member.T == 0) & self._has_genre
@@ -228,10 +230,7 @@ class GenreCyclePolicy(Policy):
         score = self._rng.random(fresh.shape) + fresh + (fresh & liked)
         if self.copy_words:
             # (n, n_items): shares a word with a read history title; a third tier above "fresh and liked".
-            rows, cols = np.nonzero(keep)
-            read = np.zeros((hist.shape[0], self.world.n_items))
-            read[rows, hist[rows, cols]] = 1.0
-            shared = np.asarray((self._words @ (self._words.T @ read.T)).T) > 0
+            shared = ((read @ self._words) @ self._words.T).toarray() > 0
             score += fresh & liked & shared
-        score[shown_mask(obs["recommended"], self.world.n_items)] = -np.inf
+        score[shown_mask(obs["recommended"], n_items)] = -np.inf
         return score.argmax(axis=1)
