@@ -8,23 +8,20 @@ references, at the learning run's horizon (20) and prompt history lengths, on mo
 prompt shows (the genres of the last ``max_history`` history items and of the last
 ``window`` recommended items) and nothing of the hidden user model; it picks at random among the unseen items
 that fit. Its Len is therefore what a recommender that perfectly applies a simple genre rule to the prompt can
-reach, a yardstick for the LLM's learning goal. Prints a table; writes JSON.
+reach, a yardstick for the LLM's learning goal. Prints ``ulrec bench``'s table; writes its JSON format.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import sys
 from pathlib import Path
 
-import numpy as np
-
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from agents.baselines import GenreCyclePolicy, GreedyPolicy, MMRPolicy, RandomPolicy  # noqa: E402
-from agents.evaluation import choose_users, mean_ci95, run_policy  # noqa: E402
+from agents.benchmark import benchmark, format_table, write_json  # noqa: E402
 from ulrec_env.worlds.spec import world_from_spec  # noqa: E402
 
 
@@ -40,37 +37,19 @@ def main(argv: list[str] | None = None) -> dict:
     args = ap.parse_args(argv)
     world = world_from_spec(args.world)
 
-    policies = {"random": lambda: RandomPolicy(seed=0), "greedy *": GreedyPolicy, "mmr *": MMRPolicy}
+    policies = {"random": RandomPolicy(seed=0), "greedy": GreedyPolicy(), "mmr": MMRPolicy()}
     for h in (int(x) for x in args.histories.split(",")):
         for w in (int(x) for x in args.windows.split(",")):
-            policies[f"genre-cycle h={h} w={w}"] = lambda h=h, w=w: GenreCyclePolicy(max_history=h, window=w)
-            policies[f"genre-cycle-words h={h} w={w}"] = lambda h=h, w=w: GenreCyclePolicy(
-                max_history=h, window=w, copy_words=True)
-
-    rows = []
-    print(f"{args.world}: {args.episodes} test users x {args.seeds} seeds, horizon {args.horizon}")
-    print(f"{'policy':<30} {'Len (95% CI)':>16} {'Traj Reward':>16}  leave reasons %")
-    for name, make in policies.items():
-        lengths, returns, reasons = [], [], []
-        for seed in range(args.seeds):
-            users = choose_users(world, "test", args.episodes, seed)
-            s = run_policy(make(), world, users, seed=seed, max_episode_steps=args.horizon)
-            lengths.append(s.lengths)
-            returns.append(s.returns)
-            reasons.extend(s.leave_reasons)
-        lengths, returns = np.concatenate(lengths), np.concatenate(returns)
-        (lm, lc), (rm, rc) = mean_ci95(lengths), mean_ci95(returns)
-        kinds, counts = np.unique(reasons, return_counts=True)
-        shares = {str(k): round(100.0 * c / len(reasons), 1) for k, c in sorted(zip(kinds, counts), key=lambda t: -t[1])}
-        rows.append({"policy": name, "len_mean": lm, "len_ci95": lc, "return_mean": rm, "return_ci95": rc,
-                     "leave_reasons": shares, "sessions": int(lengths.size)})
-        why = ", ".join(f"{k} {v:g}" for k, v in shares.items())
-        print(f"{name:<30} {lm:>8.2f} ± {lc:<5.2f} {rm:>8.1f} ± {rc:<5.1f}  {why}")
-    doc = {"world": args.world, "episodes": args.episodes, "seeds": args.seeds, "horizon": args.horizon,
-           "machine": platform.platform(), "rows": rows}
+            policies[f"genre-cycle h={h} w={w}"] = GenreCyclePolicy(max_history=h, window=w)
+            policies[f"genre-cycle-words h={h} w={w}"] = GenreCyclePolicy(max_history=h, window=w, copy_words=True)
+    # ulrec bench's runner: the same test users per seed for every policy, each reseeded by the seed.
+    doc = benchmark(world, policies, split="test", episodes=args.episodes, seeds=args.seeds,
+                    max_episode_steps=args.horizon, progress=False)
+    doc["machine"] = platform.platform()
+    print(format_table(doc))
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(doc, indent=2) + "\n")
+        write_json(doc, args.json)
         print(f"wrote {args.json}")
     return doc
 
