@@ -130,7 +130,9 @@ def _add_loop_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--temperature", type=float, default=dflt.temperature, help="rollout sampling temperature")
     p.add_argument("--no-sft-first", action="store_true", help="skip ULRec-P; start KTO from the base model")
     p.add_argument("--epochs", type=float, default=dflt.epochs)
-    p.add_argument("--max-steps", type=int, default=None, help="cap on optimizer steps per tuning stage")
+    p.add_argument("--max-steps", type=int, default=None, help="cap on optimizer steps per tuning stage (overrides --epochs)")
+    p.add_argument("--sft-max-steps", type=int, default=None, help="cap for the SFT stage (ULRec-P) only (default --max-steps)")
+    p.add_argument("--kto-max-steps", type=int, default=None, help="cap for each KTO stage only (default --max-steps)")
     p.add_argument("--max-history", type=int, default=dflt.max_history, help="history items per prompt")
     p.add_argument("--max-session", type=int, default=dflt.max_session, help="recent session steps per prompt")
     p.add_argument("--worked-example", action="store_true", help="keep the worked example in every prompt")
@@ -163,6 +165,7 @@ def _loop_settings(args: argparse.Namespace):
         train_batch_size=args.train_batch_size, epochs=args.epochs, sft_learning_rate=args.sft_learning_rate,
         kto_learning_rate=args.kto_learning_rate, beta=args.beta, sft_alpha=args.sft_alpha,
         lora_layers=args.lora_layers, max_steps=args.max_steps,
+        sft_max_steps=args.sft_max_steps, kto_max_steps=args.kto_max_steps,
         min_positives=args.min_positives, extra_negatives=args.extra_negatives,
         references=tuple(r for r in args.references.split(",") if r), teacher=args.teacher, seed=args.seed,
     )

@@ -63,7 +63,10 @@ class LoopSettings:
         beta: KTO beta.
         sft_alpha: Weight of the SFT term in ULRec's loss.
         lora_layers: LoRA only in the last N transformer blocks (``None``: all blocks); fewer blocks, cheaper steps.
-        max_steps: Cap on optimizer steps per tuning stage (``None``: epochs decide).
+        max_steps: Cap on optimizer steps per tuning stage (``None``: epochs decide). As in the HF Trainer, a cap
+            overrides ``epochs``.
+        sft_max_steps: Cap for the SFT stage (ULRec-P) alone (``None``: ``max_steps``).
+        kto_max_steps: Cap for each KTO stage (ULRec, ablations) alone (``None``: ``max_steps``).
         min_positives: Labelling: episodes with fewer positives give none (seed: 2).
         extra_negatives: Labelling: also mark the k steps before a redundant/bored leave undesirable.
         references: Baselines evaluated once on the same test users (reference lines).
@@ -95,6 +98,8 @@ class LoopSettings:
     sft_alpha: float = 0.1
     lora_layers: int | None = None
     max_steps: int | None = None
+    sft_max_steps: int | None = None
+    kto_max_steps: int | None = None
     min_positives: int = 2
     extra_negatives: int = 0
     references: tuple[str, ...] = REFERENCE_POLICIES
@@ -115,8 +120,10 @@ class LoopSettings:
         if self.lora_layers is not None and (isinstance(self.lora_layers, bool) or not isinstance(self.lora_layers, int)
                                              or self.lora_layers < 1):
             raise ValueError(f"`lora_layers` must be None or a positive integer, got {self.lora_layers!r}.")
-        if self.max_steps is not None and self.max_steps < 1:
-            raise ValueError(f"`max_steps` must be None or >= 1, got {self.max_steps}.")
+        for name in ("max_steps", "sft_max_steps", "kto_max_steps"):
+            v = getattr(self, name)
+            if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
+                raise ValueError(f"`{name}` must be None or a positive integer, got {v!r}.")
         object.__setattr__(self, "references", tuple(self.references))
         from agents.benchmark import POLICY_NAMES
 
@@ -128,6 +135,11 @@ class LoopSettings:
     def prompt_options(self) -> dict[str, Any]:
         """How prompts are written; stored with rollouts, labels and adapters so the agent can match them."""
         return {"max_history": self.max_history, "max_session": self.max_session, "worked_example": self.worked_example}
+
+    def stage_max_steps(self, stage: str) -> int | None:
+        """The step cap of a tuning stage (``"sft"`` or ``"kto"``): its own cap, else ``max_steps``."""
+        own = {"sft": self.sft_max_steps, "kto": self.kto_max_steps}[stage]
+        return self.max_steps if own is None else own
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
@@ -287,15 +299,16 @@ class _Run:
 
             s = self.settings
             args: dict[str, Any] = {"num_train_epochs": s.epochs, "per_device_train_batch_size": s.train_batch_size}
-            if s.max_steps is not None:
-                args["max_steps"] = s.max_steps
+            cap = s.stage_max_steps(stage)
+            if cap is not None:
+                args["max_steps"] = cap
             if stage == "sft":
                 args["learning_rate"] = s.sft_learning_rate
             else:
                 # Reference log-probs computed up front pay off only over several epochs; with one epoch or a
                 # step cap they would be computed for examples the run never reaches.
                 args.update(learning_rate=s.kto_learning_rate, beta=s.beta, sft_alpha=s.sft_alpha,
-                            precompute_ref_log_probs=s.epochs > 1 and s.max_steps is None)
+                            precompute_ref_log_probs=s.epochs > 1 and cap is None)
             balance = "undesirable_weight" not in overrides
             args.update(overrides)
             trainer_args = default_trainer_args(stage, str(folder) + ".staging", seed=s.seed, **args)
