@@ -210,7 +210,8 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
     out = args.out or "runs/demo"
     print("ulrec demo: SmolLM2-135M-Instruct learns from simulated users' continue/leave feedback on the default "
-          f"world (one rollout -> label -> ULRec-P -> ULRec round); run folder {out}")
+          "world (one round: a prompt-reading rule's sessions -> ULRec-P (SFT) -> ULRec-P's own sessions -> "
+          f"ULRec (KTO)); run folder {out}")
     doc = run_loop(DEMO_SETTINGS, out, resume=args.resume or _has_run(out), progress=not args.no_progress)
     _print_evals(doc)
     print(f"learning curve: {out}/learning_curve.png; metrics: {out}/metrics.json")

@@ -547,14 +547,24 @@ def _env_dict(run: _Run) -> dict[str, Any]:
     return EnvConfig.resolve(run.world.env_defaults, **run.settings.env).to_dict()
 
 
-#: `ulrec demo`: one round on the default world, sized to end within 15 minutes on 2 CPU cores.
+#: `ulrec demo`: one round on the default world, sized to end within 15 minutes on 2 CPU cores: the learning
+#: run's recipe (README, "The learning result") with a teacher, short prompts and fewer users and steps.
 DEMO_SETTINGS = LoopSettings(
     iterations=1,
     episodes=32,
-    eval_episodes=40,
-    max_episode_steps=30,
+    eval_episodes=30,
+    temperature=0.5,
+    max_episode_steps=20,
+    max_history=6,
+    max_session=4,
     epochs=1.0,
-    max_steps=4,
-    train_batch_size=4,
-    references=("random", "greedy", "oracle"),
+    sft_max_steps=40,
+    kto_max_steps=12,
+    sft_learning_rate=1e-3,
+    kto_learning_rate=5e-4,
+    beta=1.0,
+    lora_layers=10,
+    extra_negatives=3,
+    teacher="genre-cycle-words",
+    references=("random", "greedy", "genre-cycle-words", "oracle"),
 )
