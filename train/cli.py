@@ -209,6 +209,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     from train.loop import DEMO_SETTINGS, run_loop
 
     out = args.out or "runs/demo"
+    _check_demo_folder(out, DEMO_SETTINGS)
     print("ulrec demo: SmolLM2-135M-Instruct learns from simulated users' continue/leave feedback on the default "
           "world (one round: a prompt-reading rule's sessions -> ULRec-P (SFT) -> ULRec-P's own sessions -> "
           f"ULRec (KTO)); run folder {out}")
@@ -216,6 +217,25 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     _print_evals(doc)
     print(f"learning curve: {out}/learning_curve.png; metrics: {out}/metrics.json")
     return 0
+
+
+def _check_demo_folder(out: str, settings) -> None:
+    """A demo folder is resumed only when it holds a run of these demo settings (not an earlier version's)."""
+    import json
+    from pathlib import Path
+
+    from train.loop import LoopSettings
+
+    path = Path(out) / "settings.json"
+    if not path.is_file():
+        return
+    try:
+        saved = LoopSettings.from_dict(json.loads(path.read_text()))
+    except (ValueError, TypeError):
+        saved = None
+    if saved != settings:
+        raise ValueError(f"{out} holds a run with other settings than this version's demo (an earlier `ulrec demo`, or "
+                         f"another run); remove the folder or pass --out to a new folder.")
 
 
 def _has_run(out: str) -> bool:

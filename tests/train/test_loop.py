@@ -88,11 +88,11 @@ def test_compare_builds_the_paper_table(tmp_path, tiny_model_dir, capsys):
     argv = ["compare", "--world", "synthetic:3", "--model", tiny_model_dir, "--iterations", "1", "--episodes", "10",
             "--eval-episodes", "6", "--max-episode-steps", "5", "--max-steps", "2", "--train-batch-size", "4",
             "--gen-batch-size", "8", "--min-positives", "1", "--min-rating", "3.0", "--references", "random,greedy",
-            "--kto-max-steps", "1", "--out", str(out), "--json", str(js), "--no-progress"]
+            "--sft-max-steps", "3", "--kto-max-steps", "1", "--out", str(out), "--json", str(js), "--no-progress"]
     assert main(argv) == 0
-    # --kto-max-steps caps every KTO stage, the ablations included; SFT keeps --max-steps.
+    # --sft-max-steps caps the SFT stage, --kto-max-steps every KTO stage, the ablations included.
     steps = {k: v["steps"] for k, v in _stages(out).items() if "/tune-" in k}
-    assert steps == {"iter1/tune-ulrec-p": 2, "iter1/tune-ulrec": 1, "ablation/tune-kto-no-sft": 1,
+    assert steps == {"iter1/tune-ulrec-p": 3, "iter1/tune-ulrec": 1, "ablation/tune-kto-no-sft": 1,
                      "ablation/tune-kto-no-neg": 1}
     doc = json.loads(js.read_text())
     names = [r["policy"] for r in doc["results"]]

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from train.cli import _loop_settings, build_parser
-from train.loop import LoopSettings
+from train.cli import _loop_settings, build_parser, main
+from train.loop import DEMO_SETTINGS, LoopSettings
 
 
 def test_stage_caps_fall_back_to_max_steps():
@@ -39,3 +39,21 @@ def test_cli_maps_the_stage_caps():
     s = _loop_settings(args)
     assert (s.max_steps, s.sft_max_steps, s.kto_max_steps) == (9, 4, 6)
     assert s.to_dict()["kto_max_steps"] == 6
+
+
+@pytest.mark.parametrize("saved", [LoopSettings(max_steps=4).to_dict(), {"not_a_setting": 1}])
+def test_demo_refuses_a_folder_of_other_settings(tmp_path, capsys, saved):
+    import json
+
+    (tmp_path / "settings.json").write_text(json.dumps(saved))
+    assert main(["demo", "--out", str(tmp_path), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert "holds a run with other settings" in err and "--out" in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["settings.json"]  # nothing was run or written
+
+
+def test_demo_settings_round_trip():
+    # The demo compares a folder's saved settings with DEMO_SETTINGS, so saving must not change them.
+    import json
+
+    assert LoopSettings.from_dict(json.loads(json.dumps(DEMO_SETTINGS.to_dict()))) == DEMO_SETTINGS
