@@ -209,18 +209,19 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     from train.loop import DEMO_SETTINGS, run_loop
 
     out = args.out or "runs/demo"
-    _check_demo_folder(out, DEMO_SETTINGS)
+    resume = _holds_demo_run(out, DEMO_SETTINGS) or args.resume
     print("ulrec demo: SmolLM2-135M-Instruct learns from simulated users' continue/leave feedback on the default "
           "world (one round: a prompt-reading rule's sessions -> ULRec-P (SFT) -> ULRec-P's own sessions -> "
           f"ULRec (KTO)); run folder {out}")
-    doc = run_loop(DEMO_SETTINGS, out, resume=args.resume or _has_run(out), progress=not args.no_progress)
+    doc = run_loop(DEMO_SETTINGS, out, resume=resume, progress=not args.no_progress)
     _print_evals(doc)
     print(f"learning curve: {out}/learning_curve.png; metrics: {out}/metrics.json")
     return 0
 
 
-def _check_demo_folder(out: str, settings) -> None:
-    """A demo folder is resumed only when it holds a run of these demo settings (not an earlier version's)."""
+def _holds_demo_run(out: str, settings) -> bool:
+    """Whether ``out`` holds a run of these demo settings (to resume); a run of other settings (an earlier
+    version's demo) is refused rather than resumed with its old settings."""
     import json
     from pathlib import Path
 
@@ -228,7 +229,7 @@ def _check_demo_folder(out: str, settings) -> None:
 
     path = Path(out) / "settings.json"
     if not path.is_file():
-        return
+        return False
     try:
         saved = LoopSettings.from_dict(json.loads(path.read_text()))
     except (ValueError, TypeError):
@@ -236,12 +237,7 @@ def _check_demo_folder(out: str, settings) -> None:
     if saved != settings:
         raise ValueError(f"{out} holds a run with other settings than this version's demo (an earlier `ulrec demo`, or "
                          f"another run); remove the folder or pass --out to a new folder.")
-
-
-def _has_run(out: str) -> bool:
-    from pathlib import Path
-
-    return (Path(out) / "settings.json").is_file()
+    return True
 
 
 def _prompt_builder_for(model: str | None):
