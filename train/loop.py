@@ -117,10 +117,7 @@ class LoopSettings:
             raise ValueError(f"`temperature` must be >= 0, got {self.temperature}.")
         if self.epochs <= 0:
             raise ValueError(f"`epochs` must be > 0, got {self.epochs}.")
-        if self.lora_layers is not None and (isinstance(self.lora_layers, bool) or not isinstance(self.lora_layers, int)
-                                             or self.lora_layers < 1):
-            raise ValueError(f"`lora_layers` must be None or a positive integer, got {self.lora_layers!r}.")
-        for name in ("max_steps", "sft_max_steps", "kto_max_steps"):
+        for name in ("lora_layers", "max_steps", "sft_max_steps", "kto_max_steps"):
             v = getattr(self, name)
             if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
                 raise ValueError(f"`{name}` must be None or a positive integer, got {v!r}.")
