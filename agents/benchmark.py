@@ -28,6 +28,7 @@ def _llm(**kw: Any) -> Policy:
     return LLMRecommender.from_pretrained(
         model=kw.get("llm_model"), adapter=kw.get("llm_adapter"), batch_size=kw.get("llm_batch_size") or 64,
         temperature=kw.get("temperature") or 0.0, top_p=kw.get("top_p") or 1.0, seed=kw.get("seed") or 0,
+        trust_remote_code=bool(kw.get("trust_remote_code")), allow_unsafe_pickle=bool(kw.get("allow_unsafe_pickle")),
     )
 
 
@@ -54,7 +55,8 @@ def make_policy(name: str, **options: Any) -> Policy:
     ``oracle``, ``llm``).
 
     The ``genre-cycle`` rules take ``max_history`` (history items read), ``window`` and ``seed``; ``llm`` takes
-    ``llm_model``, ``llm_adapter``, ``llm_batch_size``, ``temperature``, ``top_p`` and ``seed`` (all optional).
+    ``llm_model``, ``llm_adapter``, ``llm_batch_size``, ``temperature``, ``top_p``, ``seed``, ``trust_remote_code``
+    and ``allow_unsafe_pickle`` (all optional).
     The other baselines ignore options.
     """
     if name not in _FACTORIES:

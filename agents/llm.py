@@ -34,6 +34,7 @@ from agents.prompting import (
     encode_prompt,
 )
 from agents.trie import TitleTrie
+from ulrec_env.safe_io import read_text_bounded
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
@@ -197,6 +198,8 @@ class LLMRecommender(Policy):
         mask_recommended: bool = True,
         batch_size: int = 64,
         dtype: Any = None,
+        trust_remote_code: bool = False,
+        allow_unsafe_pickle: bool = False,
         **kwargs: Any,
     ) -> "LLMRecommender":
         """Load a model (default: the packaged SmolLM2-135M-Instruct) and wrap it as a recommender.
@@ -209,6 +212,8 @@ class LLMRecommender(Policy):
             device: ``"auto"`` (GPU and bfloat16 when available, else CPU and float32), ``"cpu"``, ``"cuda"``.
             temperature, top_p, max_history, grounding, mask_recommended, batch_size: See the class.
             dtype: Override the weights' dtype.
+            trust_remote_code, allow_unsafe_pickle: See :func:`agents.models.load_model_and_tokenizer`; both off:
+                no code shipped with the model runs and only safetensors weights are read.
             **kwargs: Other constructor arguments (``seed``, ``max_session``, ``max_new_tokens``, ``name``).
         """
         from agents.models import load_model_and_tokenizer
@@ -221,7 +226,8 @@ class LLMRecommender(Policy):
             for key in ("max_session", "worked_example"):
                 if key in prompt and key not in kwargs:
                     kwargs[key] = prompt[key]
-        lm, tok = load_model_and_tokenizer(model, device=device, dtype=dtype, adapter=adapter)
+        lm, tok = load_model_and_tokenizer(model, device=device, dtype=dtype, adapter=adapter,
+                                           trust_remote_code=trust_remote_code, allow_unsafe_pickle=allow_unsafe_pickle)
         return cls(
             lm, tok, temperature=temperature, top_p=top_p, max_history=max_history, grounding=grounding,
             mask_recommended=mask_recommended, batch_size=batch_size, **kwargs,
@@ -630,7 +636,7 @@ def _adapter_prompt_options(adapter: Any) -> dict[str, Any]:
     if not sidecar.is_file():
         return {}
     try:
-        return dict(json.loads(sidecar.read_text()).get("prompt") or {})
+        return dict(json.loads(read_text_bounded(sidecar, "an adapter sidecar")).get("prompt") or {})
     except (OSError, ValueError):
         return {}
 

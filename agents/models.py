@@ -28,6 +28,8 @@ __all__ = [
     "DEFAULT_MODEL",
     "SMOLLM2_GGUF_FILE",
     "load_model_and_tokenizer",
+    "check_adapter_folder",
+    "check_model_folder",
     "resolve_device",
     "resolve_dtype",
     "resolve_model_path",
@@ -193,11 +195,71 @@ def resolve_dtype(dtype: "str | torch.dtype | None", device: "torch.device") -> 
     raise TypeError(f"`dtype` must be None, a torch.dtype or its name, got {dtype!r}.")
 
 
+_PICKLED_WEIGHTS = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
+
+
+def _unsafe_message(folder: Path, what: str, files: list[str]) -> str:
+    return (f"{folder}: the {what} holds pickled weights ({', '.join(files[:3])}) and no .safetensors file; "
+            "ulrec reads only safetensors from folders it did not write, since a pickle can run code. Convert "
+            "the weights to safetensors, or pass allow_unsafe_pickle=True (CLI: --allow-unsafe-pickle) if you "
+            "trust this folder.")
+
+
+def check_adapter_folder(adapter: str | os.PathLike, allow_unsafe_pickle: bool = False) -> Path:
+    """An adapter folder ready for PEFT: a config and safetensors weights (pickled weights only by opt-in).
+
+    Raises:
+        FileNotFoundError: ``adapter`` is not a folder, or has no ``adapter_config.json`` or no weights.
+        UnsafeFileError: the weights are pickled (``adapter_model.bin``) and ``allow_unsafe_pickle`` is false.
+    """
+    from ulrec_env.safe_io import UnsafeFileError
+
+    folder = Path(adapter)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"adapter {os.fspath(adapter)!r} is not a folder; pass the folder saved by PEFT "
+                                "(e.g. by `ulrec tune --out`).")
+    if not (folder / "adapter_config.json").is_file():
+        raise FileNotFoundError(f"{folder}: no adapter_config.json; this is not a PEFT adapter folder.")
+    if (folder / "adapter_model.safetensors").is_file():
+        return folder
+    pickled = sorted(p.name for p in folder.iterdir() if p.suffix in _PICKLED_WEIGHTS)
+    if not pickled:
+        raise FileNotFoundError(f"{folder}: no adapter weights (adapter_model.safetensors); the folder is incomplete.")
+    if not allow_unsafe_pickle:
+        raise UnsafeFileError(_unsafe_message(folder, "adapter folder", pickled))
+    return folder
+
+
+def check_model_folder(path: str | os.PathLike, allow_unsafe_pickle: bool = False) -> None:
+    """Refuse a local model folder whose weights are only pickles (unless ``allow_unsafe_pickle``).
+
+    A name that is not a local folder (a Hugging Face id) is left to ``from_pretrained``, which is called with
+    ``use_safetensors=True`` in that case.
+
+    Raises:
+        UnsafeFileError: the folder has pickled weights and no ``.safetensors`` file.
+    """
+    from ulrec_env.safe_io import UnsafeFileError
+
+    folder = Path(path)
+    if not folder.is_dir() or allow_unsafe_pickle:
+        return
+    names = [p.name for p in folder.iterdir()]
+    if any(n.endswith(".safetensors") for n in names) or any(n.endswith(".gguf") for n in names):
+        return
+    pickled = sorted(n for n in names if Path(n).suffix in _PICKLED_WEIGHTS)
+    if pickled:
+        raise UnsafeFileError(_unsafe_message(folder, "model folder", pickled))
+
+
 def load_model_and_tokenizer(
     model: str | os.PathLike | None = None,
     device: "str | torch.device" = "auto",
     dtype: "str | torch.dtype | None" = None,
     adapter: str | os.PathLike | None = None,
+    *,
+    trust_remote_code: bool = False,
+    allow_unsafe_pickle: bool = False,
     **model_kwargs: Any,
 ) -> tuple["PreTrainedModel", "PreTrainedTokenizerBase"]:
     """Load a causal language model and its tokenizer, ready for decoding or fine-tuning.
@@ -208,6 +270,11 @@ def load_model_and_tokenizer(
         device: ``"auto"`` (GPU when available), ``"cpu"``, ``"cuda"`` or a ``torch.device``.
         dtype: ``None`` (bfloat16 on a GPU, float32 on the CPU) or a torch dtype / its name.
         adapter: Optional folder of a PEFT LoRA adapter to load on top (the model becomes a ``PeftModel``).
+            Its weights must be safetensors (see :func:`check_adapter_folder`).
+        trust_remote_code: Run the Python code a model folder or hub repository ships (transformers'
+            option of the same name). Off unless you pass it: a model folder is data, not code.
+        allow_unsafe_pickle: Accept pickled weights (``pytorch_model.bin``, ``adapter_model.bin``) from folders
+            you trust; by default only safetensors are read.
         **model_kwargs: Passed to ``AutoModelForCausalLM.from_pretrained``.
 
     Returns:
@@ -217,6 +284,7 @@ def load_model_and_tokenizer(
     Raises:
         ImportError: transformers (or peft, for ``adapter``) is missing, or the default model's package is.
         FileNotFoundError: ``adapter`` is not a folder.
+        UnsafeFileError: the model or adapter folder holds only pickled weights and ``allow_unsafe_pickle`` is off.
     """
     try:
         from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -226,16 +294,17 @@ def load_model_and_tokenizer(
     dev = resolve_device(device)
     torch_dtype = resolve_dtype(dtype, dev)
     path = resolve_model_path(model)
-    tokenizer = AutoTokenizer.from_pretrained(path)
+    check_model_folder(path, allow_unsafe_pickle)
+    adapter_path = None if adapter is None else check_adapter_folder(adapter, allow_unsafe_pickle)
+    tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
     if tokenizer.pad_token_id is None:
         if tokenizer.eos_token is None:
             raise ValueError(f"the tokenizer of {path!r} has neither a pad nor an EOS token; set `tokenizer.pad_token`.")
         tokenizer.pad_token = tokenizer.eos_token
-    lm = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype, **model_kwargs)
-    if adapter is not None:
-        adapter_path = Path(adapter)
-        if not adapter_path.is_dir():
-            raise FileNotFoundError(f"`adapter` {os.fspath(adapter)!r} is not a folder; pass the folder saved by PEFT.")
+    if not allow_unsafe_pickle and not Path(path).is_dir():
+        model_kwargs.setdefault("use_safetensors", True)  # a hub id: never fall back to pickled weights
+    lm = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype, trust_remote_code=trust_remote_code, **model_kwargs)
+    if adapter_path is not None:
         try:
             from peft import PeftModel
         except ImportError as e:  # pragma: no cover

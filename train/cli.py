@@ -33,6 +33,15 @@ def _add_env_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--stochastic", action="store_true", default=None, help="users leave through a smooth hazard")
     g.add_argument("--satisfaction-floor", type=float, help="satisfaction below which users leave")
     g.add_argument("--max-episode-steps", type=int, default=100, help="horizon (default 100)")
+    _add_trust_options(g)
+
+
+def _add_trust_options(g: Any) -> None:
+    g.add_argument("--allow-unsafe-pickle", action="store_true",
+                   help="trust pickles in the world's folder, model or adapter (a pickle can run code; "
+                        "default: numpy arrays from pickles, safetensors weights only)")
+    g.add_argument("--trust-remote-code", action="store_true",
+                   help="run Python code that a model folder ships (transformers' trust_remote_code; default off)")
 
 
 def _env_settings(args: argparse.Namespace) -> dict[str, Any]:
@@ -99,6 +108,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="LoRA only in the last N transformer blocks (about 2x faster steps on a CPU with 10 of 30); default all")
     t.add_argument("--overwrite", action="store_true")
     t.add_argument("--seed", type=int, default=0)
+    _add_trust_options(t)
     t.set_defaults(func=_cmd_tune)
 
     for cmd, helptext in (("loop", "rollout -> label -> tune -> evaluate, for several iterations; resumable"),
@@ -109,6 +119,13 @@ def build_parser() -> argparse.ArgumentParser:
             lp.add_argument("--json", default=None, help="write the table in the `ulrec bench` JSON format")
             lp.add_argument("--plot", default=None, help="write a PNG plot of the table")
         lp.set_defaults(func=_cmd_loop if cmd == "loop" else _cmd_compare)
+
+    cb = sub.add_parser("convert-billp", help="rewrite a BiLLP folder's distance pickles as .npy, after which no pickle is read")
+    cb.add_argument("path", help="the dataset folder (holding datamaps.json) or its parent")
+    cb.add_argument("--dataset", default="steam", help="dataset name when PATH is the parent folder (default steam)")
+    cb.add_argument("--allow-unsafe-pickle", action="store_true",
+                    help="read pickles that hold more than numpy arrays (only for files you trust)")
+    cb.set_defaults(func=_cmd_convert_billp)
 
     d = sub.add_parser("demo", help="a short loop with SmolLM2 on the default world; prints the before/after table")
     d.add_argument("--out", default=None, help="run folder (default runs/demo)")
@@ -184,9 +201,18 @@ def _print_evals(doc: dict) -> None:
 def _cmd_loop(args: argparse.Namespace) -> int:
     from train.loop import run_loop
 
-    doc = run_loop(_loop_settings(args), args.out, resume=args.resume, progress=not args.no_progress)
+    doc = run_loop(_loop_settings(args), args.out, resume=args.resume, progress=not args.no_progress,
+                   allow_unsafe_pickle=args.allow_unsafe_pickle)
     _print_evals(doc)
     print(f"run folder: {args.out} (metrics.json, metrics.csv, learning_curve.png)")
+    return 0
+
+
+def _cmd_convert_billp(args: argparse.Namespace) -> int:
+    from ulrec_env.worlds.billp import convert_billp
+
+    for path in convert_billp(args.path, args.dataset, allow_unsafe_pickle=args.allow_unsafe_pickle):
+        print(f"wrote {path}")
     return 0
 
 
@@ -194,7 +220,8 @@ def _cmd_compare(args: argparse.Namespace) -> int:
     from agents.benchmark import format_table, plot_results, write_json
     from train.loop import run_compare
 
-    doc = run_compare(_loop_settings(args), args.out, resume=True, progress=not args.no_progress)
+    doc = run_compare(_loop_settings(args), args.out, resume=True, progress=not args.no_progress,
+                      allow_unsafe_pickle=args.allow_unsafe_pickle)
     print(format_table(doc))
     if args.json:
         write_json(doc, args.json)
@@ -226,12 +253,13 @@ def _holds_demo_run(out: str, settings) -> bool:
     from pathlib import Path
 
     from train.loop import LoopSettings
+    from ulrec_env.safe_io import read_text_bounded
 
     path = Path(out) / "settings.json"
     if not path.is_file():
         return False
     try:
-        saved = LoopSettings.from_dict(json.loads(path.read_text()))
+        saved = LoopSettings.from_dict(json.loads(read_text_bounded(path, "a run's settings.json")))
     except (ValueError, TypeError):
         saved = None
     if saved != settings:
@@ -264,9 +292,10 @@ def _cmd_rollout(args: argparse.Namespace) -> int:
 
     if args.policy not in POLICY_NAMES:
         raise SystemExit(f"ulrec rollout: unknown policy {args.policy!r}; valid: {', '.join(POLICY_NAMES)}")
-    world = world_from_spec(args.world)
+    world = world_from_spec(args.world, allow_unsafe_pickle=args.allow_unsafe_pickle)
     policy = make_policy(args.policy, llm_model=args.llm_model, llm_adapter=args.llm_adapter,
-                         llm_batch_size=args.batch_size, temperature=args.temperature, top_p=args.top_p, seed=args.seed)
+                         llm_batch_size=args.batch_size, temperature=args.temperature, top_p=args.top_p, seed=args.seed,
+                         trust_remote_code=args.trust_remote_code, allow_unsafe_pickle=args.allow_unsafe_pickle)
     builder = None if args.policy == "llm" else _prompt_builder_for(args.llm_model)
     records = collect_rollouts(policy, world, args.episodes, split=args.split, seed=args.seed,
                                env_settings=_env_settings(args), max_episode_steps=args.max_episode_steps,
@@ -318,7 +347,8 @@ def _cmd_tune(args: argparse.Namespace) -> int:
     result = tune(args.stage, args.data, args.model, out=args.out, init_adapter=args.init_adapter,
                   max_steps=args.max_steps, seed=args.seed,
                   config=TuneConfig(trainer_args=trainer_args, full_finetune=args.full_finetune, overwrite=args.overwrite,
-                                    lora_top_layers=args.lora_layers))
+                                    lora_top_layers=args.lora_layers, trust_remote_code=args.trust_remote_code,
+                                    allow_unsafe_pickle=args.allow_unsafe_pickle))
     print(f"{args.stage}: {result.n_train_examples} examples, {result.global_step} steps in {result.train_seconds:.1f}s "
           f"({result.examples_per_second:.2f} examples/s) -> {result.out}")
     return 0
@@ -334,11 +364,13 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         raise SystemExit(f"ulrec bench: unknown policy {', '.join(bad) or '(none)'}; valid: {', '.join(POLICY_NAMES)}")
     if args.seeds < 1:
         raise SystemExit("ulrec bench: --seeds must be >= 1")
-    world = world_from_spec(args.world)
+    world = world_from_spec(args.world, allow_unsafe_pickle=args.allow_unsafe_pickle)
     doc = benchmark(world, names, split=args.split, episodes=args.episodes, seeds=args.seeds,
                     env_settings=_env_settings(args), max_episode_steps=args.max_episode_steps,
                     batch_size=args.batch_size, progress=not args.no_progress,
-                    policy_options={"llm_model": args.llm_model, "llm_adapter": args.llm_adapter})
+                    policy_options={"llm_model": args.llm_model, "llm_adapter": args.llm_adapter,
+                                    "trust_remote_code": args.trust_remote_code,
+                                    "allow_unsafe_pickle": args.allow_unsafe_pickle})
     print(format_table(doc))
     if args.json:
         write_json(doc, args.json)

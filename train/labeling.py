@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
 from train.records import StepRecord
+from ulrec_env.safe_io import iter_lines_bounded, read_text_bounded
 from ulrec_env.storage import atomic_write_text
 
 __all__ = [
@@ -404,24 +405,25 @@ def load_examples(directory: str | os.PathLike) -> LabelledData:
                 f"{f} not found: {path} is not a labelled data folder; write one with train.labeling.save_examples "
                 "(or `ulrec label`)."
             )
-    meta = json.loads(meta_file.read_text(encoding="utf-8"))
+    meta = json.loads(read_text_bounded(meta_file, "a labelled data folder's meta.json"))
     if meta.get("format_version") != EXAMPLES_FORMAT_VERSION:
         raise ValueError(
             f"{meta_file}: format_version {meta.get('format_version')!r} is not {EXAMPLES_FORMAT_VERSION}; relabel "
             "the rollouts with this version of ulrec."
         )
     examples = []
-    with ex_file.open(encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{ex_file}, line {lineno}: not valid JSON ({e.msg}, column {e.colno}).") from None
-            for key in ("prompt", "completion", "label"):
-                if key not in row:
-                    raise ValueError(f"{ex_file}, line {lineno}: missing field `{key}`.")
-            row.setdefault("weight", 1.0)
-            examples.append(row)
+    for lineno, line in iter_lines_bounded(ex_file):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{ex_file}, line {lineno}: not valid JSON ({e.msg}, column {e.colno}).") from None
+        if not isinstance(row, dict):
+            raise ValueError(f"{ex_file}, line {lineno}: expected a JSON object, got {type(row).__name__}.")
+        for key in ("prompt", "completion", "label"):
+            if key not in row:
+                raise ValueError(f"{ex_file}, line {lineno}: missing field `{key}`.")
+        row.setdefault("weight", 1.0)
+        examples.append(row)
     return LabelledData(examples=examples, meta=meta, path=path)

@@ -31,6 +31,7 @@ from typing import Any, Callable, Mapping
 import numpy as np
 
 from ulrec_env.storage import atomic_write_text
+from ulrec_env.safe_io import read_text_bounded
 
 __all__ = ["LoopSettings", "Manifest", "run_loop", "run_compare", "evaluate_llm", "REFERENCE_POLICIES"]
 
@@ -160,7 +161,7 @@ class Manifest:
         self.stages: dict[str, Any] = {}
         if self.path.is_file():
             try:
-                self.stages = json.loads(self.path.read_text())["stages"]
+                self.stages = json.loads(read_text_bounded(self.path, "a run manifest"))["stages"]
             except (json.JSONDecodeError, KeyError) as e:
                 raise ValueError(f"{self.path}: unreadable manifest ({e}); remove the run folder to start again.") from None
 
@@ -173,7 +174,8 @@ class Manifest:
 
 
 def evaluate_llm(world, settings: LoopSettings, users: np.ndarray, adapter: str | None, name: str,
-                 progress: bool = True) -> dict[str, Any]:
+                 progress: bool = True, allow_unsafe_pickle: bool = False,
+                 trust_remote_code: bool = False) -> dict[str, Any]:
     """Greedy-decoding evaluation of the base model (``adapter=None``) or an adapter on ``users``."""
     from agents.evaluation import run_policy, summarize
     from agents.llm import LLMRecommender
@@ -182,7 +184,8 @@ def evaluate_llm(world, settings: LoopSettings, users: np.ndarray, adapter: str 
     policy = LLMRecommender.from_pretrained(settings.model, adapter=adapter, temperature=0.0,
                                             batch_size=settings.gen_batch_size, seed=settings.seed, name=name,
                                             max_history=settings.max_history, max_session=settings.max_session,
-                                            worked_example=settings.worked_example)
+                                            worked_example=settings.worked_example,
+                                            allow_unsafe_pickle=allow_unsafe_pickle, trust_remote_code=trust_remote_code)
     with Progress(None, f"eval {name}", unit="user-step", enabled=progress) as bar:
         sessions = run_policy(policy, world, users, seed=settings.seed, env_settings=settings.env,
                               max_episode_steps=settings.max_episode_steps, batch_size=settings.gen_batch_size,
@@ -201,11 +204,12 @@ class _Run:
     """Shared machinery of `ulrec loop` and `ulrec compare`: stages, manifest, world, logging."""
 
     def __init__(self, settings: LoopSettings, out: str | os.PathLike, resume: bool, progress: bool,
-                 log: Callable[[str], None] = print) -> None:
+                 log: Callable[[str], None] = print, allow_unsafe_pickle: bool = False,
+                 trust_remote_code: bool = False) -> None:
         self.out = Path(out)
         settings_file = self.out / "settings.json"
         if settings_file.is_file():
-            saved = LoopSettings.from_dict(json.loads(settings_file.read_text()))
+            saved = LoopSettings.from_dict(json.loads(read_text_bounded(settings_file, "a run's settings.json")))
             if not resume:
                 raise ValueError(f"{self.out} already holds a run; pass --resume to continue it or choose another --out.")
             if saved != settings:
@@ -218,7 +222,8 @@ class _Run:
         self.manifest = Manifest(self.out)
         from ulrec_env.worlds.spec import world_from_spec
 
-        self.world = world_from_spec(settings.world)
+        self.allow_unsafe_pickle, self.trust_remote_code = allow_unsafe_pickle, trust_remote_code
+        self.world = world_from_spec(settings.world, allow_unsafe_pickle=allow_unsafe_pickle)
         self.users = _eval_users(self.world, settings)
         self._tb = _tensorboard_writer(self.out / "tb")
 
@@ -250,7 +255,9 @@ class _Run:
             policy = LLMRecommender.from_pretrained(s.model, adapter=adapter, temperature=s.temperature, top_p=s.top_p,
                                                     batch_size=s.gen_batch_size, seed=s.seed + k,
                                                     max_history=s.max_history, max_session=s.max_session,
-                                                    worked_example=s.worked_example)
+                                                    worked_example=s.worked_example,
+                                                    allow_unsafe_pickle=self.allow_unsafe_pickle,
+                                                    trust_remote_code=self.trust_remote_code)
             builder = None
             if teacher:
                 from agents.benchmark import make_policy
@@ -311,7 +318,9 @@ class _Run:
             trainer_args = default_trainer_args(stage, str(folder) + ".staging", seed=s.seed, **args)
             result = tune(stage, data, s.model, out=folder, init_adapter=init_adapter, seed=s.seed, world=self.world,
                           config=TuneConfig(trainer_args=trainer_args, balance_weights=balance, overwrite=True,
-                                            lora_top_layers=s.lora_layers))
+                                            lora_top_layers=s.lora_layers,
+                                            allow_unsafe_pickle=self.allow_unsafe_pickle,
+                                            trust_remote_code=self.trust_remote_code))
             return {"path": str(folder), "examples": result.n_train_examples, "steps": result.global_step,
                     "train_seconds": result.train_seconds, "examples_per_s": result.examples_per_second,
                     "desirable_weight": result.desirable_weight, "undesirable_weight": result.undesirable_weight}
@@ -320,7 +329,8 @@ class _Run:
 
     def evaluate(self, name: str, iteration: int, policy: str, adapter: str | None) -> dict[str, Any]:
         def run() -> dict[str, Any]:
-            row = evaluate_llm(self.world, self.settings, self.users, adapter, policy, progress=self.progress)
+            row = evaluate_llm(self.world, self.settings, self.users, adapter, policy, progress=self.progress,
+                               allow_unsafe_pickle=self.allow_unsafe_pickle, trust_remote_code=self.trust_remote_code)
             row.update(iteration=iteration, adapter=adapter)
             return {"eval": row}
 
@@ -492,15 +502,22 @@ def plot_learning_curve(doc: Mapping[str, Any], path: Path) -> None:
 
 
 def run_loop(settings: LoopSettings, out: str | os.PathLike, resume: bool = False, progress: bool = True,
-             log: Callable[[str], None] = print) -> dict[str, Any]:
-    """Run (or resume) the loop; returns the ``metrics.json`` document."""
-    run = _Run(settings, out, resume, progress, log)
+             log: Callable[[str], None] = print, allow_unsafe_pickle: bool = False,
+             trust_remote_code: bool = False) -> dict[str, Any]:
+    """Run (or resume) the loop; returns the ``metrics.json`` document.
+
+    ``allow_unsafe_pickle`` trusts pickles in a ``billp:`` world's folder and in the base model's folder, and
+    ``trust_remote_code`` the code a model folder ships (both off; see ``agents.models.load_model_and_tokenizer``).
+    They are decisions about the files on this machine, not settings of the run, so they are not saved with it.
+    """
+    run = _Run(settings, out, resume, progress, log, allow_unsafe_pickle, trust_remote_code)
     run.loop()
     return json.loads((run.out / "metrics.json").read_text())
 
 
 def run_compare(settings: LoopSettings, out: str | os.PathLike, resume: bool = True, progress: bool = True,
-                log: Callable[[str], None] = print) -> dict[str, Any]:
+                log: Callable[[str], None] = print, allow_unsafe_pickle: bool = False,
+                trust_remote_code: bool = False) -> dict[str, Any]:
     """The paper's table on the held-out users: base, ULRec-P, ULRec and the ablations, next to the baselines.
 
     Finishes (or reuses) the loop in ``out``, then trains on the first iteration's data, from ULRec-P, the two
@@ -510,7 +527,8 @@ def run_compare(settings: LoopSettings, out: str | os.PathLike, resume: bool = T
     """
     if not settings.sft_first:
         raise ValueError("`ulrec compare` needs ULRec-P (sft_first=True): the ablations start from it.")
-    run = _Run(settings, out, resume or (Path(out) / "settings.json").is_file(), progress, log)
+    run = _Run(settings, out, resume or (Path(out) / "settings.json").is_file(), progress, log, allow_unsafe_pickle,
+               trust_remote_code)
     run.loop()
     labels = run.out / "iter1" / ("labels-own" if run.settings.teacher else "labels")  # ULRec's own KTO data
     p_dir = str(run.out / "iter1" / "ulrec-p")

@@ -15,6 +15,7 @@ from agents.policy import Policy
 from agents.progress import Progress
 from train.records import StepRecord
 from ulrec_env import World
+from ulrec_env.safe_io import iter_lines_bounded, read_text_bounded
 from ulrec_env.storage import atomic_write_text
 
 __all__ = ["collect_rollouts", "summarize_rollout", "save_rollout", "load_rollout", "ROLLOUT_FILE"]
@@ -169,13 +170,13 @@ def load_rollout(directory: str | os.PathLike) -> tuple[list[StepRecord], dict[s
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no rollout here; write one with `ulrec rollout --out {d}`.")
     records = []
-    with path.open(encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                records.append(StepRecord.from_dict(json.loads(line)))
-            except (json.JSONDecodeError, TypeError, ValueError) as e:
-                raise ValueError(f"{path}, line {lineno}: not a step record ({e}).") from None
-    meta = json.loads((d / SUMMARY_FILE).read_text()) if (d / SUMMARY_FILE).is_file() else {}
+    for lineno, line in iter_lines_bounded(path):
+        if not line.strip():
+            continue
+        try:
+            records.append(StepRecord.from_dict(json.loads(line)))
+        except (json.JSONDecodeError, TypeError, ValueError) as e:
+            raise ValueError(f"{path}, line {lineno}: not a step record ({e}).") from None
+    summary = d / SUMMARY_FILE
+    meta = json.loads(read_text_bounded(summary, "a rollout summary")) if summary.is_file() else {}
     return records, meta

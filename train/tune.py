@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any, Literal, Mapping, Sequence
 from train.encoding import EncodingReport
 from train.labeling import LabelledData, label_counts, load_examples, recommend_weights
 from ulrec_env.storage import atomic_write_text
+from ulrec_env.safe_io import read_text_bounded
 
 if TYPE_CHECKING:  # pragma: no cover
     from peft import LoraConfig
@@ -160,6 +161,9 @@ class TuneConfig:
         balance_weights: KTO only: when ``desirable_weight`` and ``undesirable_weight`` are both left at 1.0, set
             them with :func:`train.labeling.recommend_weights` so the weighted ratio sits in TRL's band.
         overwrite: Replace an existing ``out`` folder.
+        trust_remote_code: Run code shipped by the model folder (transformers' option); off by default.
+        allow_unsafe_pickle: Accept pickled weights (``*.bin``) in the model or initial adapter folder; by
+            default only safetensors are read from them.
     """
 
     trainer_args: Any = None
@@ -168,6 +172,8 @@ class TuneConfig:
     full_finetune: bool = False
     balance_weights: bool = True
     overwrite: bool = False
+    trust_remote_code: bool = False
+    allow_unsafe_pickle: bool = False
 
 
 @dataclass(frozen=True)
@@ -214,7 +220,7 @@ def read_sidecar(adapter: str | os.PathLike) -> dict[str, Any]:
     path = Path(adapter) / SIDECAR_FILE
     if not path.is_file():
         raise FileNotFoundError(f"{path} not found: {adapter} was not written by train.tune.tune.")
-    return json.loads(path.read_text(encoding="utf-8"))
+    return json.loads(read_text_bounded(path, "an adapter sidecar"))
 
 
 def _load_data(data: Any) -> LabelledData:
@@ -300,11 +306,12 @@ def _prompt_format_version(meta: Mapping[str, Any]) -> Any:
     return PROMPT_FORMAT_VERSION
 
 
-def _load_model(model: Any, tokenizer: Any) -> tuple[Any, Any, str]:
+def _load_model(model: Any, tokenizer: Any, cfg: TuneConfig) -> tuple[Any, Any, str]:
     if model is None or isinstance(model, (str, os.PathLike)):
         from agents.models import load_model_and_tokenizer
 
-        lm, tok = load_model_and_tokenizer(model)
+        lm, tok = load_model_and_tokenizer(model, trust_remote_code=cfg.trust_remote_code,
+                                           allow_unsafe_pickle=cfg.allow_unsafe_pickle)
         return lm, (tokenizer or tok), os.fspath(model) if model is not None else "smollm2"
     if tokenizer is None:
         raise ValueError("`tokenizer` is required when `model` is a model object; pass the tokenizer that matches it.")
@@ -387,7 +394,7 @@ def tune(
             dw, uw = recommend_weights(n_des, n_und)
             args = dataclasses.replace(args, desirable_weight=dw, undesirable_weight=uw)
 
-        lm, tok, base_id = _load_model(model, tokenizer)
+        lm, tok, base_id = _load_model(model, tokenizer, cfg)
         ctx = _context_length(lm)
         if ctx is not None and (args.max_length is None or args.max_length > ctx):
             args = dataclasses.replace(args, max_length=int(ctx))
@@ -495,8 +502,9 @@ def _attach_adapter(lm: Any, init_adapter: Any, cfg: TuneConfig) -> tuple[Any, A
     if init_adapter is not None:
         from peft import PeftModel
 
-        if not Path(init_adapter).is_dir():
-            raise FileNotFoundError(f"`init_adapter` {os.fspath(init_adapter)!r} is not a folder; pass an adapter from tune().")
+        from agents.models import check_adapter_folder
+
+        check_adapter_folder(init_adapter, cfg.allow_unsafe_pickle)
         lm = PeftModel.from_pretrained(lm, os.fspath(init_adapter), is_trainable=not cfg.full_finetune)
         if cfg.full_finetune:
             return lm.merge_and_unload(), None

@@ -2,17 +2,19 @@
 
 from __future__ import annotations
 
+import io
 import json
 import math
-import pickle
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from ulrec_env.storage import atomic_write_bytes
+from ulrec_env.safe_io import load_pickle_array, read_text_bounded
 from ulrec_env.world import World
 
-__all__ = ["from_billp", "BILLP_THRESHOLDS"]
+__all__ = ["from_billp", "convert_billp", "BILLP_THRESHOLDS"]
 
 #: The distance thresholds the seed's results were produced with (window 4, at most 100 steps).
 BILLP_THRESHOLDS = {"steam": 50.0, "amazon": 15.0}
@@ -22,7 +24,7 @@ def _load_json(path: Path) -> Any:
     if not path.is_file():
         raise ValueError(f"{path}: file not found; a BiLLP dataset folder holds datamaps.json, "
                          "{dataset}_{split}.npy, {split}_distance_mat.pickle and {split}.json.")
-    text = path.read_text(encoding="utf-8")
+    text = read_text_bounded(path, "a BiLLP JSON file")
     try:
         return json.loads(text)
     except json.JSONDecodeError as e:
@@ -49,17 +51,33 @@ def _dataset_dir(path: Path, dataset: str, split: str) -> Path:
     )
 
 
-def _load_distance(path: Path, n_items: int) -> np.ndarray:
-    if not path.is_file():
-        raise ValueError(f"{path}: file not found (the pickled items x items distance matrix).")
-    with path.open("rb") as f:
+def _distance_paths(folder: Path, split: str) -> tuple[Path, Path]:
+    """The split's distance matrix as the authors ship it (pickle) and as :func:`convert_billp` writes it (.npy)."""
+    return folder / f"{split}_distance_mat.pickle", folder / f"{split}_distance_mat.npy"
+
+
+def _read_distance_file(folder: Path, split: str, allow_unsafe_pickle: bool) -> tuple[Any, Path]:
+    pickled, npy = _distance_paths(folder, split)
+    if npy.is_file():
         try:
-            obj = pickle.load(f)
-        except Exception as e:  # noqa: BLE001 - any unpickling failure is a bad file
-            raise ValueError(f"{path}: could not unpickle the distance matrix ({type(e).__name__}: {e}).") from None
-    if hasattr(obj, "detach"):  # a torch tensor
+            return np.load(npy, allow_pickle=False), npy
+        except Exception as e:  # noqa: BLE001
+            raise ValueError(f"{npy}: not a numpy array file ({e}).") from None
+    if not pickled.is_file():
+        raise ValueError(f"{pickled}: file not found (the pickled items x items distance matrix; "
+                         f"or {npy.name}, as `ulrec convert-billp` writes it).")
+    obj = load_pickle_array(pickled, allow_unsafe_pickle=allow_unsafe_pickle)
+    if hasattr(obj, "detach"):  # a torch tensor, only reachable with allow_unsafe_pickle
         obj = obj.detach().cpu().numpy()
-    arr = np.asarray(obj, dtype=np.float32)
+    return obj, pickled
+
+
+def _load_distance(folder: Path, split: str, n_items: int, allow_unsafe_pickle: bool = False) -> np.ndarray:
+    obj, path = _read_distance_file(folder, split, allow_unsafe_pickle)
+    try:
+        arr = np.asarray(obj, dtype=np.float32)
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"{path}: the distance matrix is not numeric ({e}).") from None
     if arr.shape != (n_items, n_items):
         raise ValueError(f"{path}: distance matrix has shape {arr.shape}, expected ({n_items}, {n_items}) "
                          "(one row and column per item of datamaps.json).")
@@ -69,7 +87,45 @@ def _load_distance(path: Path, n_items: int) -> np.ndarray:
     return arr
 
 
-def from_billp(path: str | Path, dataset: str = "steam", split: str = "test") -> World:
+def convert_billp(path: str | Path, dataset: str = "steam", *, allow_unsafe_pickle: bool = False) -> list[Path]:
+    """Write each ``{split}_distance_mat.pickle`` of a BiLLP dataset folder as ``{split}_distance_mat.npy``.
+
+    After this one-time conversion :func:`from_billp` reads the ``.npy`` files (with ``allow_pickle=False``) and
+    no pickle is opened again. The pickles are read with the same restricted unpickler as :func:`from_billp`;
+    pass ``allow_unsafe_pickle=True`` only for a folder you trust (e.g. one whose pickles hold torch tensors).
+
+    Returns:
+        The ``.npy`` files written, one per split found.
+
+    Raises:
+        ValueError: no pickled distance matrix in the folder, or one that is not a numeric matrix.
+        UnsafeFileError: a pickle that would run code (nothing of it ran).
+    """
+    folder = _dataset_dir(Path(path), dataset, "test")
+    written = []
+    for pickled in sorted(folder.glob("*_distance_mat.pickle")):
+        split = pickled.name[: -len("_distance_mat.pickle")]
+        obj = load_pickle_array(pickled, allow_unsafe_pickle=allow_unsafe_pickle)
+        if hasattr(obj, "detach"):
+            obj = obj.detach().cpu().numpy()
+        try:
+            arr = np.asarray(obj, dtype=np.float32)
+        except (TypeError, ValueError) as e:
+            raise ValueError(f"{pickled}: the distance matrix is not numeric ({e}).") from None
+        if arr.ndim != 2 or arr.shape[0] != arr.shape[1]:
+            raise ValueError(f"{pickled}: expected a square items x items matrix, got shape {arr.shape}.")
+        npy = _distance_paths(folder, split)[1]
+        buf = io.BytesIO()
+        np.save(buf, arr, allow_pickle=False)
+        atomic_write_bytes(npy, buf.getvalue())
+        written.append(npy)
+    if not written:
+        raise ValueError(f"{folder}: no *_distance_mat.pickle files to convert.")
+    return written
+
+
+def from_billp(path: str | Path, dataset: str = "steam", split: str = "test", *,
+               allow_unsafe_pickle: bool = False) -> World:
     """Read one split of the authors' environment data into a :class:`World`.
 
     The folder (``path`` itself or ``path/dataset``) holds ``datamaps.json`` (``item2id_dict`` title -> id,
@@ -82,8 +138,13 @@ def from_billp(path: str | Path, dataset: str = "steam", split: str = "test") ->
     ``train_users`` (split ``"train"``). ``env_defaults`` carries the seed's settings for the dataset
     (window 4; threshold 50 for Steam, 15 for Amazon).
 
+    The distance pickle is read by a restricted unpickler that admits only numpy arrays and numbers, so a
+    hostile file cannot run code; ``allow_unsafe_pickle=True`` lifts that for a folder you trust. When
+    ``{split}_distance_mat.npy`` exists (see :func:`convert_billp`) it is read instead and no pickle is opened.
+
     Raises:
         ValueError: naming the file and the record or key at fault.
+        UnsafeFileError: the distance pickle names code to run (refused before anything ran).
     """
     if split not in ("train", "valid", "val", "test"):
         raise ValueError(f"`split` must be 'train', 'valid' or 'test', got {split!r}.")
@@ -130,7 +191,7 @@ def from_billp(path: str | Path, dataset: str = "steam", split: str = "test") ->
     genre_map = _load_json(genres_path) if genres_path.is_file() else {}
     genres = [tuple(str(g) for g in (genre_map.get(t) or ())) for t in titles]
 
-    distance = _load_distance(folder / f"{split}_distance_mat.pickle", n_items)
+    distance = _load_distance(folder, split, n_items, allow_unsafe_pickle)
 
     users_path = folder / f"{split}.json"
     records = _load_json(users_path)

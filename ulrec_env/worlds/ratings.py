@@ -44,6 +44,7 @@ import numpy as np
 
 from ulrec_env.reward_model import MF_DEFAULTS, fit_bias_baseline, fit_biased_mf, rmse, split_ratings
 from ulrec_env.storage import atomic_write_bytes, cache_dir
+from ulrec_env.safe_io import MAX_LINE_BYTES
 from ulrec_env.world import World
 
 __all__ = ["RatingLog", "from_ratings", "build_world", "parse_ratings", "parse_items", "WORLD_DEFAULTS"]
@@ -125,11 +126,18 @@ def _column_index(header: Sequence[str], wanted: str, source: str, arg: str, req
     return None
 
 
-def _rows(text: str, delimiter: str | None) -> tuple[list[list[str]], str]:
+def _rows(text: str, delimiter: str | None, source: str) -> tuple[list[list[str]], str]:
     lines = text.splitlines()
+    for k, ln in enumerate(lines):
+        if len(ln) > MAX_LINE_BYTES:
+            raise ValueError(f"{source}: line {k + 1} has {len(ln)} characters, more than the {MAX_LINE_BYTES} a "
+                             "ratings or items line may have; the file is damaged or not a delimited text file.")
     first = next((ln for ln in lines if ln.strip()), "")
     delim = delimiter if delimiter is not None else _sniff_delimiter(first)
-    return list(csv.reader(lines, delimiter=delim)), delim
+    try:
+        return list(csv.reader(lines, delimiter=delim)), delim
+    except csv.Error as e:
+        raise ValueError(f"{source}: not a readable delimited file ({e}).") from None
 
 
 def _bad_rows_error(source: str, bad: list[tuple[int, str]], on_bad_rows: str) -> None:
@@ -207,7 +215,7 @@ def parse_ratings(
     if on_bad_rows not in ("raise", "skip"):
         raise ValueError(f"`on_bad_rows` must be 'raise' or 'skip', got {on_bad_rows!r}.")
     text = _decode(data, source, encoding)
-    rows, _ = _rows(text, delimiter)
+    rows, _ = _rows(text, delimiter, source)
     start = 0
     if header:
         while start < len(rows) and not any(f.strip() for f in rows[start]):
@@ -317,7 +325,7 @@ def parse_items(
     if on_bad_rows not in ("raise", "skip"):
         raise ValueError(f"`on_bad_rows` must be 'raise' or 'skip', got {on_bad_rows!r}.")
     text = _decode(data, source, encoding)
-    rows, _ = _rows(text, delimiter)
+    rows, _ = _rows(text, delimiter, source)
     start = 0
     while start < len(rows) and not any(f.strip() for f in rows[start]):
         start += 1

@@ -9,9 +9,12 @@ __all__ = ["world_from_spec", "WORLD_SPECS"]
 WORLD_SPECS = ("synthetic", "synthetic:SEED", "ml-100k", "ml-100k:PATH", "billp:PATH:DATASET:SPLIT")
 
 
-def world_from_spec(spec: str) -> World:
+def world_from_spec(spec: str, *, allow_unsafe_pickle: bool = False) -> World:
     """``"synthetic"`` (the embedded default), ``"synthetic:SEED"``, ``"ml-100k"`` (MovieLens-100k from the
     installed recbole copy), ``"ml-100k:PATH"``, or ``"billp:PATH:DATASET:SPLIT"`` (the seed's data folders).
+
+    ``allow_unsafe_pickle`` is passed to :func:`~ulrec_env.worlds.from_billp` (a trusted folder whose pickles
+    the restricted unpickler refuses); the other worlds read no pickle.
 
     Raises:
         ValueError: for any other string; the message lists the valid forms.
@@ -39,5 +42,5 @@ def world_from_spec(spec: str) -> World:
         from ulrec_env.worlds.billp import from_billp
 
         path, dataset, split = parts
-        return from_billp(path, dataset, split)
+        return from_billp(path, dataset, split, allow_unsafe_pickle=allow_unsafe_pickle)
     raise ValueError(f"unknown world spec {spec!r}; valid: {', '.join(WORLD_SPECS)}.")
