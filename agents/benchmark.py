@@ -29,6 +29,7 @@ def _llm(**kw: Any) -> Policy:
         model=kw.get("llm_model"), adapter=kw.get("llm_adapter"), batch_size=kw.get("llm_batch_size") or 64,
         temperature=kw.get("temperature") or 0.0, top_p=kw.get("top_p") or 1.0, seed=kw.get("seed") or 0,
         trust_remote_code=bool(kw.get("trust_remote_code")), allow_unsafe_pickle=bool(kw.get("allow_unsafe_pickle")),
+        dtype=kw.get("dtype") or "auto",
     )
 
 
@@ -55,8 +56,8 @@ def make_policy(name: str, **options: Any) -> Policy:
     ``oracle``, ``llm``).
 
     The ``genre-cycle`` rules take ``max_history`` (history items read), ``window`` and ``seed``; ``llm`` takes
-    ``llm_model``, ``llm_adapter``, ``llm_batch_size``, ``temperature``, ``top_p``, ``seed``, ``trust_remote_code``
-    and ``allow_unsafe_pickle`` (all optional).
+    ``llm_model``, ``llm_adapter``, ``llm_batch_size``, ``temperature``, ``top_p``, ``seed``, ``dtype``,
+    ``trust_remote_code`` and ``allow_unsafe_pickle`` (all optional).
     The other baselines ignore options.
     """
     if name not in _FACTORIES:
@@ -117,6 +118,8 @@ def benchmark(
                 sessions = result if sessions is None else sessions.extend(result)
                 bar.update(user_sets[s].size)
             row = summarize(name, sessions, world, peeks=policy.peeks, max_episode_steps=max_episode_steps)
+            if hasattr(policy, "dtype_name"):  # LLM rows say what they computed in
+                row["dtype"] = policy.dtype_name
             rows.append(row)
     return {
         "world": world.name,

@@ -100,6 +100,16 @@ class LLMRecommender(Policy):
             The KV cache costs about 46 KB per token for SmolLM2-135M in float32. ``None``: no bound.
         prefill_chunk: Prompt tokens run per forward pass when prefilling (bounds activation memory;
             ``None``: the whole prompt at once).
+        session_cache_tokens: Memory bound of the session cache, in prompt tokens (about 46 KB each for
+            SmolLM2-135M in float32, half in bfloat16). Within a session the prompt of step t+1 starts with most
+            of the prompt of step t (instruction, history, the session lines that stay), so :meth:`act_batch`
+            keeps each session's prompt key/value cache, keyed by the observation's ``user``, and feeds only
+            the tokens after the longest common prefix. Entries are dropped least recently used first, all of
+            them when the weights change or on :meth:`reset`. ``0`` or ``None`` turns reuse off; decisions
+            are the same either way (up to float rounding).
+        score_completions: Compute each record's ``logprob`` (constrained decoding). ``False`` skips the forward
+            passes that only score the tokens after which a title is already determined (evaluation, which keeps
+            no records): the same decisions, fewer passes, and records with ``logprob`` NaN.
         name: Name in tables.
     """
 
@@ -123,6 +133,8 @@ class LLMRecommender(Policy):
         max_new_tokens: int = 24,
         prefill_chunk: int | None = 64,
         max_batch_tokens: int | None = 12288,
+        session_cache_tokens: int | None = 65536,
+        score_completions: bool = True,
         name: str = "llm",
     ) -> None:
         super().__init__()
@@ -148,6 +160,8 @@ class LLMRecommender(Policy):
             raise ValueError(f"`prefill_chunk` must be None or a positive integer, got {prefill_chunk!r}.")
         if max_batch_tokens is not None and (isinstance(max_batch_tokens, bool) or not isinstance(max_batch_tokens, (int, np.integer)) or max_batch_tokens < 1):
             raise ValueError(f"`max_batch_tokens` must be None or a positive integer, got {max_batch_tokens!r}.")
+        if session_cache_tokens is not None and (isinstance(session_cache_tokens, bool) or not isinstance(session_cache_tokens, (int, np.integer)) or session_cache_tokens < 0):
+            raise ValueError(f"`session_cache_tokens` must be None or an integer >= 0, got {session_cache_tokens!r}.")
         if not isinstance(seed, (int, np.integer)) or isinstance(seed, bool):
             raise TypeError(f"`seed` must be an integer, got {seed!r}.")
         if not callable(getattr(tokenizer, "__call__", None)) or not hasattr(tokenizer, "decode"):
@@ -165,6 +179,7 @@ class LLMRecommender(Policy):
         self.max_new_tokens = int(max_new_tokens)
         self.prefill_chunk = None if prefill_chunk is None else int(prefill_chunk)
         self.max_batch_tokens = None if max_batch_tokens is None else int(max_batch_tokens)
+        self.score_completions = bool(score_completions)
         self.name = name
         self.prompt_format_version = PROMPT_FORMAT_VERSION
         self.device = next(model.parameters()).device
@@ -180,7 +195,9 @@ class LLMRecommender(Policy):
         self._prefix_ids: tuple[int, ...] = ()
         self._prefix_kv: list[tuple[Any, Any]] | None = None
         self._prefix_version = -1
-        self.stats: dict[str, int] = {"decisions": 0, "passes": 0, "mask_exhausted": 0}
+        self._sessions = _SessionCache(int(session_cache_tokens or 0))
+        self.stats: dict[str, int] = {"decisions": 0, "passes": 0, "mask_exhausted": 0,
+                                      "prompt_tokens": 0, "prompt_tokens_reused": 0}
         stops = {tokenizer.eos_token_id, tokenizer.pad_token_id}
         self._stop_ids = {int(t) for t in stops if t is not None}
 
@@ -209,9 +226,10 @@ class LLMRecommender(Policy):
             adapter: Optional folder of a PEFT LoRA adapter. When it was trained by ulrec, its
                 ``ulrec_adapter.json`` says how its prompts were written (``max_history``, ``max_session``,
                 ``worked_example``) and those become the defaults here.
-            device: ``"auto"`` (GPU and bfloat16 when available, else CPU and float32), ``"cpu"``, ``"cuda"``.
+            device: ``"auto"`` (a GPU when available, else the CPU), ``"cpu"``, ``"cuda"``.
             temperature, top_p, max_history, grounding, mask_recommended, batch_size: See the class.
-            dtype: Override the weights' dtype.
+            dtype: ``"auto"``/``None`` (bfloat16 on a GPU and on a CPU with native bfloat16, float32 elsewhere;
+                see :func:`agents.models.resolve_dtype`), ``"float32"``, ``"bfloat16"``, or a torch dtype.
             trust_remote_code, allow_unsafe_pickle: See :func:`agents.models.load_model_and_tokenizer`; both off:
                 no code shipped with the model runs and only safetensors weights are read.
             **kwargs: Other constructor arguments (``seed``, ``max_session``, ``max_new_tokens``, ``name``).
@@ -248,8 +266,14 @@ class LLMRecommender(Policy):
         self._prefix_kv = None
 
     def reset(self, seed: int | None = None) -> None:
-        """Reseed the sampling generator (``None``: back to the constructor's seed)."""
+        """Reseed the sampling generator (``None``: back to the constructor's seed) and empty the session cache."""
         self._generator.manual_seed(self._seed if seed is None else int(seed))
+        self._sessions.clear()
+
+    @property
+    def dtype_name(self) -> str:
+        """The dtype the model computes in (``"float32"``, ``"bfloat16"``): recorded with rollouts and bench rows."""
+        return str(next(self.model.parameters()).dtype).replace("torch.", "")
 
     def prompt_options(self) -> dict[str, Any]:
         """How this agent writes prompts (the keys an adapter's ``ulrec_adapter.json`` records under ``"prompt"``)."""
@@ -296,9 +320,11 @@ class LLMRecommender(Policy):
             rows, cols = np.nonzero(rec >= 0)
             masked[rows, rec[rows, cols]] = True
         prompt_ids = [encode_prompt(self.tokenizer, p) for p in prompts]
+        keys = [int(u) for u in np.asarray(obs["user"]).reshape(n)] if "user" in obs else None
         records: list[DecodeRecord] = []
         for sl in self._passes([len(x) for x in prompt_ids]):
-            records.extend(self.decode(prompts[sl], masked[sl], prompt_ids=prompt_ids[sl]))
+            records.extend(self.decode(prompts[sl], masked[sl], prompt_ids=prompt_ids[sl],
+                                       session_keys=None if keys is None else keys[sl]))
         self.stats["decisions"] += n
         return np.asarray([r.item for r in records], dtype=np.int64), records
 
@@ -331,7 +357,8 @@ class LLMRecommender(Policy):
 
     # ------------------------------------------------------------------ decoding
     def decode(
-        self, prompts: list[str], masked: np.ndarray | None = None, prompt_ids: list[list[int]] | None = None
+        self, prompts: list[str], masked: np.ndarray | None = None, prompt_ids: list[list[int]] | None = None,
+        session_keys: list[int] | None = None,
     ) -> list[DecodeRecord]:
         """Decode one completion per prompt, all in one pass (see :meth:`act_batch` for splitting).
 
@@ -339,6 +366,8 @@ class LLMRecommender(Policy):
             prompts: Prompt texts (from :func:`agents.prompting.build_prompt`).
             masked: Optional ``(len(prompts), n_items)`` bool array of items that may not be produced.
             prompt_ids: The prompts' tokens when already encoded (``encode_prompt``).
+            session_keys: One key per prompt (the session's user) under which its prompt's key/value cache is
+                looked up and kept for the next step (see ``session_cache_tokens``); ``None``: no reuse.
         """
         import torch
 
@@ -350,8 +379,8 @@ class LLMRecommender(Policy):
             prompt_ids = [encode_prompt(self.tokenizer, p) for p in prompts]
         with torch.inference_mode():
             if self.grounding == "constrained":
-                return self._decode_constrained(prompts, prompt_ids, masked)
-            return self._decode_free(prompts, prompt_ids, masked)
+                return self._decode_constrained(prompts, prompt_ids, masked, session_keys)
+            return self._decode_free(prompts, prompt_ids, masked, session_keys)
 
     def _forward(self, ids: "torch.Tensor", mask: "torch.Tensor", pos: "torch.Tensor", cache: Any, keep: int) -> "torch.Tensor":
         kwargs: dict[str, Any] = {
@@ -388,18 +417,55 @@ class LLMRecommender(Policy):
         kv = [(k[:, :, :prefix_len].expand(batch, -1, -1, -1), v[:, :, :prefix_len].expand(batch, -1, -1, -1)) for k, v in self._prefix_kv]
         return DynamicCache(ddp_cache_data=kv)
 
-    def _start(self, prompt_ids: list[list[int]]) -> tuple[Any, "torch.Tensor", "torch.Tensor", "torch.Tensor"]:
+    def _start(self, prompt_ids: list[list[int]], session_keys: list[int] | None = None
+               ) -> tuple[Any, "torch.Tensor", "torch.Tensor", "torch.Tensor"]:
         """Run the prompts: returns ``(cache, attention_mask, next_position, logprobs)`` with the
-        log-probabilities of the next token, ``(B, V)``."""
+        log-probabilities of the next token, ``(B, V)``.
+
+        Each row starts from the longest token prefix whose keys/values are already known: the prefix every
+        prompt shares (the system instruction) or, with ``session_keys``, the row's own prompt of the previous
+        step. Row ``i``'s known prefix of ``r_i`` tokens sits right-aligned in the first ``R = max r_i`` cache
+        positions (masked on its left); its remaining tokens follow, left-padded to a common width.
+        """
         import torch
+        from transformers import DynamicCache
 
         b = len(prompt_ids)
         # The reusable prefix: shared by all rows, leaving each row at least one token of its own.
         p = min(_common_prefix_len([list(self._prefix_ids)] + prompt_ids), min(len(x) for x in prompt_ids) - 1)
         if p < 0:
             raise ValueError("a prompt tokenized to no tokens; prompts must not be empty.")
-        cache = self._new_cache(b, p)
-        suffix = [x[p:] for x in prompt_ids]
+        reuse: list[int] = [p] * b
+        own: list[Any] = [None] * b
+        use_sessions = session_keys is not None and self._sessions.max_tokens > 0 and p > 0
+        if use_sessions:
+            self._sessions.check_version(self._weights_version())
+            for i, (key, ids) in enumerate(zip(session_keys, prompt_ids)):
+                n, kv = self._sessions.lookup(key, ids)
+                n = min(n, len(ids) - 1)
+                if n > p:
+                    reuse[i], own[i] = n, kv
+        self.stats["prompt_tokens"] += sum(len(x) for x in prompt_ids)
+        self.stats["prompt_tokens_reused"] += sum(reuse)
+        big = max(reuse)
+        if big == p:
+            cache = self._new_cache(b, p)
+        else:
+            shared = _cache_layers(self._new_cache(1, p))
+            layers = []
+            for li, (k0, v0) in enumerate(shared):
+                k = k0.new_zeros((b, k0.shape[1], big, k0.shape[3]))
+                v = v0.new_zeros((b, v0.shape[1], big, v0.shape[3]))
+                for i in range(b):
+                    src = own[i][li] if own[i] is not None else shared[li]
+                    k[i, :, big - reuse[i]:] = src[0][0, :, : reuse[i]]
+                    v[i, :, big - reuse[i]:] = src[1][0, :, : reuse[i]]
+                layers.append((k, v))
+            cache = DynamicCache(ddp_cache_data=layers)
+        pmask = torch.zeros((b, big), dtype=torch.long)
+        for i in range(b):
+            pmask[i, big - reuse[i]:] = 1
+        suffix = [x[r:] for x, r in zip(prompt_ids, reuse)]
         width = max(len(s) for s in suffix)
         pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
         ids = torch.full((b, width), pad, dtype=torch.long)
@@ -407,16 +473,23 @@ class LLMRecommender(Policy):
         for i, s in enumerate(suffix):
             ids[i, width - len(s):] = torch.tensor(s, dtype=torch.long)
             smask[i, width - len(s):] = 1
-        pos = (p + smask.cumsum(1) - 1).clamp(min=0)
+        pos = (torch.tensor(reuse, dtype=torch.long)[:, None] + smask.cumsum(1) - 1).clamp(min=0)
         # Prefill in chunks of `prefill_chunk` tokens: activations scale with the chunk, not the prompt.
-        # A chunk may be all padding for a row; its queries still see the shared prefix (p >= 1), so no
-        # attention row is fully masked. Without a shared prefix, run the suffix in one piece.
+        # A chunk may be all padding for a row; its queries still see the row's known prefix (r_i >= p >= 1),
+        # so no attention row is fully masked. Without a shared prefix, run the suffix in one piece.
         step = width if (self.prefill_chunk is None or p == 0) else self.prefill_chunk
-        ones = torch.ones((b, p), dtype=torch.long)
         for c in range(0, width, step):
             end = min(width, c + step)
-            mask = torch.cat([ones, smask[:, :end]], dim=1)
+            mask = torch.cat([pmask, smask[:, :end]], dim=1)
             logp = self._forward(ids[:, c:end], mask, pos[:, c:end], cache, 1)[:, -1]
+        if use_sessions:
+            # Keep each row's prompt keys/values (known prefix + new tokens, without padding) for its next step.
+            kv_layers = _cache_layers(cache)
+            for i, key in enumerate(session_keys):
+                cols = torch.cat([torch.arange(big - reuse[i], big), torch.arange(big + width - len(suffix[i]), big + width)])
+                cols = cols.to(kv_layers[0][0].device)
+                entry = [(k[i : i + 1, :, cols].clone(), v[i : i + 1, :, cols].clone()) for k, v in kv_layers]
+                self._sessions.store(key, prompt_ids[i], entry)
         next_pos = torch.tensor([len(x) for x in prompt_ids], dtype=torch.long)
         return cache, mask, next_pos, logp
 
@@ -444,7 +517,8 @@ class LLMRecommender(Policy):
             probs = torch.zeros_like(probs).scatter_(0, idx[keep], sorted_p[keep])
         return int(torch.multinomial(probs, 1, generator=self._generator))
 
-    def _decode_constrained(self, prompts: list[str], prompt_ids: list[list[int]], masked: np.ndarray | None) -> list[DecodeRecord]:
+    def _decode_constrained(self, prompts: list[str], prompt_ids: list[list[int]], masked: np.ndarray | None,
+                            session_keys: list[int] | None = None) -> list[DecodeRecord]:
         import torch
 
         trie = self.trie
@@ -458,7 +532,7 @@ class LLMRecommender(Policy):
                 c = None
             counts.append(c)
 
-        cache, mask, next_pos, logp = self._start(prompt_ids)
+        cache, mask, next_pos, logp = self._start(prompt_ids, session_keys)
         self._check_finite(logp, "on the prompts")
         node = [0] * b
         done = [False] * b
@@ -487,7 +561,8 @@ class LLMRecommender(Policy):
                 finished = trie.leaf_item[node[r]] >= 0
                 feed = [tok] + [t for t, _ in forced]
                 if finished:
-                    feed = feed[:-1]  # the last token is only scored, never fed
+                    # The last token is only scored, never fed; without scoring, a finished title needs no pass.
+                    feed = feed[:-1] if self.score_completions else []
                 if feed:
                     feeds[r] = feed
                     scores[r] = [t for t, _ in forced]
@@ -539,16 +614,18 @@ class LLMRecommender(Policy):
             item = int(trie.leaf_item[node[r]])
             title = self.world.titles[item]
             records.append(
-                DecodeRecord(prompts[r], build_completion(title), item, title, out_lp[r], len(out_tokens[r]), "constrained")
+                DecodeRecord(prompts[r], build_completion(title), item, title,
+                             out_lp[r] if self.score_completions else math.nan, len(out_tokens[r]), "constrained")
             )
         return records
 
-    def _decode_free(self, prompts: list[str], prompt_ids: list[list[int]], masked: np.ndarray | None) -> list[DecodeRecord]:
+    def _decode_free(self, prompts: list[str], prompt_ids: list[list[int]], masked: np.ndarray | None,
+                     session_keys: list[int] | None = None) -> list[DecodeRecord]:
         import torch
 
         assert self.grounder is not None and self.world is not None
         b = len(prompts)
-        cache, mask, next_pos, logp = self._start(prompt_ids)
+        cache, mask, next_pos, logp = self._start(prompt_ids, session_keys)
         self._check_finite(logp, "on the prompts")
         vocab = np.arange(logp.shape[-1], dtype=np.int64)
         out_tokens: list[list[int]] = [[] for _ in range(b)]
@@ -665,3 +742,70 @@ def _cache_layers(cache: Any) -> list[tuple[Any, Any]]:
     if hasattr(cache, "layers"):
         return [(layer.keys, layer.values) for layer in cache.layers]
     return list(zip(cache.key_cache, cache.value_cache))
+
+
+class _SessionCache:
+    """Prompt key/value caches of live sessions, keyed by session (user), bounded in tokens (least recently used
+    dropped first) and emptied when the model's weights change."""
+
+    def __init__(self, max_tokens: int, per_key: int = 4) -> None:
+        from collections import OrderedDict
+
+        self.max_tokens = int(max_tokens)
+        self.per_key = per_key
+        self._entries: "OrderedDict[tuple[int, int], tuple[tuple[int, ...], list[tuple[Any, Any]]]]" = OrderedDict()
+        self._tokens = 0
+        self._version: int | None = None
+        self._serial = 0
+
+    def clear(self) -> None:
+        self._entries.clear()
+        self._tokens = 0
+
+    def check_version(self, version: int) -> None:
+        if version != self._version:
+            self.clear()
+            self._version = version
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    @property
+    def tokens(self) -> int:
+        return self._tokens
+
+    def lookup(self, key: int, ids: list[int]) -> tuple[int, list[tuple[Any, Any]] | None]:
+        """``(n, kv)``: the longest common token prefix of ``ids`` with an entry of ``key``, and its layers."""
+        best, best_kv, best_k = 0, None, None
+        for k in [k for k in self._entries if k[0] == key]:
+            cached, kv = self._entries[k]
+            n = _common_prefix_len([list(cached), ids])
+            if n > best:
+                best, best_kv, best_k = n, kv, k
+        if best_k is not None:
+            self._entries.move_to_end(best_k)
+        return best, best_kv
+
+    def store(self, key: int, ids: list[int], kv: list[tuple[Any, Any]]) -> None:
+        """Keep ``kv`` (the keys/values of ``ids``) for ``key``, replacing the entry it extends."""
+        if len(ids) > self.max_tokens:
+            return
+        # The entry this prompt grew from (same session) is superseded: drop entries of `key` sharing its prefix
+        # beyond the first few tokens, and the oldest of `key` beyond `per_key` (concurrent sessions of one user).
+        mine = [k for k in self._entries if k[0] == key]
+        for k in mine:
+            cached, _ = self._entries[k]
+            if _common_prefix_len([list(cached), ids]) * 2 > len(cached):
+                self._drop(k)
+        mine = [k for k in self._entries if k[0] == key]
+        while len(mine) >= self.per_key:
+            self._drop(mine.pop(0))
+        self._serial += 1
+        self._entries[(key, self._serial)] = (tuple(ids), kv)
+        self._tokens += len(ids)
+        while self._tokens > self.max_tokens:
+            self._drop(next(iter(self._entries)))
+
+    def _drop(self, k: tuple[int, int]) -> None:
+        ids, _ = self._entries.pop(k)
+        self._tokens -= len(ids)

@@ -29,6 +29,9 @@ __all__ = [
     "SMOLLM2_GGUF_FILE",
     "load_model_and_tokenizer",
     "check_adapter_folder",
+    "cpu_supports_bf16",
+    "dtype_name",
+    "DTYPE_CHOICES",
     "check_model_folder",
     "resolve_device",
     "resolve_dtype",
@@ -177,22 +180,66 @@ def resolve_device(device: "str | torch.device" = "auto") -> "torch.device":
     return dev
 
 
-def resolve_dtype(dtype: "str | torch.dtype | None", device: "torch.device") -> "torch.dtype":
-    """``None`` -> bfloat16 on a GPU that supports it, float32 otherwise; strings like ``"bfloat16"`` work."""
+#: What ``dtype`` / ``--dtype`` accept.
+DTYPE_CHOICES = ("auto", "float32", "bfloat16", "float16")
+
+
+def cpu_supports_bf16() -> bool:
+    """Whether this CPU computes bfloat16 natively (AMX-BF16 or AVX512-BF16).
+
+    Asks PyTorch first (``torch.cpu._is_amx_tile_supported`` / ``_is_avx512_bf16_supported``) and falls back to
+    the ``amx_bf16`` / ``avx512_bf16`` flags of ``/proc/cpuinfo``. On CPUs without them (AVX2 only, for
+    example), bfloat16 matmuls are emulated and hundreds of times slower than float32, so "auto" keeps float32.
+    """
     import torch
 
-    if dtype is None:
-        if device.type == "cuda" and torch.cuda.is_bf16_supported():
+    for name in ("_is_amx_tile_supported", "_is_avx512_bf16_supported"):
+        fn = getattr(torch.cpu, name, None)
+        if fn is not None:
+            try:
+                if fn():
+                    return True
+            except Exception:  # noqa: BLE001 - a private probe; fall through to the flags
+                pass
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    flags = set(line.split(":", 1)[1].split())
+                    return bool({"amx_bf16", "avx512_bf16"} & flags)
+    except OSError:
+        pass
+    return False
+
+
+def resolve_dtype(dtype: "str | torch.dtype | None", device: "torch.device") -> "torch.dtype":
+    """The compute dtype for ``device``.
+
+    ``None`` or ``"auto"``: bfloat16 on a GPU that supports it and on a CPU that computes it natively
+    (:func:`cpu_supports_bf16`), float32 elsewhere. Otherwise a torch dtype or its name (``"float32"``,
+    ``"bfloat16"``, ``"float16"``).
+    """
+    import torch
+
+    if dtype is None or dtype == "auto":
+        if device.type == "cuda":
+            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float32
+        if device.type == "cpu" and cpu_supports_bf16():
             return torch.bfloat16
         return torch.float32
     if isinstance(dtype, str):
         value = getattr(torch, dtype, None)
-        if not isinstance(value, torch.dtype):
-            raise ValueError(f"`dtype` {dtype!r} is not a torch dtype; use 'float32', 'bfloat16' or 'float16'.")
+        if not isinstance(value, torch.dtype) or dtype not in DTYPE_CHOICES:
+            raise ValueError(f"`dtype` {dtype!r} is not one of {', '.join(DTYPE_CHOICES)}.")
         return value
     if isinstance(dtype, torch.dtype):
         return dtype
-    raise TypeError(f"`dtype` must be None, a torch.dtype or its name, got {dtype!r}.")
+    raise TypeError(f"`dtype` must be 'auto', None, a torch.dtype or its name, got {dtype!r}.")
+
+
+def dtype_name(dtype: "torch.dtype") -> str:
+    """``torch.bfloat16`` -> ``"bfloat16"`` (how runs, sidecars and bench rows record it)."""
+    return str(dtype).replace("torch.", "")
 
 
 _PICKLED_WEIGHTS = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
@@ -268,7 +315,8 @@ def load_model_and_tokenizer(
         model: ``None``/``"smollm2"`` for the packaged SmolLM2-135M-Instruct (see :func:`resolve_model_path`),
             a local folder or a Hugging Face id.
         device: ``"auto"`` (GPU when available), ``"cpu"``, ``"cuda"`` or a ``torch.device``.
-        dtype: ``None`` (bfloat16 on a GPU, float32 on the CPU) or a torch dtype / its name.
+        dtype: ``"auto"``/``None`` (bfloat16 on a GPU or a CPU with native bfloat16, else float32; see
+            :func:`resolve_dtype`) or a torch dtype / its name.
         adapter: Optional folder of a PEFT LoRA adapter to load on top (the model becomes a ``PeftModel``).
             Its weights must be safetensors (see :func:`check_adapter_folder`).
         trust_remote_code: Run the Python code a model folder or hub repository ships (transformers'

@@ -36,6 +36,14 @@ def _add_env_options(p: argparse.ArgumentParser) -> None:
     _add_trust_options(g)
 
 
+def _add_dtype_option(p: Any) -> None:
+    from agents.models import DTYPE_CHOICES
+
+    p.add_argument("--dtype", default="auto", choices=DTYPE_CHOICES,
+                   help="compute dtype of the LLM: auto (default) = bfloat16 on a GPU or a CPU with AMX/AVX512-BF16, "
+                        "else float32")
+
+
 def _add_trust_options(g: Any) -> None:
     g.add_argument("--allow-unsafe-pickle", action="store_true",
                    help="trust pickles in the world's folder, model or adapter (a pickle can run code; "
@@ -63,6 +71,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--batch-size", type=int, default=256, help="sessions stepped together")
     b.add_argument("--llm-model", default=None, help="model of the llm policy (default SmolLM2-135M-Instruct)")
     b.add_argument("--llm-adapter", default=None, help="LoRA adapter folder for the llm policy")
+    _add_dtype_option(b)
     b.add_argument("--json", default=None, help="write the results here")
     b.add_argument("--plot", default=None, help="write a PNG plot here")
     b.add_argument("--no-progress", action="store_true")
@@ -73,6 +82,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--policy", default="llm", help="llm (default) or a baseline: random, popular, greedy, mmr, oracle")
     r.add_argument("--llm-model", default=None, help="model of the llm policy, and tokenizer of prompts written for baselines")
     r.add_argument("--llm-adapter", default=None, help="LoRA adapter folder for the llm policy")
+    _add_dtype_option(r)
     r.add_argument("--episodes", type=_episodes, default=256, help="sessions, or 'all' users of the split")
     r.add_argument("--split", default="train", choices=["train", "test", "all"])
     r.add_argument("--temperature", type=float, default=1.0, help="llm sampling temperature (exploration)")
@@ -108,6 +118,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="LoRA only in the last N transformer blocks (about 2x faster steps on a CPU with 10 of 30); default all")
     t.add_argument("--overwrite", action="store_true")
     t.add_argument("--seed", type=int, default=0)
+    _add_dtype_option(t)
     _add_trust_options(t)
     t.set_defaults(func=_cmd_tune)
 
@@ -165,6 +176,7 @@ def _add_loop_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--references", default=",".join(dflt.references), help="baselines drawn as reference lines ('' for none)")
     p.add_argument("--teacher", default=None, help="a baseline (genre-cycle, mmr, oracle, ...) whose sessions are the first rollouts")
     p.add_argument("--seed", type=int, default=dflt.seed)
+    _add_dtype_option(p)
     p.add_argument("--out", required=True, help="run folder, e.g. runs/NAME")
     p.add_argument("--resume", action="store_true", help="continue the run in --out, skipping finished stages")
     p.add_argument("--no-progress", action="store_true")
@@ -185,6 +197,7 @@ def _loop_settings(args: argparse.Namespace):
         sft_max_steps=args.sft_max_steps, kto_max_steps=args.kto_max_steps,
         min_positives=args.min_positives, extra_negatives=args.extra_negatives,
         references=tuple(r for r in args.references.split(",") if r), teacher=args.teacher, seed=args.seed,
+        dtype=args.dtype,
     )
 
 
@@ -295,7 +308,8 @@ def _cmd_rollout(args: argparse.Namespace) -> int:
     world = world_from_spec(args.world, allow_unsafe_pickle=args.allow_unsafe_pickle)
     policy = make_policy(args.policy, llm_model=args.llm_model, llm_adapter=args.llm_adapter,
                          llm_batch_size=args.batch_size, temperature=args.temperature, top_p=args.top_p, seed=args.seed,
-                         trust_remote_code=args.trust_remote_code, allow_unsafe_pickle=args.allow_unsafe_pickle)
+                         trust_remote_code=args.trust_remote_code, allow_unsafe_pickle=args.allow_unsafe_pickle,
+                         dtype=args.dtype)
     builder = None if args.policy == "llm" else _prompt_builder_for(args.llm_model)
     records = collect_rollouts(policy, world, args.episodes, split=args.split, seed=args.seed,
                                env_settings=_env_settings(args), max_episode_steps=args.max_episode_steps,
@@ -307,6 +321,7 @@ def _cmd_rollout(args: argparse.Namespace) -> int:
         "seed": args.seed, "split": args.split, "env": _env_settings(args),
         "max_episode_steps": args.max_episode_steps, "prompt_format_version": PROMPT_FORMAT_VERSION,
         "prompt": policy.prompt_options() if hasattr(policy, "prompt_options") else None,
+        "dtype": getattr(policy, "dtype_name", None),
     })
     print(f"{summary['episodes']} episodes, {summary['steps']} steps, Len {summary['len_mean']:.2f}, "
           f"return {summary['return_mean']:.1f}, leave reasons {summary['leave_reasons']} -> {args.out}")
@@ -343,7 +358,7 @@ def _cmd_tune(args: argparse.Namespace) -> int:
     if args.stage == "sft" and ("beta" in overrides or "sft_alpha" in overrides):
         raise SystemExit("ulrec tune: --beta and --sft-alpha belong to the kto stage")
     trainer_args = default_trainer_args(args.stage, args.out + ".staging", lora=not args.full_finetune,
-                                        seed=args.seed, **overrides)
+                                        seed=args.seed, dtype=args.dtype, **overrides)
     result = tune(args.stage, args.data, args.model, out=args.out, init_adapter=args.init_adapter,
                   max_steps=args.max_steps, seed=args.seed,
                   config=TuneConfig(trainer_args=trainer_args, full_finetune=args.full_finetune, overwrite=args.overwrite,
@@ -369,7 +384,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
                     env_settings=_env_settings(args), max_episode_steps=args.max_episode_steps,
                     batch_size=args.batch_size, progress=not args.no_progress,
                     policy_options={"llm_model": args.llm_model, "llm_adapter": args.llm_adapter,
-                                    "trust_remote_code": args.trust_remote_code,
+                                    "trust_remote_code": args.trust_remote_code, "dtype": args.dtype,
                                     "allow_unsafe_pickle": args.allow_unsafe_pickle})
     print(format_table(doc))
     if args.json:

@@ -75,6 +75,9 @@ class LoopSettings:
             the prompts the LLM would have seen; the paper tuned on a stronger model's trajectories. ``None``: the
             LLM rolls out itself from the start.
         seed: Seeds rollouts (users and sampling), evaluation users and training.
+        dtype: Compute dtype of rollouts, evaluations and tuning: ``"auto"`` (bfloat16 on a GPU or on a CPU with
+            AMX/AVX512-BF16, float32 elsewhere), ``"float32"`` or ``"bfloat16"``. Tuning keeps float32 weights on
+            the CPU and computes under bf16 autocast.
     """
 
     world: str = "synthetic"
@@ -106,8 +109,13 @@ class LoopSettings:
     references: tuple[str, ...] = REFERENCE_POLICIES
     teacher: str | None = None
     seed: int = 0
+    dtype: str = "auto"
 
     def __post_init__(self) -> None:
+        from agents.models import DTYPE_CHOICES
+
+        if self.dtype not in DTYPE_CHOICES:
+            raise ValueError(f"`dtype` must be one of {', '.join(DTYPE_CHOICES)}, got {self.dtype!r}.")
         for name in ("iterations", "episodes", "max_episode_steps", "gen_batch_size", "train_batch_size"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
@@ -184,7 +192,8 @@ def evaluate_llm(world, settings: LoopSettings, users: np.ndarray, adapter: str 
     policy = LLMRecommender.from_pretrained(settings.model, adapter=adapter, temperature=0.0,
                                             batch_size=settings.gen_batch_size, seed=settings.seed, name=name,
                                             max_history=settings.max_history, max_session=settings.max_session,
-                                            worked_example=settings.worked_example,
+                                            worked_example=settings.worked_example, dtype=settings.dtype,
+                                            score_completions=False,
                                             allow_unsafe_pickle=allow_unsafe_pickle, trust_remote_code=trust_remote_code)
     with Progress(None, f"eval {name}", unit="user-step", enabled=progress) as bar:
         sessions = run_policy(policy, world, users, seed=settings.seed, env_settings=settings.env,
@@ -255,7 +264,7 @@ class _Run:
             policy = LLMRecommender.from_pretrained(s.model, adapter=adapter, temperature=s.temperature, top_p=s.top_p,
                                                     batch_size=s.gen_batch_size, seed=s.seed + k,
                                                     max_history=s.max_history, max_session=s.max_session,
-                                                    worked_example=s.worked_example,
+                                                    worked_example=s.worked_example, dtype=s.dtype,
                                                     allow_unsafe_pickle=self.allow_unsafe_pickle,
                                                     trust_remote_code=self.trust_remote_code)
             builder = None
@@ -273,7 +282,7 @@ class _Run:
                 "world": self.world.name, "world_fingerprint": self.world.fingerprint(),
                 "policy": s.teacher if teacher else "llm",
                 "adapter": adapter, "iteration": k, "prompt_format_version": PROMPT_FORMAT_VERSION,
-                "prompt": s.prompt_options(),
+                "prompt": s.prompt_options(), "dtype": None if teacher else policy.dtype_name,
             })
             return {"path": str(folder), "summary": summary}
 
@@ -315,7 +324,7 @@ class _Run:
                             precompute_ref_log_probs=s.epochs > 1 and cap is None)
             balance = "undesirable_weight" not in overrides
             args.update(overrides)
-            trainer_args = default_trainer_args(stage, str(folder) + ".staging", seed=s.seed, **args)
+            trainer_args = default_trainer_args(stage, str(folder) + ".staging", seed=s.seed, dtype=s.dtype, **args)
             result = tune(stage, data, s.model, out=folder, init_adapter=init_adapter, seed=s.seed, world=self.world,
                           config=TuneConfig(trainer_args=trainer_args, balance_weights=balance, overwrite=True,
                                             lora_top_layers=s.lora_layers,

@@ -93,19 +93,25 @@ def _has_gpu() -> bool:
     return bool(torch.cuda.is_available())
 
 
-def _use_bf16() -> bool:
+def _use_bf16(dtype: Any = "auto") -> bool:
+    """Whether training computes in bfloat16 (``dtype`` as in :func:`agents.models.resolve_dtype`)."""
     import torch
 
-    return bool(torch.cuda.is_available() and torch.cuda.is_bf16_supported())
+    from agents.models import resolve_device, resolve_dtype
+
+    return resolve_dtype(dtype, resolve_device("auto")) == torch.bfloat16
 
 
 def default_trainer_args(
-    stage: Stage, output_dir: str | os.PathLike, *, lora: bool = True, seed: int = 0, **overrides: Any
+    stage: Stage, output_dir: str | os.PathLike, *, lora: bool = True, seed: int = 0, dtype: Any = "auto",
+    **overrides: Any
 ) -> "KTOConfig | SFTConfig":
     """TRL arguments with ULRec's defaults for ``stage`` (any TRL field can be overridden by keyword).
 
-    Defaults: 3 epochs, batch 8, cosine schedule with 10% warm-up (``warmup_steps=0.1``), no checkpoints, no reporting, bf16 only on a GPU
-    that supports it (fp32 on the CPU: faster there, and exact), no activation checkpointing (small models fit; it
+    Defaults: 3 epochs, batch 8, cosine schedule with 10% warm-up (``warmup_steps=0.1``), no checkpoints, no reporting;
+    ``dtype="auto"`` trains with bf16 mixed precision (``bf16=True``: float32 weights, LoRA weights and optimizer
+    state, bfloat16 autocast compute) on a GPU that supports it and on a CPU with native bfloat16 (AMX or
+    AVX512-BF16), float32 elsewhere (``"float32"`` forces it); no activation checkpointing (small models fit; it
     costs one extra forward per step). SFT: lr 2e-4 (LoRA) / 2e-5 (full). KTO (:class:`train.kto.ULRecKTOConfig`):
     lr 5e-5 (LoRA) / 5e-6 (full, the paper's), beta 0.1, ``sft_alpha`` 0.1, reference log-probs precomputed once
     per data set.
@@ -127,7 +133,7 @@ def default_trainer_args(
         report_to=[],
         seed=seed,
         data_seed=seed,
-        bf16=_use_bf16(),
+        bf16=_use_bf16(dtype),
         # Without a GPU, say so: under `accelerate launch --multi_gpu --num_processes N` the processes then form
         # a gloo (CPU) data-parallel group instead of N unrelated single-process runs.
         use_cpu=not _has_gpu(),
@@ -310,7 +316,10 @@ def _load_model(model: Any, tokenizer: Any, cfg: TuneConfig) -> tuple[Any, Any, 
     if model is None or isinstance(model, (str, os.PathLike)):
         from agents.models import load_model_and_tokenizer
 
-        lm, tok = load_model_and_tokenizer(model, trust_remote_code=cfg.trust_remote_code,
+        # On the CPU the weights stay float32 and bf16 comes from autocast (measured faster than bf16 weights with
+        # float32 LoRA weights); on a GPU "auto" loads bfloat16 weights as before.
+        weights = "auto" if _has_gpu() else "float32"
+        lm, tok = load_model_and_tokenizer(model, dtype=weights, trust_remote_code=cfg.trust_remote_code,
                                            allow_unsafe_pickle=cfg.allow_unsafe_pickle)
         return lm, (tokenizer or tok), os.fspath(model) if model is not None else "smollm2"
     if tokenizer is None:
@@ -435,6 +444,8 @@ def tune(
             "n_train_examples": n_train,
             "prompts_truncated": encoding.n_truncated if encoding else 0,
             "max_length": args.max_length,
+            "dtype": {"compute": "bfloat16" if args.bf16 else ("float16" if args.fp16 else "float32"),
+                      "weights": str(next(lm.parameters()).dtype).replace("torch.", "")},
             "hyperparameters": {
                 "learning_rate": args.learning_rate,
                 "num_train_epochs": args.num_train_epochs,

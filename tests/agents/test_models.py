@@ -93,3 +93,27 @@ def test_real_smollm2(default_world):
     for rec in records:
         assert rec.logprob == pytest.approx(agent.completion_logprob(rec.prompt, rec.completion), abs=1e-3)
     assert np.isfinite([r.logprob for r in records]).all()
+
+
+def test_auto_dtype_is_bf16_only_where_the_cpu_computes_it(monkeypatch):
+    torch = pytest.importorskip("torch")
+    import agents.models as models
+
+    cpu = torch.device("cpu")
+    assert isinstance(models.cpu_supports_bf16(), bool)
+    monkeypatch.setattr(models, "cpu_supports_bf16", lambda: True)
+    assert models.resolve_dtype("auto", cpu) == torch.bfloat16 and models.resolve_dtype(None, cpu) == torch.bfloat16
+    monkeypatch.setattr(models, "cpu_supports_bf16", lambda: False)
+    assert models.resolve_dtype("auto", cpu) == torch.float32 and models.resolve_dtype(None, cpu) == torch.float32
+    assert models.resolve_dtype("bfloat16", cpu) == torch.bfloat16  # asked for explicitly
+    with pytest.raises(ValueError, match="auto, float32, bfloat16"):
+        models.resolve_dtype("int8", cpu)
+
+
+def test_agent_reports_its_dtype(saved_tiny, small_world):
+    from agents.llm import LLMRecommender
+
+    path = saved_tiny
+    a = LLMRecommender.from_pretrained(path, device="cpu", dtype="bfloat16")
+    assert a.dtype_name == "bfloat16"
+    assert LLMRecommender.from_pretrained(path, device="cpu", dtype="float32").dtype_name == "float32"

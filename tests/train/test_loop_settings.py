@@ -57,3 +57,18 @@ def test_demo_settings_round_trip():
     import json
 
     assert LoopSettings.from_dict(json.loads(json.dumps(DEMO_SETTINGS.to_dict()))) == DEMO_SETTINGS
+
+
+def test_dtype_setting_is_validated_and_reaches_the_trainer(monkeypatch):
+    import agents.models as models
+    from train.loop import LoopSettings
+    from train.tune import default_trainer_args
+
+    assert LoopSettings().dtype == "auto" and LoopSettings(dtype="float32").dtype == "float32"
+    with pytest.raises(ValueError, match="`dtype` must be one of"):
+        LoopSettings(dtype="int8")
+    monkeypatch.setattr(models, "cpu_supports_bf16", lambda: True)
+    assert default_trainer_args("kto", "/tmp/x", dtype="auto").bf16 is True
+    assert default_trainer_args("sft", "/tmp/x", dtype="float32").bf16 is False
+    monkeypatch.setattr(models, "cpu_supports_bf16", lambda: False)
+    assert default_trainer_args("kto", "/tmp/x", dtype="auto").bf16 is False

@@ -146,3 +146,17 @@ def test_checks_before_training(data_dir, tiny_tokenizer, default_world, tmp_pat
         tune("sft", data_dir, never, tokenizer=tiny_tokenizer, out=tmp_path / "busy")
     assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]  # staging folders cleaned up
     json.loads((data_dir / "meta.json").read_text())
+
+
+@pytest.mark.parametrize("stage", ["sft", "kto"])
+def test_bf16_mixed_precision_trains_and_is_recorded(stage, data_dir, tiny_model_factory, tiny_tokenizer, default_world,
+                                                     tmp_path):
+    """dtype="bfloat16": float32 weights (LoRA included) under bf16 autocast; the sidecar says so."""
+    res = tune(stage, data_dir, tiny_model_factory(0), tokenizer=tiny_tokenizer, out=tmp_path / stage, max_steps=2,
+               config=TuneConfig(trainer_args=small_args(stage, dtype="bfloat16")), world=default_world)
+    side = read_sidecar(res.out)
+    assert side["dtype"] == {"compute": "bfloat16", "weights": "float32"}
+    assert res.global_step == 2 and all(torch.isfinite(torch.tensor(h["loss"])) for h in res.log_history if "loss" in h)
+    f32 = tune(stage, data_dir, tiny_model_factory(0), tokenizer=tiny_tokenizer, out=tmp_path / f"{stage}-f32",
+               max_steps=1, config=TuneConfig(trainer_args=small_args(stage, dtype="float32")), world=default_world)
+    assert read_sidecar(f32.out)["dtype"] == {"compute": "float32", "weights": "float32"}
