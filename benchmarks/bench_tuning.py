@@ -14,7 +14,9 @@ Every row: same model, same examples (prompts from ``agents.prompting.build_prom
 shortened to about 100 tokens), LoRA r=16 on all linear layers, batch 8, ``--epochs`` passes over ``--examples``
 examples. Time covers dataset preparation, reference precompute and training (model loading excluded).
 
-    python benchmarks/bench_tuning.py [--examples 16] [--epochs 2] [--rows sft,kto-trl-defaults,...]
+* ``*-noshare``: the same without running the prompt prefix a batch shares once (``share_prompt_prefix=False``).
+
+    python benchmarks/bench_tuning.py [--examples 16] [--epochs 2] [--prompts long|loop] [--rows sft,kto-trl-defaults,...]
 
 Prints a table and writes ``benchmarks/results/tuning.json``.
 """
@@ -32,10 +34,16 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-ROWS = ("sft", "sft-top10", "kto-trl-defaults", "kto-trl-fp32-nockpt", "ulrec-kto", "ulrec-kto-top10")
+ROWS = ("sft", "sft-top10", "kto-trl-defaults", "kto-trl-fp32-nockpt", "ulrec-kto", "ulrec-kto-top10",
+        "ulrec-kto-noshare", "ulrec-kto-top10-noshare", "sft-noshare")
+
+#: How the examples' prompts are written: ``long`` as the earlier rows of this benchmark (3 history items and the
+#: worked example, about 200 tokens), ``loop`` as the loop's learning recipe (6 history items, 4 session steps, no
+#: worked example).
+PROMPT_STYLES = {"long": {"max_history": 3}, "loop": {"max_history": 6, "max_session": 4, "worked_example": False}}
 
 
-def make_examples(tokenizer, n: int, seed: int = 0):
+def make_examples(tokenizer, n: int, seed: int = 0, style: str = "long"):
     import numpy as np
 
     from agents.prompting import build_completion, build_prompt
@@ -48,7 +56,7 @@ def make_examples(tokenizer, n: int, seed: int = 0):
         user = int(world.train_users[i % world.train_users.size])
         hist = world.histories[user]
         shown = rng.choice(world.n_items, size=2, replace=False)
-        prompt = build_prompt(world, hist, shown, [4.0, 3.5], tokenizer=tokenizer, max_history=3)
+        prompt = build_prompt(world, hist, shown, [4.0, 3.5], tokenizer=tokenizer, **PROMPT_STYLES[style])
         item = int(rng.integers(world.n_items))
         out.append({"prompt": prompt, "completion": build_completion(world.titles[item]), "label": i % 4 != 3})
     return out, world
@@ -78,11 +86,14 @@ def run_row(row: str, examples, epochs: int, batch: int, workdir: str):
         seed=0,
         learning_rate=5e-5,
     )
-    lora = default_lora_config(10, model.config.num_hidden_layers) if row.endswith("-top10") else default_lora_config()
+    share = not row.endswith("-noshare")
+    row_kind = row.removesuffix("-noshare")
+    lora = default_lora_config(10, model.config.num_hidden_layers) if row_kind.endswith("-top10") else default_lora_config()
     t0 = time.perf_counter()
-    if row in ("sft", "sft-top10"):
+    if row_kind in ("sft", "sft-top10"):
         args = default_trainer_args("sft", common.pop("output_dir"), **common)
         trainer, _ = build_sft_trainer(model, tok, examples, args, peft_config=lora)
+        trainer.share_prompt_prefix = share
         n_seen = sum(e["label"] for e in examples) * epochs
     elif row.startswith("kto-trl"):
         extra = {} if row == "kto-trl-defaults" else dict(bf16=False, activation_checkpointing=False)
@@ -90,8 +101,8 @@ def run_row(row: str, examples, epochs: int, batch: int, workdir: str):
         ds = Dataset.from_list([{k: e[k] for k in ("prompt", "completion", "label")} for e in examples])
         trainer = KTOTrainer(model, args=args, train_dataset=ds, processing_class=tok, peft_config=copy.deepcopy(lora))
         n_seen = len(examples) * epochs
-    elif row in ("ulrec-kto", "ulrec-kto-top10"):
-        args = default_trainer_args("kto", common.pop("output_dir"), **common)
+    elif row_kind in ("ulrec-kto", "ulrec-kto-top10"):
+        args = default_trainer_args("kto", common.pop("output_dir"), share_prompt_prefix=share, **common)
         assert isinstance(args, ULRecKTOConfig) and args.precompute_ref_log_probs
         ds = Dataset.from_list([{k: e[k] for k in ("prompt", "completion", "label")} for e in examples])
         trainer = ULRecKTOTrainer(model, args=args, train_dataset=ds, processing_class=tok, peft_config=lora)
@@ -112,6 +123,7 @@ def run_row(row: str, examples, epochs: int, batch: int, workdir: str):
         "bf16": bool(trainer.args.bf16),
         "activation_checkpointing": bool(trainer.args.gradient_checkpointing),
         "precompute_ref_log_probs": bool(getattr(trainer.args, "precompute_ref_log_probs", False)),
+        "share_prompt_prefix": share if row_kind.startswith(("ulrec", "sft")) else False,
     }
 
 
@@ -121,6 +133,7 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=2)
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--rows", default=",".join(ROWS))
+    ap.add_argument("--prompts", default="long", choices=sorted(PROMPT_STYLES), help="how prompts are written")
     ap.add_argument("--out", default=str(Path(__file__).resolve().parent / "results" / "tuning.json"))
     a = ap.parse_args()
     try:
@@ -137,7 +150,7 @@ def main() -> None:
     from ulrec_env.storage import atomic_write_text
 
     _, tok = load_model_and_tokenizer(None, device="cpu")
-    examples, _ = make_examples(tok, a.examples)
+    examples, _ = make_examples(tok, a.examples, style=a.prompts)
     p_tok = [len(tok(e["prompt"])["input_ids"]) for e in examples]
     c_tok = [len(tok(e["completion"], add_special_tokens=False)["input_ids"]) for e in examples]
     print(
@@ -173,6 +186,7 @@ def main() -> None:
             "examples": a.examples,
             "epochs": a.epochs,
             "batch": a.batch,
+            "prompts": a.prompts,
             "prompt_tokens_mean": sum(p_tok) / len(p_tok),
             "completion_tokens_mean": sum(c_tok) / len(c_tok),
         },

@@ -46,6 +46,7 @@ from train.labeling import TRL_WEIGHT_BAND, weighted_ratio
 
 __all__ = [
     "AlignedBatch",
+    "SharedPrefix",
     "ULRecKTOConfig",
     "ULRecKTOTrainer",
     "UnpairedCollatorWithWeights",
@@ -54,6 +55,7 @@ __all__ = [
     "completion_logps",
     "kl_logps_from_prompt_cache",
     "kto_losses",
+    "split_shared_prefix",
     "supports_logits_to_keep",
 ]
 
@@ -80,6 +82,15 @@ class ULRecKTOConfig(KTOConfig):
             "help": "Score only completion positions (left padding, logits_to_keep) and compute the KL pairs from the "
             "main forward's key/value cache of the prompts. Same numbers, fewer FLOPs; off under gradient "
             "checkpointing or for models without logits_to_keep."
+        },
+    )
+
+    share_prompt_prefix: bool = field(
+        default=True,
+        metadata={
+            "help": "On the prompt-cache path, run the token prefix that all prompts of a batch share (the system "
+            "instruction; for examples of one episode their history too) once per batch instead of once per row. "
+            "Same numbers and gradients."
         },
     )
 
@@ -198,19 +209,101 @@ def align_right(input_ids: torch.Tensor, attention_mask: torch.Tensor, completio
     return AlignedBatch(ids, am, cm, pos, width, cm[:, T - width :].to(torch.bool))
 
 
-def aligned_completion_logps(model: Any, batch: AlignedBatch, use_cache: bool = False) -> tuple[torch.Tensor, torch.Tensor, Any]:
+@dataclass
+class SharedPrefix:
+    """A batch split into the token prefix all its prompts share and each row's rest.
+
+    Attributes:
+        ids: ``(P,)`` the shared prefix (the system instruction at least; for examples of one episode, their
+            history too).
+        rest: The batch without its first ``P`` real tokens (left-padded, ``T - P`` columns; positions from ``P``).
+        layout: The batch as the key/value cache holds it after :func:`aligned_completion_logps`: ``P`` prefix
+            columns, then ``rest`` (``T`` columns, the layout :func:`kl_logps_from_prompt_cache` must be given).
+    """
+
+    ids: torch.Tensor
+    rest: AlignedBatch
+    layout: AlignedBatch
+
+    @property
+    def length(self) -> int:
+        return int(self.ids.numel())
+
+
+def split_shared_prefix(batch: AlignedBatch, min_tokens: int = 16) -> SharedPrefix | None:
+    """The longest token prefix every prompt of ``batch`` shares, leaving each row at least one prompt token.
+
+    Returns ``None`` when the batch has one row or the prefix is shorter than ``min_tokens``.
+    """
+    B, T = batch.input_ids.shape
+    if B < 2:
+        return None
+    start = T - batch.attention_mask.sum(1)
+    most = int(batch.prompt_lengths.min()) - 1
+    if most < min_tokens:
+        return None
+    dev = batch.input_ids.device
+    heads = batch.input_ids.gather(1, start[:, None] + torch.arange(most, device=dev)[None, :])
+    agree = (heads == heads[:1]).all(0)
+    P = most if bool(agree.all()) else int(torch.argmin(agree.to(torch.int8)))
+    if P < min_tokens:
+        return None
+    ar = torch.arange(T, device=dev)
+    own = batch.attention_mask.clone()
+    own[(ar[None, :] >= start[:, None]) & (ar[None, :] < (start + P)[:, None])] = 0
+    am, cm = own[:, P:], batch.completion_mask[:, P:]
+    ids = batch.input_ids[:, P:].masked_fill(am == 0, 0)  # masked slots: never attended to, never scored
+    rest = AlignedBatch(ids, am, cm, P + (am.cumsum(1) - 1).clamp(min=0), batch.width, batch.target_mask)
+    prefix = heads[0, :P]
+    ones = torch.ones((B, P), dtype=am.dtype, device=dev)
+    layout = AlignedBatch(
+        torch.cat([prefix[None].expand(B, -1), ids], 1), torch.cat([ones, am], 1),
+        torch.cat([torch.zeros_like(ones, dtype=cm.dtype), cm], 1),
+        torch.cat([torch.arange(P, device=dev)[None].expand(B, -1), rest.position_ids], 1), batch.width,
+        batch.target_mask,
+    )
+    return SharedPrefix(prefix, rest, layout)
+
+
+def _cache_with_prefix(model: Any, prefix: SharedPrefix, rows: int) -> Any:
+    """A key/value cache holding the shared prefix, run once (gradients flow back through it) for ``rows`` rows."""
+    from transformers import DynamicCache
+
+    ids = prefix.ids[None]
+    pre = model(input_ids=ids, attention_mask=torch.ones_like(ids), position_ids=torch.arange(ids.size(1), device=ids.device)[None],
+                logits_to_keep=1, use_cache=True)
+    cache = _output_cache(pre)
+    layers = [(layer.keys, layer.values) for layer in cache.layers] if hasattr(cache, "layers") else list(
+        zip(cache.key_cache, cache.value_cache))
+    return DynamicCache(ddp_cache_data=[(k.expand(rows, -1, -1, -1), v.expand(rows, -1, -1, -1)) for k, v in layers])
+
+
+def aligned_completion_logps(
+    model: Any, batch: AlignedBatch, use_cache: bool = False, prefix: SharedPrefix | None = None
+) -> tuple[torch.Tensor, torch.Tensor, Any]:
     """Completion log-probabilities that project only the completion positions through the LM head.
 
     On a CPU the LM head of a small model is a large share of the compute (SmolLM2: 49k-word vocabulary, about a
     quarter of a forward), and TRL's fused head scores every position there; with left padding all completions end
     at the last column, so ``logits_to_keep = C + 1`` keeps exactly the positions that predict them.
 
+    With ``prefix`` (from :func:`split_shared_prefix`), the prompt prefix every row shares runs once, as one row,
+    and the rows run only their own tokens on top of its keys and values: the same numbers (gradients included)
+    for ``B - 1`` fewer copies of the prefix. The cache then holds ``prefix.layout``.
+
     Returns:
         ``(seq_logps (B,), per_token (B, C), outputs)``; ``per_token`` is zero where ``batch.target_mask`` is 0.
     """
     width = batch.width
-    out = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, position_ids=batch.position_ids,
-                logits_to_keep=width + 1, use_cache=use_cache)
+    if prefix is None:
+        out = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, position_ids=batch.position_ids,
+                    logits_to_keep=width + 1, use_cache=use_cache)
+    else:
+        rest, B = prefix.rest, batch.input_ids.size(0)
+        cache = _cache_with_prefix(model, prefix, B)
+        cache_kw = "cache" if "cache" in _forward_params(model) else "past_key_values"
+        out = model(input_ids=rest.input_ids, attention_mask=prefix.layout.attention_mask, position_ids=rest.position_ids,
+                    logits_to_keep=width + 1, use_cache=True, **{cache_kw: cache})
     per_token = _token_logps(out.logits[:, -(width + 1) : -1], batch.input_ids[:, -width:], batch.target_mask)
     return per_token.sum(-1), per_token, out
 
@@ -367,12 +460,13 @@ class ULRecKTOTrainer(KTOTrainer):
 
         aligned = self._aligned(model, batch)
         if aligned is not None:
-            logps, per_token, outputs = aligned_completion_logps(model, aligned, use_cache=self.calculate_KL)
+            prefix = self._shared_prefix(aligned)
+            logps, per_token, outputs = aligned_completion_logps(model, aligned, use_cache=self.calculate_KL, prefix=prefix)
             token_mask = aligned.target_mask
             kl_logps = None
             if self.calculate_KL:
                 with torch.no_grad():
-                    kl_logps = self._kl_from_cache(model, _output_cache(outputs), aligned, batch)
+                    kl_logps = self._kl_from_cache(model, _output_cache(outputs), prefix.layout if prefix else aligned, batch)
         else:
             kl_logps = self._compute_kl_logps(model, batch) if self.calculate_KL else None
             logps, per_token, outputs = completion_logps(
@@ -427,6 +521,9 @@ class ULRecKTOTrainer(KTOTrainer):
             return None
         return align_right(batch["input_ids"], batch["attention_mask"], batch["completion_mask"])
 
+    def _shared_prefix(self, aligned: AlignedBatch) -> SharedPrefix | None:
+        return split_shared_prefix(aligned) if getattr(self.args, "share_prompt_prefix", True) else None
+
     def _kl_from_cache(self, model: Any, cache: Any, aligned: AlignedBatch, batch: dict[str, Any]) -> torch.Tensor:
         tok = self._tokenizer
         pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
@@ -443,9 +540,11 @@ class ULRecKTOTrainer(KTOTrainer):
         if self.ref_model is None and is_peft_model(self.model):
             unwrapped = self.accelerator.unwrap_model(self.model)
             adapter_context = use_adapter(unwrapped, adapter_name="ref" if "ref" in unwrapped.peft_config else None)
+        prefix = self._shared_prefix(aligned)
         with torch.no_grad(), adapter_context, self.accelerator.autocast():
-            logps, _, out = aligned_completion_logps(model, aligned, use_cache=self.calculate_KL)
-            kl = self._kl_from_cache(model, _output_cache(out), aligned, inputs) if self.calculate_KL else None
+            logps, _, out = aligned_completion_logps(model, aligned, use_cache=self.calculate_KL, prefix=prefix)
+            kl = (self._kl_from_cache(model, _output_cache(out), prefix.layout if prefix else aligned, inputs)
+                  if self.calculate_KL else None)
         return logps, kl
 
     def _log_kto_metrics(self, mode, labels, logps, rewards, kl, kto_loss, sft_loss) -> None:

@@ -15,7 +15,7 @@ from datasets import Dataset
 from trl import SFTConfig, SFTTrainer
 
 from train.encoding import EncodingReport, encode_examples
-from train.kto import align_right, aligned_completion_logps, supports_logits_to_keep
+from train.kto import align_right, aligned_completion_logps, split_shared_prefix, supports_logits_to_keep
 
 __all__ = ["ULRecSFTTrainer", "sft_dataset", "build_sft_trainer"]
 
@@ -29,7 +29,12 @@ class ULRecSFTTrainer(SFTTrainer):
     position, which for SmolLM2's 49k-word vocabulary is a large share of the step. Falls back to TRL's loss
     for padding-free batches, under gradient checkpointing, with label smoothing or a custom loss, and for models
     without ``logits_to_keep``. The entropy and token-accuracy metrics are not logged on the fast path.
+
+    On the fast path the prompt prefix that every row of a batch shares (the system instruction, at least) runs
+    once per batch (:func:`train.kto.split_shared_prefix`); ``share_prompt_prefix = False`` turns that off.
     """
+
+    share_prompt_prefix: bool = True
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         aligned = None
@@ -41,7 +46,8 @@ class ULRecSFTTrainer(SFTTrainer):
             aligned = align_right(inputs["input_ids"], inputs["attention_mask"], (labels != -100).long())
         if aligned is None:
             return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
-        _, per_token, _ = aligned_completion_logps(model, aligned)
+        prefix = split_shared_prefix(aligned) if self.share_prompt_prefix else None
+        _, per_token, _ = aligned_completion_logps(model, aligned, prefix=prefix)
         n_tokens = aligned.target_mask.sum() if num_items_in_batch is None else num_items_in_batch
         loss = -per_token.sum() / torch.as_tensor(n_tokens).clamp(min=1)
         if self.args.average_tokens_across_devices and num_items_in_batch is not None:
