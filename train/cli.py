@@ -90,12 +90,14 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--seed", type=int, default=0)
     r.add_argument("--batch-size", type=int, default=64)
     r.add_argument("--out", required=True, help="folder to write (steps.jsonl, summary.json)")
+    r.add_argument("--overwrite", action="store_true", help="replace the files of a non-empty --out")
     r.add_argument("--no-progress", action="store_true")
     r.set_defaults(func=_cmd_rollout)
 
     lab = sub.add_parser("label", help="turn a rollout into unpaired desirable/undesirable examples")
     lab.add_argument("rollout", help="folder written by `ulrec rollout`")
     lab.add_argument("--out", required=True, help="folder to write (examples.jsonl, meta.json)")
+    lab.add_argument("--overwrite", action="store_true", help="replace the files of a non-empty --out")
     lab.add_argument("--min-positives", type=int, default=2, help="episodes with fewer positives give none (seed: 2)")
     lab.add_argument("--extra-negatives", type=int, default=0, help="also label the k steps before a redundant/bored leave undesirable")
     lab.add_argument("--length-weighting", action="store_true", help="weight examples by their session's length")
@@ -116,7 +118,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--full-finetune", action="store_true", help="train all weights instead of LoRA")
     t.add_argument("--lora-layers", type=int, default=None,
                    help="LoRA only in the last N transformer blocks (about 2x faster steps on a CPU with 10 of 30); default all")
-    t.add_argument("--overwrite", action="store_true")
+    t.add_argument("--overwrite", action="store_true", help="replace --out (and discard checkpoints of an interrupted run)")
+    t.add_argument("--save-steps", type=int, default=None, help="write a checkpoint every N optimizer steps")
+    t.add_argument("--resume", action="store_true", help="continue an interrupted run from its newest checkpoint")
     t.add_argument("--seed", type=int, default=0)
     _add_dtype_option(t)
     _add_trust_options(t)
@@ -176,6 +180,8 @@ def _add_loop_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--references", default=",".join(dflt.references), help="baselines drawn as reference lines ('' for none)")
     p.add_argument("--teacher", default=None, help="a baseline (genre-cycle, mmr, oracle, ...) whose sessions are the first rollouts")
     p.add_argument("--seed", type=int, default=dflt.seed)
+    p.add_argument("--save-steps", type=int, default=dflt.save_steps,
+                   help=f"checkpoint tuning stages every N optimizer steps (default {dflt.save_steps})")
     _add_dtype_option(p)
     p.add_argument("--out", required=True, help="run folder, e.g. runs/NAME")
     p.add_argument("--resume", action="store_true", help="continue the run in --out, skipping finished stages")
@@ -197,7 +203,7 @@ def _loop_settings(args: argparse.Namespace):
         sft_max_steps=args.sft_max_steps, kto_max_steps=args.kto_max_steps,
         min_positives=args.min_positives, extra_negatives=args.extra_negatives,
         references=tuple(r for r in args.references.split(",") if r), teacher=args.teacher, seed=args.seed,
-        dtype=args.dtype,
+        dtype=args.dtype, save_steps=args.save_steps,
     )
 
 
@@ -211,11 +217,33 @@ def _print_evals(doc: dict) -> None:
         "env": {"leave_rule": s["env"].get("leave_rule", "satisfaction")}, "max_episode_steps": s["max_episode_steps"]}}))
 
 
+def _settings_for(args: argparse.Namespace):
+    """The loop settings of this command. Resuming a run, they are the saved ones with the options this command
+    sets to other than their defaults laid over them (so `--resume` alone continues a run as it was; options set
+    to their default value are not compared)."""
+    import dataclasses
+    import json
+    from pathlib import Path
+
+    from train.loop import LoopSettings
+    from ulrec_env.safe_io import read_text_bounded
+
+    given = _loop_settings(args)
+    path = Path(args.out) / "settings.json"
+    if not path.is_file() or not (args.command == "compare" or args.resume):
+        return given
+    saved = LoopSettings.from_dict(json.loads(read_text_bounded(path, "a run's settings.json")))
+    defaults = _loop_settings(build_parser().parse_args([args.command, "--out", args.out]))
+    typed = {f.name: getattr(given, f.name) for f in dataclasses.fields(LoopSettings)
+             if getattr(given, f.name) != getattr(defaults, f.name)}
+    return dataclasses.replace(saved, **typed)
+
+
 def _cmd_loop(args: argparse.Namespace) -> int:
     from train.loop import run_loop
 
-    doc = run_loop(_loop_settings(args), args.out, resume=args.resume, progress=not args.no_progress,
-                   allow_unsafe_pickle=args.allow_unsafe_pickle)
+    doc = run_loop(_settings_for(args), args.out, resume=args.resume, progress=not args.no_progress,
+                   allow_unsafe_pickle=args.allow_unsafe_pickle, trust_remote_code=args.trust_remote_code)
     _print_evals(doc)
     print(f"run folder: {args.out} (metrics.json, metrics.csv, learning_curve.png)")
     return 0
@@ -233,8 +261,8 @@ def _cmd_compare(args: argparse.Namespace) -> int:
     from agents.benchmark import format_table, plot_results, write_json
     from train.loop import run_compare
 
-    doc = run_compare(_loop_settings(args), args.out, resume=True, progress=not args.no_progress,
-                      allow_unsafe_pickle=args.allow_unsafe_pickle)
+    doc = run_compare(_settings_for(args), args.out, resume=True, progress=not args.no_progress,
+                      allow_unsafe_pickle=args.allow_unsafe_pickle, trust_remote_code=args.trust_remote_code)
     print(format_table(doc))
     if args.json:
         write_json(doc, args.json)
@@ -305,6 +333,7 @@ def _cmd_rollout(args: argparse.Namespace) -> int:
 
     if args.policy not in POLICY_NAMES:
         raise SystemExit(f"ulrec rollout: unknown policy {args.policy!r}; valid: {', '.join(POLICY_NAMES)}")
+    _refuse_nonempty(args.out, args.overwrite)
     world = world_from_spec(args.world, allow_unsafe_pickle=args.allow_unsafe_pickle)
     policy = make_policy(args.policy, llm_model=args.llm_model, llm_adapter=args.llm_adapter,
                          llm_batch_size=args.batch_size, temperature=args.temperature, top_p=args.top_p, seed=args.seed,
@@ -328,10 +357,22 @@ def _cmd_rollout(args: argparse.Namespace) -> int:
     return 0
 
 
+def _refuse_nonempty(out: str, overwrite: bool) -> None:
+    """Commands that write a folder refuse one that holds files, unless --overwrite."""
+    from pathlib import Path
+
+    p = Path(out)
+    if p.exists() and not p.is_dir():
+        raise ValueError(f"--out {out} is a file, not a folder.")
+    if p.is_dir() and any(p.iterdir()) and not overwrite:
+        raise ValueError(f"--out {out} is not empty; choose another folder or pass --overwrite.")
+
+
 def _cmd_label(args: argparse.Namespace) -> int:
     from train.labeling import LabelOptions, label_steps, recommend_weights, save_examples
     from train.rollout import load_rollout
 
+    _refuse_nonempty(args.out, args.overwrite)
     records, meta = load_rollout(args.rollout)
     opts = LabelOptions(min_positives=args.min_positives, extra_negatives=args.extra_negatives,
                         length_weighting=args.length_weighting)
@@ -363,6 +404,7 @@ def _cmd_tune(args: argparse.Namespace) -> int:
                   max_steps=args.max_steps, seed=args.seed,
                   config=TuneConfig(trainer_args=trainer_args, full_finetune=args.full_finetune, overwrite=args.overwrite,
                                     lora_top_layers=args.lora_layers, trust_remote_code=args.trust_remote_code,
+                                    save_steps=args.save_steps, resume=args.resume,
                                     allow_unsafe_pickle=args.allow_unsafe_pickle))
     print(f"{args.stage}: {result.n_train_examples} examples, {result.global_step} steps in {result.train_seconds:.1f}s "
           f"({result.examples_per_second:.2f} examples/s) -> {result.out}")
@@ -396,14 +438,57 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+class _Terminated(BaseException):
+    """Raised in the main thread when SIGTERM arrives, so that the command ends like on Ctrl-C."""
+
+
+def _on_sigterm(signum: int, frame: Any) -> None:
+    raise _Terminated()
+
+
+def _resume_hint(args: argparse.Namespace, argv: Sequence[str]) -> str:
+    """What was kept, and the command that continues, for an interrupted command."""
+    cmd = "ulrec " + " ".join(argv)
+    if args.command in ("loop", "compare", "demo"):
+        out = getattr(args, "out", None) or "runs/demo"
+        again = cmd if "--resume" in argv or args.command == "compare" else cmd + " --resume"
+        return f"finished stages and tuning checkpoints are kept in {out}; continue with: {again}"
+    if args.command == "tune":
+        from train.tune import checkpoint_dir, last_checkpoint
+
+        ckpt = last_checkpoint(checkpoint_dir(args.out))
+        if ckpt is None:
+            return f"no checkpoint was written (pass --save-steps N to keep some); run again: {cmd}"
+        again = cmd if "--resume" in argv else cmd + " --resume"
+        return f"checkpoint {ckpt.name} is kept in {ckpt.parent}; continue with: {again}"
+    out = getattr(args, "out", None)
+    kept = f"nothing was written to {out}" if out else "nothing was written"
+    return f"{kept}; run again: {cmd}"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    import signal
+
+    argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
     args = parser.parse_args(argv)
+    previous = None
+    try:
+        previous = signal.signal(signal.SIGTERM, _on_sigterm)
+    except ValueError:  # not the main thread: leave SIGTERM alone
+        pass
     try:
         return int(args.func(args) or 0)
     except (ValueError, TypeError, FileNotFoundError, ImportError) as e:
         print(f"ulrec {args.command}: error: {e}", file=sys.stderr)
         return 2
+    except (KeyboardInterrupt, _Terminated) as e:
+        what = "interrupted" if isinstance(e, KeyboardInterrupt) else "terminated"
+        print(f"\nulrec {args.command}: {what}; {_resume_hint(args, argv)}", file=sys.stderr)
+        return 130 if isinstance(e, KeyboardInterrupt) else 143
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":

@@ -26,7 +26,7 @@ import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
@@ -78,6 +78,9 @@ class LoopSettings:
         dtype: Compute dtype of rollouts, evaluations and tuning: ``"auto"`` (bfloat16 on a GPU or on a CPU with
             AMX/AVX512-BF16, float32 elsewhere), ``"float32"`` or ``"bfloat16"``. Tuning keeps float32 weights on
             the CPU and computes under bf16 autocast.
+        save_steps: Tuning stages write a checkpoint every N optimizer steps (about two minutes of work at the
+            loop's default sizes on 2 CPU cores); ``--resume`` continues an interrupted stage from its newest one.
+            ``None``: no checkpoints inside stages (an interrupted stage starts over).
     """
 
     world: str = "synthetic"
@@ -110,12 +113,16 @@ class LoopSettings:
     teacher: str | None = None
     seed: int = 0
     dtype: str = "auto"
+    save_steps: int | None = 25
 
     def __post_init__(self) -> None:
         from agents.models import DTYPE_CHOICES
 
         if self.dtype not in DTYPE_CHOICES:
             raise ValueError(f"`dtype` must be one of {', '.join(DTYPE_CHOICES)}, got {self.dtype!r}.")
+        if self.save_steps is not None and (isinstance(self.save_steps, bool) or not isinstance(self.save_steps, int)
+                                            or self.save_steps < 1):
+            raise ValueError(f"`save_steps` must be None or a positive integer, got {self.save_steps!r}.")
         for name in ("iterations", "episodes", "max_episode_steps", "gen_batch_size", "train_batch_size"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
@@ -209,6 +216,38 @@ def _eval_users(world, settings: LoopSettings) -> np.ndarray:
     return choose_users(world, "test", settings.eval_episodes, settings.seed)
 
 
+#: Settings that may change when a run is resumed: they bound work not done yet and change nothing already done.
+RESUMABLE_CHANGES = ("iterations", "max_steps", "sft_max_steps", "kto_max_steps", "save_steps")
+
+
+def settings_diff(old: LoopSettings, new: LoopSettings) -> dict[str, tuple[Any, Any]]:
+    """``{field: (old, new)}`` for the fields that differ."""
+    return {f.name: (getattr(old, f.name), getattr(new, f.name)) for f in dataclasses.fields(LoopSettings)
+            if getattr(old, f.name) != getattr(new, f.name)}
+
+
+def _resume_settings(out: Path, saved: LoopSettings, given: LoopSettings, log: Callable[[str], None]) -> LoopSettings:
+    """The settings a resumed run continues with: the saved ones, with changes from the allow-list applied
+    (and recorded in ``settings_history.json``); any other difference stops the run, listed."""
+    diff = settings_diff(saved, given)
+    bad = {k: v for k, v in diff.items() if k not in RESUMABLE_CHANGES}
+    if bad:
+        listed = "; ".join(f"{k}: {old!r} (saved) -> {new!r}" for k, (old, new) in bad.items())
+        raise ValueError(
+            f"{out} holds a run with other settings: {listed}. Resume it with its own settings (drop those options), "
+            f"or choose another --out; only {', '.join(RESUMABLE_CHANGES)} may change on --resume."
+        )
+    settings = dataclasses.replace(saved, **{k: new for k, (_, new) in diff.items()})
+    history_file = out / "settings_history.json"
+    history = json.loads(read_text_bounded(history_file, "a run's settings history")) if history_file.is_file() else []
+    history.append({"resumed": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                    "changed": {k: [old, new] for k, (old, new) in diff.items()}})
+    atomic_write_text(history_file, json.dumps(history, indent=2))
+    atomic_write_text(out / "settings.json", json.dumps(settings.to_dict(), indent=2))
+    log(f"resuming {out} with " + ", ".join(f"{k} {old!r} -> {new!r}" for k, (old, new) in diff.items()))
+    return settings
+
+
 class _Run:
     """Shared machinery of `ulrec loop` and `ulrec compare`: stages, manifest, world, logging."""
 
@@ -222,8 +261,9 @@ class _Run:
             if not resume:
                 raise ValueError(f"{self.out} already holds a run; pass --resume to continue it or choose another --out.")
             if saved != settings:
-                log(f"resuming {self.out} with its saved settings (settings given now that differ are ignored)")
-            settings = saved
+                settings = _resume_settings(self.out, saved, settings, log)
+            else:
+                settings = saved
         else:
             self.out.mkdir(parents=True, exist_ok=True)
             atomic_write_text(settings_file, json.dumps(settings.to_dict(), indent=2))
@@ -327,12 +367,14 @@ class _Run:
             trainer_args = default_trainer_args(stage, str(folder) + ".staging", seed=s.seed, dtype=s.dtype, **args)
             result = tune(stage, data, s.model, out=folder, init_adapter=init_adapter, seed=s.seed, world=self.world,
                           config=TuneConfig(trainer_args=trainer_args, balance_weights=balance, overwrite=True,
-                                            lora_top_layers=s.lora_layers,
+                                            lora_top_layers=s.lora_layers, save_steps=s.save_steps, resume=True,
                                             allow_unsafe_pickle=self.allow_unsafe_pickle,
                                             trust_remote_code=self.trust_remote_code))
             return {"path": str(folder), "examples": result.n_train_examples, "steps": result.global_step,
                     "train_seconds": result.train_seconds, "examples_per_s": result.examples_per_second,
-                    "desirable_weight": result.desirable_weight, "undesirable_weight": result.undesirable_weight}
+                    "desirable_weight": result.desirable_weight, "undesirable_weight": result.undesirable_weight,
+                    "data": str(data), "resumed_from_step": result.sidecar.get("resumed_from_step"),
+                    "train_log": _train_log(result.log_history)}
 
         return self.stage(name, run, folder)
 
@@ -406,8 +448,9 @@ class _Run:
         return [v["eval"] for v in self.manifest.stages.values() if "eval" in v]
 
     def write_metrics(self) -> None:
-        evals = self.evals()
-        refs = self.manifest.stages.get("references", {}).get("rows", [])
+        st = self.manifest.stages
+        evals = [{**v["eval"], "training": self._training_of(key)} for key, v in st.items() if "eval" in v]
+        refs = st.get("references", {}).get("rows", [])
         doc = {"settings": self.settings.to_dict(), "world": self.world.name, "evals": evals, "references": refs}
         atomic_write_text(self.out / "metrics.json", json.dumps(doc, indent=2, default=float))
         atomic_write_text(self.out / "metrics.csv", self._csv())
@@ -415,6 +458,22 @@ class _Run:
             plot_learning_curve(doc, self.out / "learning_curve.png")
         except ImportError as e:
             self.log(f"no plot: {e}")
+
+    def _training_of(self, eval_key: str) -> dict[str, Any] | None:
+        """What the evaluated model was trained on: its tuning stage, that stage's labels and rollout."""
+        st = self.manifest.stages
+        tune_key = eval_key.replace("/eval-", "/tune-")
+        if tune_key == eval_key or tune_key not in st:
+            return None
+        k = int(st[eval_key]["eval"]["iteration"])
+        rollout_key, label_key = _data_stages(st[tune_key], k)
+        report = st.get(label_key, {}).get("report", {})
+        tune_stage = st[tune_key]
+        return {"tune_stage": tune_key, "label_stage": label_key, "rollout_stage": rollout_key,
+                "desirable": report.get("desirable"), "undesirable": report.get("undesirable"),
+                "rollout_len_mean": st.get(rollout_key, {}).get("summary", {}).get("len_mean"),
+                **{k2: tune_stage.get(k2) for k2 in ("steps", "examples", "train_seconds", "desirable_weight",
+                                                     "undesirable_weight", "resumed_from_step", "train_log")}}
 
     def _csv(self) -> str:
         buf = io.StringIO()
@@ -429,16 +488,41 @@ class _Run:
                 continue
             e = stage["eval"]
             k = int(e["iteration"])
-            report = st.get(f"iter{k}/label", {}).get("report", {})
             tune_key = eval_key.replace("/eval-", "/tune-")  # the stage that trained the evaluated adapter
+            rollout_key, label_key = _data_stages(st.get(tune_key) if tune_key != eval_key else None, k)
+            report = st.get(label_key, {}).get("report", {})
             w.writerow([k, e["policy"], f"{e['len_mean']:.4f}", f"{e['len_ci95']:.4f}", f"{e['return_mean']:.4f}",
                         f"{e['return_ci95']:.4f}", f"{e['reward_per_step']:.4f}", e["episodes"],
                         report.get("desirable", ""), report.get("undesirable", ""),
-                        st.get(f"iter{k}/rollout", {}).get("summary", {}).get("len_mean", ""),
-                        _secs(st.get(f"iter{k}/rollout")), _secs(st.get(f"iter{k}/label")),
+                        st.get(rollout_key, {}).get("summary", {}).get("len_mean", ""),
+                        _secs(st.get(rollout_key)), _secs(st.get(label_key)),
                         _secs(st.get(tune_key)) if tune_key != eval_key else "", _secs(stage),
                         json.dumps(e["leave_reasons"])])
         return buf.getvalue()
+
+
+def _data_stages(tune_stage: Mapping[str, Any] | None, k: int) -> tuple[str, str]:
+    """``(rollout stage, label stage)`` whose data the tuning stage trained on (``iterK/labels-own`` -> the
+    ``rollout-own`` of that iteration); for untuned rows, stages that do not exist (blank columns)."""
+    if tune_stage is None:
+        return "", ""
+    data = tune_stage.get("data")
+    if not data:  # a manifest of an earlier version: the iteration's first rollout, as it was reported then
+        return f"iter{k}/rollout", f"iter{k}/label"
+    p = Path(data)
+    if p.name == "labels":
+        return f"{p.parent.name}/rollout", f"{p.parent.name}/label"
+    return f"{p.parent.name}/{p.name.replace('labels', 'rollout')}", f"{p.parent.name}/{p.name}"
+
+
+def _train_log(log_history: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """The last logged value of each training metric (loss, KTO rewards, margins, KL, log-probs)."""
+    keep: dict[str, Any] = {}
+    for entry in log_history:
+        for key, value in entry.items():
+            if key in ("loss", "train_loss") or key.startswith(("rewards/", "logps/", "loss/", "kl")):
+                keep[key] = value
+    return keep
 
 
 def _rule_options(s: LoopSettings) -> dict[str, Any]:

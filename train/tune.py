@@ -43,6 +43,8 @@ __all__ = [
     "default_lora_config",
     "default_trainer_args",
     "check_examples",
+    "checkpoint_dir",
+    "last_checkpoint",
     "read_sidecar",
     "tune",
 ]
@@ -170,6 +172,11 @@ class TuneConfig:
         trust_remote_code: Run code shipped by the model folder (transformers' option); off by default.
         allow_unsafe_pickle: Accept pickled weights (``*.bin``) in the model or initial adapter folder; by
             default only safetensors are read from them.
+        save_steps: Write a checkpoint (adapter, optimizer, scheduler, RNG states) every N optimizer steps into
+            :func:`checkpoint_dir` ``(out)``, keeping the newest; removed once ``out`` is written. ``None``: none.
+        resume: Continue from the newest complete checkpoint in :func:`checkpoint_dir` ``(out)`` (start from step 0
+            when there is none). Without it, existing checkpoints make :func:`tune` stop rather than discard them
+            (``overwrite`` discards them).
     """
 
     trainer_args: Any = None
@@ -180,6 +187,8 @@ class TuneConfig:
     overwrite: bool = False
     trust_remote_code: bool = False
     allow_unsafe_pickle: bool = False
+    save_steps: int | None = None
+    resume: bool = False
 
 
 @dataclass(frozen=True)
@@ -373,7 +382,20 @@ def tune(
     cfg = config or TuneConfig()
     out = Path(out)
     if out.exists() and any(out.iterdir()) and not cfg.overwrite:
-        raise ValueError(f"`out` {out} exists and is not empty; choose another folder or set TuneConfig(overwrite=True).")
+        raise ValueError(f"`out` {out} exists and is not empty; choose another folder or overwrite it "
+                         "(CLI: --overwrite; Python: TuneConfig(overwrite=True)).")
+    if cfg.save_steps is not None and (isinstance(cfg.save_steps, bool) or not isinstance(cfg.save_steps, int)
+                                       or cfg.save_steps < 1):
+        raise ValueError(f"`save_steps` must be None or a positive integer, got {cfg.save_steps!r}.")
+    ckpt_dir = checkpoint_dir(out)
+    resume_from = last_checkpoint(ckpt_dir)
+    if resume_from is not None and not cfg.resume:
+        if not cfg.overwrite:
+            raise ValueError(f"{ckpt_dir} holds checkpoints of an interrupted run (step {_checkpoint_step(resume_from)}); "
+                             "continue it (CLI: --resume; Python: TuneConfig(resume=True)) or start over "
+                             "(--overwrite).")
+        shutil.rmtree(ckpt_dir, ignore_errors=True)
+        resume_from = None
     labelled = _load_data(data)
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
@@ -384,6 +406,10 @@ def tune(
         else:
             args = dataclasses.replace(args, output_dir=os.fspath(staging))
         _check_args_stage(stage, args)
+        if cfg.save_steps is not None:
+            # Checkpoints go to a folder of their own next to `out`, so that a later run can find them.
+            args = dataclasses.replace(args, output_dir=os.fspath(ckpt_dir), save_strategy="steps",
+                                       save_steps=cfg.save_steps, save_total_limit=1, save_only_model=False)
         if max_steps is not None:
             if max_steps < 1:
                 raise ValueError(f"`max_steps` must be >= 1, got {max_steps}.")
@@ -427,7 +453,7 @@ def tune(
             )
             encoding = trainer.encoding_report
             n_train = len(rows)
-        trainer.train()
+        trainer.train(resume_from_checkpoint=os.fspath(resume_from) if resume_from is not None else None)
         train_seconds = time.perf_counter() - t0
 
         sidecar = {
@@ -466,6 +492,7 @@ def tune(
                 ),
             },
             "global_step": trainer.state.global_step,
+            "resumed_from_step": _checkpoint_step(resume_from) if resume_from is not None else None,
             "num_processes": trainer.accelerator.num_processes,
             "final_train_loss": next((h["train_loss"] for h in reversed(trainer.state.log_history) if "train_loss" in h), None),
             "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
@@ -475,6 +502,7 @@ def tune(
         if acc.is_main_process:
             _save(trainer, tok, staging, sidecar)
             _move_into_place(staging, out, cfg.overwrite)
+            shutil.rmtree(ckpt_dir, ignore_errors=True)
         else:
             shutil.rmtree(staging, ignore_errors=True)
         acc.wait_for_everyone()
@@ -495,6 +523,25 @@ def tune(
         log_history=list(trainer.state.log_history),
         sidecar=sidecar,
     )
+
+
+def checkpoint_dir(out: str | os.PathLike) -> Path:
+    """Where :func:`tune` keeps the in-stage checkpoints of ``out`` (``.NAME.checkpoints`` beside it)."""
+    out = Path(out)
+    return out.with_name(f".{out.name}.checkpoints")
+
+
+def _checkpoint_step(path: Path) -> int:
+    return int(path.name.rsplit("-", 1)[1])
+
+
+def last_checkpoint(folder: str | os.PathLike) -> Path | None:
+    """The newest complete ``checkpoint-N`` in ``folder`` (the Trainer writes ``trainer_state.json`` last), if any."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return None
+    done = [p for p in folder.glob("checkpoint-*") if p.name.rsplit("-", 1)[1].isdigit() and (p / "trainer_state.json").is_file()]
+    return max(done, key=_checkpoint_step) if done else None
 
 
 def _check_args_stage(stage: Stage, args: Any) -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import os
 import signal
@@ -10,6 +12,7 @@ import sys
 import time
 
 import pytest
+import torch
 
 from train.cli import main
 from train.loop import LoopSettings, run_loop
@@ -118,6 +121,20 @@ def test_teacher_sessions_seed_the_first_iteration(tmp_path, tiny_model_dir):
     own_labels = json.loads((out / "iter1" / "labels-own" / "meta.json").read_text())
     sidecar = json.loads((out / "iter1" / "ulrec" / "ulrec_adapter.json").read_text())
     assert sidecar["label_counts"] == {"desirable": own_labels["n_desirable"], "undesirable": own_labels["n_undesirable"]}
+    # metrics say what each model trained on: ULRec-P the teacher's labels, ULRec its own sessions' labels
+    manifest = json.loads((out / "manifest.json").read_text())["stages"]
+    teacher_labels = manifest["iter1/label"]["report"]
+    own_report, own_len = manifest["iter1/labels-own"]["report"], manifest["iter1/rollout-own"]["summary"]["len_mean"]
+    training = {e["policy"]: e["training"] for e in doc["evals"]}
+    assert training["base"] is None
+    assert training["ulrec-p"]["label_stage"] == "iter1/label"
+    assert training["ulrec-p"]["desirable"] == teacher_labels["desirable"]
+    assert training["ulrec"]["label_stage"] == "iter1/labels-own" and training["ulrec"]["rollout_stage"] == "iter1/rollout-own"
+    assert (training["ulrec"]["desirable"], training["ulrec"]["undesirable"]) == (own_report["desirable"], own_report["undesirable"])
+    assert training["ulrec"]["rollout_len_mean"] == own_len and {"kl", "train_loss"} <= set(training["ulrec"]["train_log"])
+    rows = {r["policy"]: r for r in csv.DictReader(io.StringIO((out / "metrics.csv").read_text()))}
+    assert rows["ulrec"]["desirable"] == str(own_report["desirable"]) and float(rows["ulrec"]["rollout_len_mean"]) == own_len
+    assert rows["ulrec-p"]["desirable"] == str(teacher_labels["desirable"])
     with pytest.raises(ValueError, match="`teacher` must be None or a baseline"):
         _settings(tiny_model_dir, teacher="llm")
 
@@ -127,3 +144,41 @@ def test_prompt_rules_read_no_more_than_the_prompt(tiny_model_dir):
 
     assert _rule_options(_settings(tiny_model_dir, max_history=6, max_session=1)) == {"max_history": 6, "window": 1}
     assert _rule_options(_settings(tiny_model_dir, max_history=3, max_session=None)) == {"max_history": 3, "window": 2}
+
+
+def test_kill_9_inside_a_tuning_stage_resumes_from_its_checkpoint(tmp_path, tiny_model_dir):
+    """Killed after the KTO stage's first checkpoint, the resumed run ends as an uninterrupted one."""
+    from safetensors.torch import load_file
+
+    def argv(out):
+        return ["loop", "--world", "synthetic:3", "--model", tiny_model_dir, "--iterations", "1", "--episodes", "10",
+                "--eval-episodes", "6", "--max-episode-steps", "5", "--max-steps", "6", "--save-steps", "1",
+                "--train-batch-size", "4", "--gen-batch-size", "8", "--min-positives", "1", "--min-rating", "3.0",
+                "--references", "greedy", "--out", str(out), "--no-progress"]
+
+    whole, cut = tmp_path / "whole", tmp_path / "cut"
+    assert main(argv(whole)) == 0
+    proc = subprocess.Popen([sys.executable, "-m", "train.cli", *argv(cut)], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, start_new_session=True)
+    ckpts = cut / "iter1" / ".ulrec.checkpoints"
+    deadline = time.time() + 300
+    while not any(ckpts.glob("checkpoint-*/trainer_state.json")) and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.02)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert "iter1/tune-ulrec" not in _stages(cut)  # killed inside the stage
+    assert main(argv(cut) + ["--resume"]) == 0
+    sidecar = json.loads((cut / "iter1" / "ulrec" / "ulrec_adapter.json").read_text())
+    assert sidecar["resumed_from_step"] >= 1 and sidecar["global_step"] == 6
+    for f in ("iter1/rollout/steps.jsonl", "iter1/labels/examples.jsonl"):
+        assert (cut / f).read_bytes() == (whole / f).read_bytes(), f
+    a = load_file(str(whole / "iter1" / "ulrec" / "adapter_model.safetensors"))
+    b = load_file(str(cut / "iter1" / "ulrec" / "adapter_model.safetensors"))
+    for k in a:
+        torch.testing.assert_close(b[k], a[k], rtol=1e-4, atol=1e-6)
+    def strip(e):  # wall times and the run folder's own paths differ; everything else must not
+        return {k: v for k, v in e.items() if k not in ("seconds", "user_steps_per_s", "adapter", "training")}
+
+    ev_a = [strip(e) for e in json.loads((whole / "metrics.json").read_text())["evals"]]
+    ev_b = [strip(e) for e in json.loads((cut / "metrics.json").read_text())["evals"]]
+    assert ev_a == ev_b

@@ -72,3 +72,46 @@ def test_dtype_setting_is_validated_and_reaches_the_trainer(monkeypatch):
     assert default_trainer_args("sft", "/tmp/x", dtype="float32").bf16 is False
     monkeypatch.setattr(models, "cpu_supports_bf16", lambda: False)
     assert default_trainer_args("kto", "/tmp/x", dtype="auto").bf16 is False
+
+
+def test_resume_with_other_settings_lists_them_or_records_allowed_changes(tmp_path):
+    import json
+
+    from train.loop import _resume_settings
+
+    saved = LoopSettings(iterations=2, teacher="genre-cycle", max_history=6)
+    logs = []
+    with pytest.raises(ValueError) as e:
+        _resume_settings(tmp_path, saved, LoopSettings(iterations=2, teacher=None, max_history=8), logs.append)
+    msg = str(e.value)
+    assert "teacher: 'genre-cycle' (saved) -> None" in msg and "max_history: 6 (saved) -> 8" in msg
+    assert "iterations" in msg.split("only ")[1]  # the allow-list is named
+    assert not (tmp_path / "settings_history.json").exists()
+    grown = _resume_settings(tmp_path, saved, LoopSettings(iterations=4, teacher="genre-cycle", max_history=6,
+                                                           kto_max_steps=7), logs.append)
+    assert grown.iterations == 4 and grown.kto_max_steps == 7 and grown.teacher == "genre-cycle"
+    history = json.loads((tmp_path / "settings_history.json").read_text())
+    assert history[-1]["changed"] == {"iterations": [2, 4], "kto_max_steps": [None, 7]}
+    assert LoopSettings.from_dict(json.loads((tmp_path / "settings.json").read_text())) == grown
+    assert "iterations 2 -> 4" in logs[-1]
+
+
+def test_cli_resume_lays_typed_options_over_the_saved_settings(tmp_path):
+    import json
+
+    from train.cli import _settings_for
+
+    out = tmp_path / "run"
+    out.mkdir()
+    saved = LoopSettings(teacher="genre-cycle", max_history=6, kto_learning_rate=5e-4)
+    (out / "settings.json").write_text(json.dumps(saved.to_dict()))
+    parse = build_parser().parse_args
+    assert _settings_for(parse(["loop", "--out", str(out), "--resume"])) == saved
+    more = _settings_for(parse(["loop", "--out", str(out), "--resume", "--iterations", "5"]))
+    assert more.iterations == 5 and more.teacher == "genre-cycle"
+    other = _settings_for(parse(["loop", "--out", str(out), "--resume", "--teacher", "mmr"]))
+    assert other.teacher == "mmr"  # then the loop refuses it, listing the difference
+    with pytest.raises(ValueError, match="teacher: 'genre-cycle' \\(saved\\) -> 'mmr'"):
+        from train.loop import _resume_settings
+
+        _resume_settings(out, saved, other, print)

@@ -160,3 +160,61 @@ def test_bf16_mixed_precision_trains_and_is_recorded(stage, data_dir, tiny_model
     f32 = tune(stage, data_dir, tiny_model_factory(0), tokenizer=tiny_tokenizer, out=tmp_path / f"{stage}-f32",
                max_steps=1, config=TuneConfig(trainer_args=small_args(stage, dtype="float32")), world=default_world)
     assert read_sidecar(f32.out)["dtype"] == {"compute": "float32", "weights": "float32"}
+
+
+def _lora_state(folder):
+    from safetensors.torch import load_file
+
+    return load_file(str(folder / "adapter_model.safetensors"))
+
+
+@pytest.mark.parametrize("stage", ["sft", "kto"])
+def test_interrupted_stage_resumes_from_its_checkpoint(stage, data_dir, tiny_model_factory, tiny_tokenizer,
+                                                       default_world, tmp_path, monkeypatch):
+    """A stage stopped after step 2 of 4 and resumed gives the adapter of an uninterrupted run."""
+    from transformers.trainer_callback import CallbackHandler
+
+    from train.tune import checkpoint_dir, last_checkpoint
+
+    def run(out, **cfg):
+        return tune(stage, data_dir, tiny_model_factory(0), tokenizer=tiny_tokenizer, out=out, max_steps=4,
+                    config=TuneConfig(trainer_args=small_args(stage), **cfg), world=default_world)
+
+    whole = run(tmp_path / "whole")
+    assert whole.sidecar["resumed_from_step"] is None
+    out = tmp_path / "cut"
+    original = CallbackHandler.on_step_end
+
+    def stop_at_3(self, args, state, control):
+        if state.global_step == 3:
+            raise KeyboardInterrupt
+        return original(self, args, state, control)
+
+    monkeypatch.setattr(CallbackHandler, "on_step_end", stop_at_3)
+    with pytest.raises(KeyboardInterrupt):
+        run(out, save_steps=1)
+    steps_run = []
+
+    def count(self, args, state, control):
+        steps_run.append(state.global_step)
+        return original(self, args, state, control)
+
+    monkeypatch.setattr(CallbackHandler, "on_step_end", count)
+    assert not out.exists()  # nothing half-written where a later run reads the adapter
+    ckpt = last_checkpoint(checkpoint_dir(out))
+    assert ckpt is not None and ckpt.name == "checkpoint-2"
+    with pytest.raises(ValueError, match="interrupted run.*--resume"):
+        run(out, save_steps=1)
+    resumed = run(out, save_steps=1, resume=True)
+    assert resumed.sidecar["resumed_from_step"] == 2 and resumed.global_step == 4
+    assert steps_run == [3, 4]  # only the steps after the checkpoint ran
+    assert not checkpoint_dir(out).exists()
+    a, b = _lora_state(whole.out), _lora_state(resumed.out)
+    assert a.keys() == b.keys()
+    for k in a:
+        torch.testing.assert_close(b[k], a[k], rtol=1e-4, atol=1e-6)
+
+
+def test_bad_save_steps(data_dir, tiny_model, tiny_tokenizer, tmp_path):
+    with pytest.raises(ValueError, match="save_steps"):
+        tune("sft", data_dir, tiny_model, tokenizer=tiny_tokenizer, out=tmp_path / "x", config=TuneConfig(save_steps=0))
