@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import json
 import math
+import os
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
 from agents.policy import Policy, slice_obs
 from ulrec_env import World
+from ulrec_env.storage import atomic_write_text
 from ulrec_env.vector_env import ULRecVectorEnv
 
 __all__ = ["Sessions", "run_policy", "summarize", "choose_users", "mean_ci95"]
@@ -80,6 +84,7 @@ def run_policy(
     keep_records: bool = False,
     on_step: Callable[[int], None] | None = None,
     env: ULRecVectorEnv | None = None,
+    journal: str | os.PathLike | None = None,
 ) -> Sessions:
     """Run ``policy`` for one session of each user in ``users`` and return what happened.
 
@@ -99,6 +104,13 @@ def run_policy(
             ``record``, ``item``, ``feedback``, ``leave_reason``, ``rating``, ``reward``, ``truncated``.
         on_step: Called with the number of user-steps taken after every batched step (progress bars).
         env: Reuse this environment (its number of envs must equal ``batch_size``).
+        journal: A JSON-lines file that keeps each finished batch of sessions (fsynced as it ends). When it
+            already holds batches of the same call (same users, seed and batch size), they are read back instead of
+            played again, so an interrupted run resumes without redoing or duplicating a session. Records are
+            read back as dicts of their fields.
+
+    Sessions are played in batches of ``batch_size``; batch ``i`` seeds the environment and the policy with
+    ``seed`` (``i = 0``) or a seed derived from ``(seed, i)``, so that each batch is reproducible on its own.
     """
     users = world.subset_users(users)
     if users.size == 0:
@@ -117,13 +129,21 @@ def run_policy(
     items: list[list[int]] = [[] for _ in range(users.size)]
     records: list[Any] = []
     t0 = time.perf_counter()
-    first = True
-    for start in range(0, users.size, n_env):
+    book = _Journal(journal, users, seed, n_env) if journal is not None else None
+    for ci, start in enumerate(range(0, users.size, n_env)):
         chunk = users[start : start + n_env]
         k = chunk.size
+        if book is not None and ci in book.done:
+            book.restore(ci, start, lengths, returns, reasons, items, records if keep_records else None)
+            if on_step is not None:
+                on_step(sum(len(items[start + r]) for r in range(k)))
+            continue
+        n_records = len(records)
+        chunk_seed = seed if ci == 0 else _chunk_seed(seed, ci)
+        if ci > 0:
+            policy.reset(chunk_seed)
         padded = np.concatenate([chunk, np.full(n_env - k, chunk[0])]) if k < n_env else chunk
-        obs, _ = env.reset(seed=seed if first else None, options={"users": padded})
-        first = False
+        obs, _ = env.reset(seed=chunk_seed, options={"users": padded})
         live = np.zeros(n_env, dtype=bool)
         live[:k] = True
         while live.any():
@@ -150,6 +170,8 @@ def run_policy(
                     live[r] = False
             if on_step is not None:
                 on_step(rows.size)
+        if book is not None:
+            book.write(ci, start, k, lengths, returns, reasons, items, records[n_records:])
     return Sessions(
         users=users,
         seeds=np.full(users.size, seed),
@@ -161,6 +183,63 @@ def run_policy(
         invalid_actions=int(getattr(policy, "invalid_actions", 0)),
         records=records,
     )
+
+
+def _chunk_seed(seed: int, chunk: int) -> int:
+    return int(np.random.SeedSequence([int(seed), int(chunk)]).generate_state(1)[0])
+
+
+def _plain(record: Any) -> Any:
+    """A JSON-able form of a policy's decode record (dataclasses become dicts of their fields)."""
+    import dataclasses
+
+    if dataclasses.is_dataclass(record) and not isinstance(record, type):
+        return dataclasses.asdict(record)
+    return record
+
+
+class _Journal:
+    """Finished batches of one :func:`run_policy` call, appended to a JSON-lines file, fsynced."""
+
+    def __init__(self, path: str | os.PathLike, users: np.ndarray, seed: int, n_env: int) -> None:
+        self.path = Path(path)
+        self.key = {"users": [int(u) for u in users], "seed": int(seed), "batch": int(n_env)}
+        self.done: dict[int, dict[str, Any]] = {}
+        lines = []
+        if self.path.is_file():
+            for line in self.path.read_text(encoding="utf-8").splitlines():
+                try:
+                    lines.append(json.loads(line))
+                except json.JSONDecodeError:
+                    break  # a line cut by a crash: everything after it is lost
+        if lines and lines[0].get("key") == self.key:
+            self.done = {int(c["chunk"]): c for c in lines[1:] if "chunk" in c}
+        else:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            atomic_write_text(self.path, json.dumps({"key": self.key}) + "\n")
+
+    def write(self, ci, start, k, lengths, returns, reasons, items, records) -> None:
+        entry = {
+            "chunk": ci, "lengths": lengths[start : start + k].tolist(), "returns": returns[start : start + k].tolist(),
+            "reasons": reasons[start : start + k], "items": [list(map(int, i)) for i in items[start : start + k]],
+            "records": [{**r, "record": _plain(r["record"])} for r in records],
+        }
+        with open(self.path, "a", encoding="utf-8") as f:
+            f.write(json.dumps(entry) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+        self.done[ci] = entry
+
+    def restore(self, ci, start, lengths, returns, reasons, items, records) -> None:
+        e = self.done[ci]
+        k = len(e["lengths"])
+        lengths[start : start + k] = e["lengths"]
+        returns[start : start + k] = e["returns"]
+        reasons[start : start + k] = e["reasons"]
+        for j in range(k):
+            items[start + j] = list(e["items"][j])
+        if records is not None:
+            records.extend(e["records"])
 
 
 def mean_ci95(x: np.ndarray) -> tuple[float, float]:

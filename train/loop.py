@@ -190,8 +190,9 @@ class Manifest:
 
 def evaluate_llm(world, settings: LoopSettings, users: np.ndarray, adapter: str | None, name: str,
                  progress: bool = True, allow_unsafe_pickle: bool = False,
-                 trust_remote_code: bool = False) -> dict[str, Any]:
-    """Greedy-decoding evaluation of the base model (``adapter=None``) or an adapter on ``users``."""
+                 trust_remote_code: bool = False, journal: str | os.PathLike | None = None) -> dict[str, Any]:
+    """Greedy-decoding evaluation of the base model (``adapter=None``) or an adapter on ``users`` (finished batches
+    of sessions kept in ``journal``, see ``agents.evaluation.run_policy``)."""
     from agents.evaluation import run_policy, summarize
     from agents.llm import LLMRecommender
     from agents.progress import Progress
@@ -205,7 +206,7 @@ def evaluate_llm(world, settings: LoopSettings, users: np.ndarray, adapter: str 
     with Progress(None, f"eval {name}", unit="user-step", enabled=progress) as bar:
         sessions = run_policy(policy, world, users, seed=settings.seed, env_settings=settings.env,
                               max_episode_steps=settings.max_episode_steps, batch_size=settings.gen_batch_size,
-                              on_step=bar.update)
+                              on_step=bar.update, journal=journal)
     row = summarize(name, sessions, world, peeks=False, max_episode_steps=settings.max_episode_steps)
     return row
 
@@ -287,8 +288,14 @@ class _Run:
         result = dict(fn())
         result["seconds"] = time.perf_counter() - t0
         self.manifest.record(name, result)
+        self.journal(name).unlink(missing_ok=True)  # the stage's output is complete: its sessions are in it
         self.log(f"[{name}] done in {result['seconds']:.0f}s")
         return result
+
+    def journal(self, name: str) -> Path:
+        """Where stage ``name`` keeps its finished batches of sessions while it runs (outside its output folder,
+        which an interrupted attempt's rerun clears)."""
+        return self.out / ".journals" / (name.replace("/", "__") + ".jsonl")
 
     # ------------------------------------------------------------------ stages
     def rollout(self, k: int, adapter: str | None, teacher: bool = False, name: str = "rollout") -> dict[str, Any]:
@@ -317,7 +324,8 @@ class _Run:
             records = collect_rollouts(policy, self.world, s.episodes, split="train", seed=s.seed + k,
                                        env_settings=s.env, max_episode_steps=s.max_episode_steps,
                                        batch_size=s.gen_batch_size, prompt_builder=builder,
-                                       completion_builder=_completion, progress=self.progress)
+                                       completion_builder=_completion, progress=self.progress,
+                                       journal=self.journal(f"iter{k}/{name}"))
             summary = save_rollout(records, folder, {
                 "world": self.world.name, "world_fingerprint": self.world.fingerprint(),
                 "policy": s.teacher if teacher else "llm",
@@ -381,7 +389,8 @@ class _Run:
     def evaluate(self, name: str, iteration: int, policy: str, adapter: str | None) -> dict[str, Any]:
         def run() -> dict[str, Any]:
             row = evaluate_llm(self.world, self.settings, self.users, adapter, policy, progress=self.progress,
-                               allow_unsafe_pickle=self.allow_unsafe_pickle, trust_remote_code=self.trust_remote_code)
+                               allow_unsafe_pickle=self.allow_unsafe_pickle, trust_remote_code=self.trust_remote_code,
+                               journal=self.journal(name))
             row.update(iteration=iteration, adapter=adapter)
             return {"eval": row}
 
