@@ -12,6 +12,7 @@ Everything else (a local folder, a Hugging Face id already in the local HF cache
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 import shutil
 import tempfile
@@ -277,6 +278,39 @@ def check_adapter_folder(adapter: str | os.PathLike, allow_unsafe_pickle: bool =
     return folder
 
 
+def _same_model(a: str, b: str) -> bool:
+    norm = {DEFAULT_MODEL, "none"}
+    a2, b2 = str(a).lower(), str(b).lower()
+    if a2 in norm and b2 in norm:
+        return True
+    if os.path.isdir(a) and os.path.isdir(b):
+        return os.path.realpath(a) == os.path.realpath(b)
+    return str(a).rstrip("/") == str(b).rstrip("/")
+
+
+def check_adapter_base(adapter: str | os.PathLike, model: str | os.PathLike | None) -> None:
+    """Refuse an adapter that ulrec trained on another base model than ``model`` (its ``ulrec_adapter.json`` says).
+
+    Adapters without the sidecar (made elsewhere) are left to PEFT.
+
+    Raises:
+        ValueError: naming both models and the option to pass.
+    """
+    from ulrec_env.safe_io import read_text_bounded
+
+    sidecar = Path(adapter) / "ulrec_adapter.json"
+    if not sidecar.is_file():
+        return
+    try:
+        base = json.loads(read_text_bounded(sidecar, "an adapter sidecar")).get("base_model")
+    except ValueError as e:
+        raise ValueError(f"{sidecar}: not valid JSON ({e}).") from None
+    want = DEFAULT_MODEL if model is None else os.fspath(model)
+    if base is not None and not _same_model(str(base), want):
+        raise ValueError(f"adapter {os.fspath(adapter)} was trained on base model {base!r}, not {want!r}; load it "
+                         f"on its base model (CLI: --model / --llm-model {base}).")
+
+
 def check_model_folder(path: str | os.PathLike, allow_unsafe_pickle: bool = False) -> None:
     """Refuse a local model folder whose weights are only pickles (unless ``allow_unsafe_pickle``).
 
@@ -344,6 +378,8 @@ def load_model_and_tokenizer(
     path = resolve_model_path(model)
     check_model_folder(path, allow_unsafe_pickle)
     adapter_path = None if adapter is None else check_adapter_folder(adapter, allow_unsafe_pickle)
+    if adapter_path is not None:
+        check_adapter_base(adapter_path, model)
     tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
     if tokenizer.pad_token_id is None:
         if tokenizer.eos_token is None:

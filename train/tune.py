@@ -433,7 +433,8 @@ def tune(
         ctx = _context_length(lm)
         if ctx is not None and (args.max_length is None or args.max_length > ctx):
             args = dataclasses.replace(args, max_length=int(ctx))
-        lm, peft_config = _attach_adapter(lm, init_adapter, cfg)
+        lm, peft_config = _attach_adapter(lm, init_adapter, cfg, base_id if isinstance(model, (str, os.PathLike)) or
+                                          model is None else None, labelled.world_fingerprint)
 
         t0 = time.perf_counter()
         if stage == "sft":
@@ -555,7 +556,23 @@ def _check_args_stage(stage: Stage, args: Any) -> None:
         )
 
 
-def _attach_adapter(lm: Any, init_adapter: Any, cfg: TuneConfig) -> tuple[Any, Any]:
+def _check_init_adapter(init_adapter: Any, base_id: str | None, world_fp: str | None) -> None:
+    """An initial adapter must come from the same base model and, when both are known, the same world."""
+    from agents.models import check_adapter_base
+
+    if base_id is not None:
+        check_adapter_base(init_adapter, None if base_id == "smollm2" else base_id)
+    side = Path(init_adapter) / SIDECAR_FILE
+    if world_fp is None or not side.is_file():
+        return
+    trained = read_sidecar(init_adapter).get("world_fingerprint")
+    if trained is not None and trained != world_fp:
+        raise ValueError(f"`init_adapter` {os.fspath(init_adapter)} was trained on world {trained}, but this data is of "
+                         f"world {world_fp}; continue from an adapter of this world (or start a new one).")
+
+
+def _attach_adapter(lm: Any, init_adapter: Any, cfg: TuneConfig, base_id: str | None = None,
+                    world_fp: str | None = None) -> tuple[Any, Any]:
     """Returns ``(model, peft_config)`` for the trainer."""
     if init_adapter is not None:
         from peft import PeftModel
@@ -563,6 +580,7 @@ def _attach_adapter(lm: Any, init_adapter: Any, cfg: TuneConfig) -> tuple[Any, A
         from agents.models import check_adapter_folder
 
         check_adapter_folder(init_adapter, cfg.allow_unsafe_pickle)
+        _check_init_adapter(init_adapter, base_id, world_fp)
         lm = PeftModel.from_pretrained(lm, os.fspath(init_adapter), is_trainable=not cfg.full_finetune)
         if cfg.full_finetune:
             return lm.merge_and_unload(), None
