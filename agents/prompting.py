@@ -24,6 +24,7 @@ __all__ = [
     "COMPACT_INSTRUCTION",
     "INSTRUCTION",
     "PROMPT_FORMAT_VERSION",
+    "SESSION_WINDOWS",
     "build_completion",
     "build_messages",
     "build_prompt",
@@ -32,6 +33,9 @@ __all__ = [
     "format_item",
     "parse_completion",
 ]
+
+#: How ``max_session`` cuts the session part of a prompt (see :func:`build_messages`).
+SESSION_WINDOWS = ("sliding", "block")
 
 #: Version of the prompt and completion format below.
 PROMPT_FORMAT_VERSION = 1
@@ -78,6 +82,7 @@ def build_messages(
     max_history: int = 15,
     max_session: int | None = None,
     worked_example: bool = True,
+    session_window: str = "sliding",
 ) -> list[dict[str, str]]:
     """The chat messages (system instruction, user turn) of one decision.
 
@@ -90,6 +95,12 @@ def build_messages(
         max_session: How many of the most recent session steps to show (``None``: all).
         worked_example: Put the worked example in the instruction (``INSTRUCTION``) or not
             (``COMPACT_INSTRUCTION``).
+        session_window: How ``max_session`` is applied. ``"sliding"``: the last ``max_session`` steps (each step
+            drops the oldest line, so a prompt never extends the previous one). ``"block"``: the steps from the
+            last multiple of ``max_session`` that leaves at least ``max_session`` of them, i.e. between
+            ``max_session`` and ``2 * max_session - 1`` recent steps; lines are dropped ``max_session`` at a time,
+            so for ``max_session - 1`` steps out of ``max_session`` the prompt extends the previous step's and the
+            agent's session cache reuses it (see :class:`agents.llm.LLMRecommender`).
 
     Returns:
         ``[{"role": "system", ...}, {"role": "user", ...}]``.
@@ -114,7 +125,14 @@ def build_messages(
     lines.extend(format_item(world, i) for i in recent)
     if not recent.size:
         lines.append("(none)")
-    first = 0 if max_session is None else max(0, shown.size - max_session)
+    if session_window not in SESSION_WINDOWS:
+        raise ValueError(f"`session_window` must be one of {SESSION_WINDOWS}, got {session_window!r}.")
+    if max_session is None:
+        first = 0
+    elif session_window == "sliding" or max_session == 0:
+        first = max(0, shown.size - max_session)
+    else:
+        first = max_session * ((shown.size - max_session) // max_session) if shown.size >= max_session else 0
     if shown.size:
         lines.append("Session:")
         for k in range(first, shown.size):
@@ -133,6 +151,7 @@ def build_prompt(
     max_history: int = 15,
     max_session: int | None = None,
     worked_example: bool = True,
+    session_window: str = "sliding",
 ) -> str:
     """The exact prompt text of one decision.
 
@@ -149,11 +168,13 @@ def build_prompt(
         max_history: How many of the most recent history items to show.
         max_session: How many of the most recent session steps to show (``None``: all).
         worked_example: Include the instruction's worked example (see :func:`build_messages`).
+        session_window: ``"sliding"`` or ``"block"`` (see :func:`build_messages`).
 
     Returns:
         The prompt string; the completion (:func:`build_completion`) follows it directly.
     """
-    messages = build_messages(world, history_ids, shown_ids, shown_rewards, max_history, max_session, worked_example)
+    messages = build_messages(world, history_ids, shown_ids, shown_rewards, max_history, max_session, worked_example,
+                              session_window)
     if tokenizer is not None and getattr(tokenizer, "chat_template", None):
         return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
     return f"{messages[0]['content']}\n\n{messages[1]['content']}\nAnswer: "

@@ -168,6 +168,9 @@ def _add_loop_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-history", type=int, default=dflt.max_history, help="history items per prompt")
     p.add_argument("--max-session", type=int, default=dflt.max_session, help="recent session steps per prompt")
     p.add_argument("--worked-example", action="store_true", help="keep the worked example in every prompt")
+    p.add_argument("--session-window", default=dflt.session_window, choices=["sliding", "block"],
+                   help="sliding: the last --max-session steps; block: lines dropped --max-session at a time, so "
+                        "prompts extend the previous step's and the agent reuses its cache")
     p.add_argument("--train-batch-size", type=int, default=dflt.train_batch_size)
     p.add_argument("--gen-batch-size", type=int, default=dflt.gen_batch_size)
     p.add_argument("--sft-learning-rate", type=float, default=dflt.sft_learning_rate)
@@ -197,6 +200,7 @@ def _loop_settings(args: argparse.Namespace):
         eval_episodes=args.eval_episodes, temperature=args.temperature, sft_first=not args.no_sft_first,
         max_episode_steps=args.max_episode_steps, env=_env_settings(args), gen_batch_size=args.gen_batch_size,
         max_history=args.max_history, max_session=args.max_session, worked_example=args.worked_example,
+        session_window=args.session_window,
         train_batch_size=args.train_batch_size, epochs=args.epochs, sft_learning_rate=args.sft_learning_rate,
         kto_learning_rate=args.kto_learning_rate, beta=args.beta, sft_alpha=args.sft_alpha,
         lora_layers=args.lora_layers, max_steps=args.max_steps,

@@ -56,6 +56,9 @@ class LoopSettings:
         max_history: History items shown in each prompt (fewer tokens: faster decoding and tuning).
         max_session: Most recent session steps shown in each prompt (the user's redundancy window is 4).
         worked_example: Keep the worked example in the instruction (70 more tokens in every example).
+        session_window: ``"sliding"`` (the last ``max_session`` steps) or ``"block"`` (session lines dropped
+            ``max_session`` at a time: prompts extend the previous step's, which the agent's session cache reuses;
+            up to ``2 * max_session - 1`` lines). See ``agents.prompting.build_messages``.
         gen_batch_size: Sessions decoded together.
         train_batch_size: Per-device batch of tuning.
         epochs: Epochs of each tuning stage.
@@ -96,6 +99,7 @@ class LoopSettings:
     max_history: int = 10
     max_session: int | None = 5
     worked_example: bool = False
+    session_window: str = "sliding"
     gen_batch_size: int = 64
     train_batch_size: int = 8
     epochs: float = 1.0
@@ -118,6 +122,10 @@ class LoopSettings:
     def __post_init__(self) -> None:
         from agents.models import DTYPE_CHOICES
 
+        from agents.prompting import SESSION_WINDOWS
+
+        if self.session_window not in SESSION_WINDOWS:
+            raise ValueError(f"`session_window` must be one of {SESSION_WINDOWS}, got {self.session_window!r}.")
         if self.dtype not in DTYPE_CHOICES:
             raise ValueError(f"`dtype` must be one of {', '.join(DTYPE_CHOICES)}, got {self.dtype!r}.")
         if self.save_steps is not None and (isinstance(self.save_steps, bool) or not isinstance(self.save_steps, int)
@@ -147,7 +155,10 @@ class LoopSettings:
 
     def prompt_options(self) -> dict[str, Any]:
         """How prompts are written; stored with rollouts, labels and adapters so the agent can match them."""
-        return {"max_history": self.max_history, "max_session": self.max_session, "worked_example": self.worked_example}
+        opts = {"max_history": self.max_history, "max_session": self.max_session, "worked_example": self.worked_example}
+        if self.session_window != "sliding":  # as LLMRecommender.prompt_options records it
+            opts["session_window"] = self.session_window
+        return opts
 
     def stage_max_steps(self, stage: str) -> int | None:
         """The step cap of a tuning stage (``"sft"`` or ``"kto"``): its own cap, else ``max_steps``."""
@@ -201,6 +212,7 @@ def evaluate_llm(world, settings: LoopSettings, users: np.ndarray, adapter: str 
                                             batch_size=settings.gen_batch_size, seed=settings.seed, name=name,
                                             max_history=settings.max_history, max_session=settings.max_session,
                                             worked_example=settings.worked_example, dtype=settings.dtype,
+                                            session_window=settings.session_window,
                                             score_completions=False,
                                             allow_unsafe_pickle=allow_unsafe_pickle, trust_remote_code=trust_remote_code)
     with Progress(None, f"eval {name}", unit="user-step", enabled=progress) as bar:
@@ -312,6 +324,7 @@ class _Run:
                                                     batch_size=s.gen_batch_size, seed=s.seed + k,
                                                     max_history=s.max_history, max_session=s.max_session,
                                                     worked_example=s.worked_example, dtype=s.dtype,
+                                                    session_window=s.session_window,
                                                     allow_unsafe_pickle=self.allow_unsafe_pickle,
                                                     trust_remote_code=self.trust_remote_code)
             builder = None

@@ -117,3 +117,20 @@ def test_agent_reports_its_dtype(saved_tiny, small_world):
     a = LLMRecommender.from_pretrained(path, device="cpu", dtype="bfloat16")
     assert a.dtype_name == "bfloat16"
     assert LLMRecommender.from_pretrained(path, device="cpu", dtype="float32").dtype_name == "float32"
+
+
+def test_adapter_sidecar_sets_the_session_window(saved_tiny, tmp_path, tiny_model):
+    import json
+
+    from peft import LoraConfig, get_peft_model
+
+    from agents.llm import LLMRecommender
+
+    d = tmp_path / "adapter"
+    get_peft_model(tiny_model, LoraConfig(r=2, target_modules=["q_proj"])).save_pretrained(d)
+    (d / "ulrec_adapter.json").write_text(json.dumps({"prompt": {"max_history": 4, "max_session": 3,
+                                                                 "worked_example": False, "session_window": "block"}}))
+    a = LLMRecommender.from_pretrained(saved_tiny, adapter=d, device="cpu")
+    assert (a.max_history, a.max_session, a.session_window) == (4, 3, "block")
+    (d / "ulrec_adapter.json").write_text(json.dumps({"prompt": {"max_history": 4, "max_session": 3}}))
+    assert LLMRecommender.from_pretrained(saved_tiny, adapter=d, device="cpu").session_window == "sliding"

@@ -78,3 +78,26 @@ def test_bad_prompt_arguments(small_world):
         build_prompt(small_world, [1], max_history=-1)
     with pytest.raises(ValueError, match="max_session"):
         build_prompt(small_world, [1], max_session=-2)
+
+
+def test_block_session_window_drops_lines_a_block_at_a_time(default_world):
+    from agents.prompting import build_messages
+
+    shown = list(range(10, 19))
+    rewards = [4.0] * len(shown)
+
+    def steps_shown(n, window):
+        text = build_messages(default_world, [1, 2], shown[:n], rewards[:n], max_session=3, session_window=window)[1]["content"]
+        return [int(line.split(".")[0]) for line in text.splitlines() if line[:1].isdigit()]
+
+    assert [steps_shown(n, "block") for n in (2, 3, 5, 6, 8, 9)] == [
+        [1, 2], [1, 2, 3], [1, 2, 3, 4, 5], [4, 5, 6], [4, 5, 6, 7, 8], [7, 8, 9]]
+    assert steps_shown(5, "sliding") == [3, 4, 5]
+    assert steps_shown(9, "block")[-1] == 9 and all(3 <= len(steps_shown(n, "block")) <= 5 for n in range(3, 10))
+    # within a block each prompt's session part extends the previous one's
+    for n in (4, 5, 7, 8):
+        prev = build_messages(default_world, [1], shown[: n - 1], rewards[: n - 1], max_session=3, session_window="block")
+        cur = build_messages(default_world, [1], shown[:n], rewards[:n], max_session=3, session_window="block")
+        assert cur[1]["content"].startswith(prev[1]["content"].removesuffix("Next item?"))
+    with pytest.raises(ValueError, match="session_window"):
+        build_messages(default_world, [1], session_window="tumbling")

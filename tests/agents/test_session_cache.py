@@ -19,11 +19,12 @@ def _sessions(agent, world, users, steps=9, seed=0, batch=5, env=STAY):
     return [(r["episode"], r["step"], r["item"], r["record"]) for r in s.records]
 
 
-@pytest.mark.parametrize("max_session", [None, 3])  # append-only session lines, and a sliding window
+@pytest.mark.parametrize("max_session, window", [(None, "sliding"), (3, "sliding"), (3, "block")])
 @pytest.mark.parametrize("temperature", [0.0, 1.0])
-def test_reuse_gives_the_same_sessions(tiny_model, tiny_tokenizer, small_world, max_session, temperature):
+def test_reuse_gives_the_same_sessions(tiny_model, tiny_tokenizer, small_world, max_session, window, temperature):
     users = small_world.test_users[:7].tolist() + small_world.train_users[:3].tolist()
-    kw = dict(max_history=4, max_session=max_session, worked_example=False, temperature=temperature, batch_size=4)
+    kw = dict(max_history=4, max_session=max_session, worked_example=False, temperature=temperature, batch_size=4,
+              session_window=window)
     plain = LLMRecommender(tiny_model, tiny_tokenizer, session_cache_tokens=0, **kw).bind(small_world)
     fast = LLMRecommender(tiny_model, tiny_tokenizer, **kw).bind(small_world)
     a, b = _sessions(plain, small_world, users), _sessions(fast, small_world, users)
@@ -74,3 +75,15 @@ def test_unscored_decoding_makes_the_same_picks_in_fewer_passes(tiny_model, tiny
 def test_bad_session_cache_tokens(tiny_model, tiny_tokenizer, bad):
     with pytest.raises(ValueError, match="session_cache_tokens"):
         LLMRecommender(tiny_model, tiny_tokenizer, session_cache_tokens=bad)
+
+
+def test_block_window_reuses_more_than_sliding(tiny_model, tiny_tokenizer, small_world):
+    users = small_world.test_users[:6]
+    share = {}
+    for window in ("sliding", "block"):
+        agent = LLMRecommender(tiny_model, tiny_tokenizer, max_history=4, max_session=2, session_window=window,
+                               batch_size=6).bind(small_world)
+        _sessions(agent, small_world, users, steps=9, batch=6)
+        share[window] = agent.stats["prompt_tokens_reused"] / agent.stats["prompt_tokens"]
+    assert share["block"] > share["sliding"]
+    assert agent.prompt_options()["session_window"] == "block"

@@ -115,3 +115,12 @@ def test_cli_resume_lays_typed_options_over_the_saved_settings(tmp_path):
         from train.loop import _resume_settings
 
         _resume_settings(out, saved, other, print)
+
+
+def test_session_window_setting_and_what_prompts_record():
+    assert "session_window" not in LoopSettings().prompt_options()  # absent means sliding, as before the option
+    assert LoopSettings(session_window="block").prompt_options()["session_window"] == "block"
+    with pytest.raises(ValueError, match="session_window"):
+        LoopSettings(session_window="tumbling")
+    args = build_parser().parse_args(["loop", "--out", "x", "--session-window", "block"])
+    assert _loop_settings(args).session_window == "block"
