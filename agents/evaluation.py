@@ -25,7 +25,7 @@ class Sessions:
     """What happened in a set of sessions: one entry per episode."""
 
     users: np.ndarray
-    seeds: np.ndarray
+    seeds: np.ndarray  # the seed of the run_policy call (its batch i > 0 was played with a seed derived from it)
     lengths: np.ndarray  # continued steps
     returns: np.ndarray  # summed rewards
     leave_reasons: list[str]  # a LEAVE_REASON, or "horizon" for truncated sessions
@@ -85,6 +85,7 @@ def run_policy(
     on_step: Callable[[int], None] | None = None,
     env: ULRecVectorEnv | None = None,
     journal: str | os.PathLike | None = None,
+    journal_tag: Any = None,
 ) -> Sessions:
     """Run ``policy`` for one session of each user in ``users`` and return what happened.
 
@@ -107,7 +108,9 @@ def run_policy(
         journal: A JSON-lines file that keeps each finished batch of sessions (fsynced as it ends). When it
             already holds batches of the same call (same users, seed and batch size), they are read back instead of
             played again, so an interrupted run resumes without redoing or duplicating a session. Records are
-            read back as dicts of their fields.
+            read back as dicts of their fields. The journal is used only when it was written by a call with the
+            same users, seed, batch size, world, policy name, environment settings, horizon, ``keep_records``
+            and ``journal_tag`` (callers put what else identifies the policy there, e.g. its adapter).
 
     Sessions are played in batches of ``batch_size``; batch ``i`` seeds the environment and the policy with
     ``seed`` (``i = 0``) or a seed derived from ``(seed, i)``, so that each batch is reproducible on its own.
@@ -129,7 +132,13 @@ def run_policy(
     items: list[list[int]] = [[] for _ in range(users.size)]
     records: list[Any] = []
     t0 = time.perf_counter()
-    book = _Journal(journal, users, seed, n_env) if journal is not None else None
+    book = None
+    if journal is not None:
+        context = {"world": world.fingerprint(), "policy": policy.name, "env": dict(env_settings or {}),
+                   "max_episode_steps": int(max_episode_steps), "keep_records": bool(keep_records),
+                   "tag": journal_tag}
+        book = _Journal(journal, users, seed, n_env, context)
+
     for ci, start in enumerate(range(0, users.size, n_env)):
         chunk = users[start : start + n_env]
         k = chunk.size
@@ -174,7 +183,7 @@ def run_policy(
             book.write(ci, start, k, lengths, returns, reasons, items, records[n_records:])
     return Sessions(
         users=users,
-        seeds=np.full(users.size, seed),
+        seeds=np.full(users.size, seed),  # the run's seed (batch i > 0 played with _chunk_seed(seed, i))
         lengths=lengths,
         returns=returns,
         leave_reasons=reasons,
@@ -201,19 +210,28 @@ def _plain(record: Any) -> Any:
 class _Journal:
     """Finished batches of one :func:`run_policy` call, appended to a JSON-lines file, fsynced."""
 
-    def __init__(self, path: str | os.PathLike, users: np.ndarray, seed: int, n_env: int) -> None:
+    def __init__(self, path: str | os.PathLike, users: np.ndarray, seed: int, n_env: int,
+                 context: Mapping[str, Any]) -> None:
+        from ulrec_env.safe_io import iter_lines_bounded
+
         self.path = Path(path)
-        self.key = {"users": [int(u) for u in users], "seed": int(seed), "batch": int(n_env)}
+        self.key = json.loads(json.dumps({"users": [int(u) for u in users], "seed": int(seed), "batch": int(n_env),
+                                          **context}, default=str))
         self.done: dict[int, dict[str, Any]] = {}
-        lines = []
+        lines, good_bytes = [], 0
         if self.path.is_file():
-            for line in self.path.read_text(encoding="utf-8").splitlines():
+            for _, line in iter_lines_bounded(self.path, max_line_bytes=1 << 30):
+                if not line.endswith("\n"):
+                    break  # a line cut by a crash
                 try:
                     lines.append(json.loads(line))
                 except json.JSONDecodeError:
-                    break  # a line cut by a crash: everything after it is lost
+                    break
+                good_bytes += len(line.encode("utf-8"))
         if lines and lines[0].get("key") == self.key:
             self.done = {int(c["chunk"]): c for c in lines[1:] if "chunk" in c}
+            with open(self.path, "r+b") as f:  # drop a cut last line, so that the next entry starts a line
+                f.truncate(good_bytes)
         else:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             atomic_write_text(self.path, json.dumps({"key": self.key}) + "\n")
@@ -224,10 +242,15 @@ class _Journal:
             "reasons": reasons[start : start + k], "items": [list(map(int, i)) for i in items[start : start + k]],
             "records": [{**r, "record": _plain(r["record"])} for r in records],
         }
-        with open(self.path, "a", encoding="utf-8") as f:
-            f.write(json.dumps(entry) + "\n")
-            f.flush()
-            os.fsync(f.fileno())
+        data = (json.dumps(entry) + "\n").encode("utf-8")
+        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND)
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view):]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
         self.done[ci] = entry
 
     def restore(self, ci, start, lengths, returns, reasons, items, records) -> None:

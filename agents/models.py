@@ -314,8 +314,8 @@ def check_adapter_base(adapter: str | os.PathLike, model: str | os.PathLike | No
 def check_model_folder(path: str | os.PathLike, allow_unsafe_pickle: bool = False) -> None:
     """Refuse a local model folder whose weights are only pickles (unless ``allow_unsafe_pickle``).
 
-    A name that is not a local folder (a Hugging Face id) is left to ``from_pretrained``, which is called with
-    ``use_safetensors=True`` in that case.
+    :func:`load_model_and_tokenizer` also calls ``from_pretrained`` with ``use_safetensors=True``, so a folder that
+    holds both is read from its safetensors, and a hub id never falls back to pickled weights.
 
     Raises:
         UnsafeFileError: the folder has pickled weights and no ``.safetensors`` file.
@@ -326,8 +326,8 @@ def check_model_folder(path: str | os.PathLike, allow_unsafe_pickle: bool = Fals
     if not folder.is_dir() or allow_unsafe_pickle:
         return
     names = [p.name for p in folder.iterdir()]
-    if any(n.endswith(".safetensors") for n in names) or any(n.endswith(".gguf") for n in names):
-        return
+    if any(n.endswith(".safetensors") for n in names):
+        return  # from_pretrained is told to read only them (use_safetensors=True)
     pickled = sorted(n for n in names if Path(n).suffix in _PICKLED_WEIGHTS)
     if pickled:
         raise UnsafeFileError(_unsafe_message(folder, "model folder", pickled))
@@ -385,8 +385,8 @@ def load_model_and_tokenizer(
         if tokenizer.eos_token is None:
             raise ValueError(f"the tokenizer of {path!r} has neither a pad nor an EOS token; set `tokenizer.pad_token`.")
         tokenizer.pad_token = tokenizer.eos_token
-    if not allow_unsafe_pickle and not Path(path).is_dir():
-        model_kwargs.setdefault("use_safetensors", True)  # a hub id: never fall back to pickled weights
+    if not allow_unsafe_pickle:
+        model_kwargs.setdefault("use_safetensors", True)  # never fall back to pickled weights
     lm = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype, trust_remote_code=trust_remote_code, **model_kwargs)
     if adapter_path is not None:
         try:

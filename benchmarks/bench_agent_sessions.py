@@ -13,6 +13,10 @@ loop's prompts: 6 history items, 4 session steps, no worked example), in one pro
 
 Also: how many of 64 first-step greedy picks the fast agent shares with a float32 agent.
 
+``--adapter DIR`` puts a LoRA adapter on every model (a tuned agent keeps users longer, so later session steps,
+where reuse matters most, weigh more); ``--session-window block`` gives the fast agent the cache-friendly session
+window (its prompts, and so its sessions, then differ from agent-before's).
+
 Run: ``python benchmarks/bench_agent_sessions.py`` (SmolLM2-135M-Instruct, CPU). Prints a table and writes
 ``benchmarks/results/agent_sessions.json``.
 """
@@ -40,6 +44,9 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--batches", default="16,64", help="Comma-separated batch sizes (sessions played together).")
     parser.add_argument("--horizon", type=int, default=20, help="Session horizon (the loop's: 20).")
     parser.add_argument("--new-tokens", type=int, default=8, help="New tokens of the plain generate baseline.")
+    parser.add_argument("--adapter", default=None, help="LoRA adapter on both agents and generate (longer sessions)")
+    parser.add_argument("--session-window", default="sliding", choices=["sliding", "block"],
+                        help="the fast agent's session window (agent-before keeps sliding, as it had no other)")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's choice).")
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "agent_sessions.json"))
@@ -62,12 +69,15 @@ def main(argv: list[str] | None = None) -> dict:
     load_avg_start = os.getloadavg()
     world = synthetic()
 
-    f32_model, tok = load_model_and_tokenizer(args.model, device=device, dtype="float32")
-    auto_model, _ = load_model_and_tokenizer(args.model, device=device, dtype="auto")
+    f32_model, tok = load_model_and_tokenizer(args.model, device=device, dtype="float32", adapter=args.adapter)
+    auto_model, _ = load_model_and_tokenizer(args.model, device=device, dtype="auto", adapter=args.adapter)
     auto_dtype = str(next(auto_model.parameters()).dtype).replace("torch.", "")
 
     def agent(model, **kw):
         return LLMRecommender(model, tok, **LOOP_PROMPTS, **kw).bind(world)
+
+    def fast_agent(**kw):
+        return agent(auto_model, session_window=args.session_window, **kw)
 
     def play(policy, users, b):
         t0 = time.perf_counter()
@@ -90,9 +100,9 @@ def main(argv: list[str] | None = None) -> dict:
         users = world.test_users[:b]
         before = agent(f32_model, batch_size=b, session_cache_tokens=0)
         s_before, t_before = play(before, users, b)
-        fast_scored = agent(auto_model, batch_size=b)
+        fast_scored = fast_agent(batch_size=b)
         s_fast, t_fast = play(fast_scored, users, b)
-        fast_eval = agent(auto_model, batch_size=b, score_completions=False)
+        fast_eval = fast_agent(batch_size=b, score_completions=False)
         s_eval, t_eval = play(fast_eval, users, b)
 
         # generate on the prompts agent-before saw, grouped as its act_batch calls were (one call per step index).
@@ -118,6 +128,7 @@ def main(argv: list[str] | None = None) -> dict:
             "batch": b,
             "sessions": b,
             "user_steps": n_before,
+            "user_steps_fast": n_fast,
             "mean_session_len": n_before / b,
             "generate_user_steps_per_s": n_before / t_gen,
             "agent_before_user_steps_per_s": n_before / t_before,
@@ -159,6 +170,8 @@ def main(argv: list[str] | None = None) -> dict:
         "torch": torch.__version__,
         "world": world.describe(),
         "prompts": LOOP_PROMPTS,
+        "adapter": args.adapter,
+        "fast_session_window": args.session_window,
         "horizon": args.horizon,
         "generate_new_tokens": args.new_tokens,
         "first_step_agreement_fast_vs_float32": agreement,

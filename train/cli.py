@@ -452,7 +452,9 @@ def _on_sigterm(signum: int, frame: Any) -> None:
 
 def _resume_hint(args: argparse.Namespace, argv: Sequence[str]) -> str:
     """What was kept, and the command that continues, for an interrupted command."""
-    cmd = "ulrec " + " ".join(argv)
+    import shlex
+
+    cmd = "ulrec " + shlex.join(argv)
     if args.command in ("loop", "compare", "demo"):
         out = getattr(args, "out", None) or "runs/demo"
         again = cmd if "--resume" in argv or args.command == "compare" else cmd + " --resume"
@@ -466,8 +468,10 @@ def _resume_hint(args: argparse.Namespace, argv: Sequence[str]) -> str:
         again = cmd if "--resume" in argv else cmd + " --resume"
         return f"checkpoint {ckpt.name} is kept in {ckpt.parent}; continue with: {again}"
     out = getattr(args, "out", None)
-    kept = f"nothing was written to {out}" if out else "nothing was written"
-    return f"{kept}; run again: {cmd}"
+    if out and args.command in ("rollout", "label"):
+        again = cmd if "--overwrite" in argv else cmd + " --overwrite"
+        return f"{out} may hold part of the output; run again: {again}"
+    return f"nothing was kept; run again: {cmd}"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -483,7 +487,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         pass
     try:
         return int(args.func(args) or 0)
-    except (ValueError, TypeError, FileNotFoundError, ImportError) as e:
+    except (ValueError, TypeError, OSError, ImportError) as e:
         print(f"ulrec {args.command}: error: {e}", file=sys.stderr)
         return 2
     except (KeyboardInterrupt, _Terminated) as e:

@@ -289,7 +289,8 @@ def aligned_completion_logps(
 
     With ``prefix`` (from :func:`split_shared_prefix`), the prompt prefix every row shares runs once, as one row,
     and the rows run only their own tokens on top of its keys and values: the same numbers (gradients included)
-    for ``B - 1`` fewer copies of the prefix. The cache then holds ``prefix.layout``.
+    for ``B - 1`` fewer copies of the prefix, without dropout; with dropout in training the rows share one
+    dropout draw on the prefix. The cache then holds ``prefix.layout``.
 
     Returns:
         ``(seq_logps (B,), per_token (B, C), outputs)``; ``per_token`` is zero where ``batch.target_mask`` is 0.

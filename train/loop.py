@@ -218,7 +218,7 @@ def evaluate_llm(world, settings: LoopSettings, users: np.ndarray, adapter: str 
     with Progress(None, f"eval {name}", unit="user-step", enabled=progress) as bar:
         sessions = run_policy(policy, world, users, seed=settings.seed, env_settings=settings.env,
                               max_episode_steps=settings.max_episode_steps, batch_size=settings.gen_batch_size,
-                              on_step=bar.update, journal=journal)
+                              on_step=bar.update, journal=journal, journal_tag={"adapter": adapter, "model": settings.model})
     row = summarize(name, sessions, world, peeks=False, max_episode_steps=settings.max_episode_steps)
     return row
 
@@ -338,7 +338,8 @@ class _Run:
                                        env_settings=s.env, max_episode_steps=s.max_episode_steps,
                                        batch_size=s.gen_batch_size, prompt_builder=builder,
                                        completion_builder=_completion, progress=self.progress,
-                                       journal=self.journal(f"iter{k}/{name}"))
+                                       journal=self.journal(f"iter{k}/{name}"),
+                                       journal_tag={"adapter": adapter, "model": s.model, "teacher": teacher})
             summary = save_rollout(records, folder, {
                 "world": self.world.name, "world_fingerprint": self.world.fingerprint(),
                 "policy": s.teacher if teacher else "llm",

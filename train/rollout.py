@@ -46,6 +46,7 @@ def collect_rollouts(
     progress: bool = True,
     episode_offset: int = 0,
     journal: str | os.PathLike | None = None,
+    journal_tag: Any = None,
 ) -> list[StepRecord]:
     """Run ``policy`` for ``episodes`` sessions of ``split`` users and return one record per step.
 
@@ -67,7 +68,7 @@ def collect_rollouts(
         completion_builder: ``title -> completion`` for policies without records.
         progress: Show a progress bar.
         episode_offset: Added to episode ids (so several rollouts can be concatenated).
-        journal: Keep finished batches of sessions in this file and resume from it (see
+        journal, journal_tag: Keep finished batches of sessions in this file and resume from it (see
             :func:`agents.evaluation.run_policy`).
     """
     users = choose_users(world, split, episodes, seed)
@@ -76,7 +77,7 @@ def collect_rollouts(
         t0 = time.perf_counter()
         sessions = run_policy(wrapped, world, users, seed=seed, env_settings=env_settings,
                               max_episode_steps=max_episode_steps, batch_size=batch_size, keep_records=True,
-                              on_step=bar.update, journal=journal)
+                              on_step=bar.update, journal=journal, journal_tag=journal_tag)
     elapsed = time.perf_counter() - t0
     out: list[StepRecord] = []
     for r in sessions.records:

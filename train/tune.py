@@ -104,6 +104,14 @@ def _use_bf16(dtype: Any = "auto") -> bool:
     return resolve_dtype(dtype, resolve_device("auto")) == torch.bfloat16
 
 
+def _checkpointing_field() -> str:
+    """``activation_checkpointing`` (transformers >= 5.20) or ``gradient_checkpointing`` (before)."""
+    from transformers import TrainingArguments
+
+    names = {f.name for f in dataclasses.fields(TrainingArguments)}
+    return "activation_checkpointing" if "activation_checkpointing" in names else "gradient_checkpointing"
+
+
 def default_trainer_args(
     stage: Stage, output_dir: str | os.PathLike, *, lora: bool = True, seed: int = 0, dtype: Any = "auto",
     **overrides: Any
@@ -124,6 +132,9 @@ def default_trainer_args(
     """
     if stage not in _STAGES:
         raise ValueError(f"`stage` must be 'sft' or 'kto', got {stage!r}.")
+    if dtype == "float16":
+        raise ValueError("`dtype` float16 is not offered for tuning (no loss scaling here); use 'auto', 'bfloat16' "
+                         "or 'float32'.")
     common: dict[str, Any] = dict(
         output_dir=os.fspath(output_dir),
         num_train_epochs=3,
@@ -139,9 +150,10 @@ def default_trainer_args(
         # Without a GPU, say so: under `accelerate launch --multi_gpu --num_processes N` the processes then form
         # a gloo (CPU) data-parallel group instead of N unrelated single-process runs.
         use_cpu=not _has_gpu(),
-        activation_checkpointing=False,
         dataloader_num_workers=0,
     )
+    # Off: small models fit, and it costs one extra forward per step. transformers 5.20 renamed the field.
+    common[_checkpointing_field()] = False
     if stage == "sft":
         from trl import SFTConfig
 
@@ -321,13 +333,13 @@ def _prompt_format_version(meta: Mapping[str, Any]) -> Any:
     return PROMPT_FORMAT_VERSION
 
 
-def _load_model(model: Any, tokenizer: Any, cfg: TuneConfig) -> tuple[Any, Any, str]:
+def _load_model(model: Any, tokenizer: Any, cfg: TuneConfig, cfg_bf16: bool = False) -> tuple[Any, Any, str]:
     if model is None or isinstance(model, (str, os.PathLike)):
         from agents.models import load_model_and_tokenizer
 
         # On the CPU the weights stay float32 and bf16 comes from autocast (measured faster than bf16 weights with
-        # float32 LoRA weights); on a GPU "auto" loads bfloat16 weights as before.
-        weights = "auto" if _has_gpu() else "float32"
+        # float32 LoRA weights); on a GPU bf16 training loads bfloat16 weights, float32 training float32 ones.
+        weights = ("bfloat16" if cfg_bf16 else "float32") if _has_gpu() else "float32"
         lm, tok = load_model_and_tokenizer(model, dtype=weights, trust_remote_code=cfg.trust_remote_code,
                                            allow_unsafe_pickle=cfg.allow_unsafe_pickle)
         return lm, (tokenizer or tok), os.fspath(model) if model is not None else "smollm2"
@@ -429,7 +441,7 @@ def tune(
             dw, uw = recommend_weights(n_des, n_und)
             args = dataclasses.replace(args, desirable_weight=dw, undesirable_weight=uw)
 
-        lm, tok, base_id = _load_model(model, tokenizer, cfg)
+        lm, tok, base_id = _load_model(model, tokenizer, cfg, bool(args.bf16))
         ctx = _context_length(lm)
         if ctx is not None and (args.max_length is None or args.max_length > ctx):
             args = dataclasses.replace(args, max_length=int(ctx))

@@ -77,3 +77,20 @@ def test_journal_of_another_call_or_a_cut_line_is_not_trusted(small_world, tmp_p
     path.write_text(text[0] + "\n" + text[1] + "\n" + text[2][: len(text[2]) // 2])  # a crash mid-write
     _same(_run(small_world, users, path, seed=3), fresh)
     assert other.lengths.size == 8
+
+
+def test_a_cut_line_is_dropped_before_the_next_entry_and_records_must_match(small_world, tmp_path):
+    users = np.arange(12)
+    path = tmp_path / "j.jsonl"
+    whole = _run(small_world, users, path)
+    lines = path.read_text().splitlines()
+    path.write_text("\n".join(lines[:-1]) + "\n" + lines[-1][:20])  # the last batch's line cut by a crash
+    _same(_run(small_world, users, path), whole)
+    assert all(json.loads(x) for x in path.read_text().splitlines())  # the replayed entry starts its own line
+    CountingRandom.acted = 0
+    _same(_run(small_world, users, path), whole)
+    assert CountingRandom.acted == 0
+    # a journal written without records is not used by a call that keeps them
+    run_policy(CountingRandom(seed=0), small_world, users, seed=3, env_settings=STOCHASTIC, max_episode_steps=8,
+               batch_size=4, keep_records=False, journal=path)
+    assert len(_run(small_world, users, path).records) == len(whole.records)

@@ -105,3 +105,17 @@ def test_model_code_runs_only_with_trust_remote_code(tmp_path, tiny_model_dir):
     assert not marker.exists() and type(lm).__name__ == "LlamaForCausalLM"
     lm, _ = load_model_and_tokenizer(str(d), device="cpu", trust_remote_code=True)
     assert marker.exists() and type(lm).__name__ == "EvilModel"
+
+
+def test_a_stray_safetensors_file_does_not_open_the_pickled_weights(tmp_path, tiny_model_dir):
+    from agents.models import load_model_and_tokenizer
+
+    d = tmp_path / "model"
+    shutil.copytree(tiny_model_dir, d)
+    marker = tmp_path / "pwned"
+    (d / "model.safetensors").unlink()
+    (d / "pytorch_model.bin").write_bytes(pickle.dumps(_Gadget(marker)))
+    (d / "junk.safetensors").write_bytes(b"")
+    with pytest.raises(OSError, match="no file named model.safetensors"):  # told to read nothing else
+        load_model_and_tokenizer(str(d), device="cpu")
+    assert not marker.exists()

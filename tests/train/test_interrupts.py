@@ -30,7 +30,7 @@ def test_interrupt_exit_codes_and_hints(monkeypatch, capsys, tmp_path, exc, code
     assert f"ulrec loop: {word}" in err and f"continue with: ulrec loop --out {out} --resume" in err
     assert "Traceback" not in err
     assert main(["rollout", "--out", out, "--policy", "random"]) == code
-    assert "nothing was written" in capsys.readouterr().err
+    assert "may hold part of the output; run again: ulrec rollout" in capsys.readouterr().err
 
 
 def test_rollout_and_label_refuse_a_non_empty_folder(tmp_path, capsys):

@@ -204,3 +204,46 @@ def test_oversized_line_in_a_ratings_file(monkeypatch):
         ratings_mod.parse_ratings(data, "r.csv")
     monkeypatch.setattr(ratings_mod, "MAX_LINE_BYTES", 10_000)
     assert len(ratings_mod.parse_ratings(data, "r.csv").rating) == 3
+
+
+class _Reduce:
+    def __init__(self, *reduce_value):
+        self.value = reduce_value
+
+    def __reduce__(self):
+        return self.value
+
+
+@pytest.mark.parametrize("name, blob", [
+    # numpy's own constructor on raw bytes with an object dtype: the bytes would be read as pointers
+    ("ndarray on a buffer, object dtype", lambda: pickle.dumps(_Reduce(np.ndarray, ((1,), np.dtype("O"), b"A" * 8)))),
+    ("object array", lambda: pickle.dumps(np.array([1, "a"], dtype=object))),
+    ("structured array", lambda: pickle.dumps(np.zeros(2, dtype=[("a", "f8"), ("b", "i4")]))),
+    ("void scalar", lambda: pickle.dumps(np.zeros(1, dtype="V8")[0])),
+    ("a bare dtype with a state", lambda: pickle.dumps(_Reduce(np.dtype, ("f8", False, True), (3, ">", None, None, None, -1, -1, 0)))),
+])
+def test_numpy_gadgets_are_refused_without_building_them(tmp_path, name, blob):
+    path = tmp_path / "x.pickle"
+    path.write_bytes(blob())
+    with pytest.raises((UnsafeFileError, ValueError)):
+        load_pickle_array(path)
+    assert np.dtype("f8").byteorder == "=" and np.dtype("f8").fields is None  # the shared dtype is untouched
+
+
+def test_a_list_that_contains_itself_is_refused(tmp_path):
+    a = [1.0]
+    a.append(a)
+    path = tmp_path / "x.pickle"
+    path.write_bytes(pickle.dumps(a))
+    with pytest.raises(UnsafeFileError, match="deeper than 8"):
+        load_pickle_array(path)
+
+
+def test_fortran_and_big_endian_arrays_load_as_they_were(tmp_path):
+    for a in (np.asfortranarray(np.arange(6.0).reshape(2, 3)), np.arange(5, dtype=">i4"), np.array(True)):
+        for protocol in (2, 4, 5):
+            path = tmp_path / "x.pickle"
+            path.write_bytes(pickle.dumps(a, protocol=protocol))
+            out = load_pickle_array(path)
+            np.testing.assert_array_equal(out, a)
+            assert out.dtype == a.dtype
