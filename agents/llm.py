@@ -226,7 +226,6 @@ class LLMRecommender(Policy):
         dtype: Any = None,
         trust_remote_code: bool = False,
         allow_unsafe_pickle: bool = False,
-        merge_adapter: bool = True,
         **kwargs: Any,
     ) -> "LLMRecommender":
         """Load a model (default: the packaged SmolLM2-135M-Instruct) and wrap it as a recommender.
@@ -242,9 +241,6 @@ class LLMRecommender(Policy):
                 see :func:`agents.models.resolve_dtype`), ``"float32"``, ``"bfloat16"``, or a torch dtype.
             trust_remote_code, allow_unsafe_pickle: See :func:`agents.models.load_model_and_tokenizer`; both off:
                 no code shipped with the model runs and only safetensors weights are read.
-            merge_adapter: Fold the adapter into the base weights (the agent only decodes; the same decisions up
-                to float rounding, about twice as fast with LoRA on every linear layer of 10 blocks). ``False``
-                keeps the ``PeftModel`` (e.g. to switch or train adapters on it).
             **kwargs: Other constructor arguments (``seed``, ``max_session``, ``session_window``, ``max_new_tokens``,
                 ``name``).
         """
@@ -259,8 +255,7 @@ class LLMRecommender(Policy):
                 if key in prompt and key not in kwargs:
                     kwargs[key] = prompt[key]
         lm, tok = load_model_and_tokenizer(model, device=device, dtype=dtype, adapter=adapter,
-                                           trust_remote_code=trust_remote_code, allow_unsafe_pickle=allow_unsafe_pickle,
-                                           merge_adapter=merge_adapter)
+                                           trust_remote_code=trust_remote_code, allow_unsafe_pickle=allow_unsafe_pickle)
         return cls(
             lm, tok, temperature=temperature, top_p=top_p, max_history=max_history, grounding=grounding,
             mask_recommended=mask_recommended, batch_size=batch_size, **kwargs,

@@ -341,7 +341,6 @@ def load_model_and_tokenizer(
     *,
     trust_remote_code: bool = False,
     allow_unsafe_pickle: bool = False,
-    merge_adapter: bool = False,
     **model_kwargs: Any,
 ) -> tuple["PreTrainedModel", "PreTrainedTokenizerBase"]:
     """Load a causal language model and its tokenizer, ready for decoding or fine-tuning.
@@ -358,9 +357,6 @@ def load_model_and_tokenizer(
             option of the same name). Off unless you pass it: a model folder is data, not code.
         allow_unsafe_pickle: Accept pickled weights (``pytorch_model.bin``, ``adapter_model.bin``) from folders
             you trust; by default only safetensors are read.
-        merge_adapter: Fold the adapter's LoRA weights into the base weights (``merge_and_unload``): a plain
-            model again, for inference only. Unmerged LoRA layers ran the SmolLM2 agent at about half its speed
-            here (two extra small matmuls and a module call per adapted linear layer).
         **model_kwargs: Passed to ``AutoModelForCausalLM.from_pretrained``.
 
     Returns:
@@ -398,8 +394,6 @@ def load_model_and_tokenizer(
         except ImportError as e:  # pragma: no cover
             raise ImportError("loading `adapter` needs peft; install it with `pip install ulrec[llm]`.") from e
         lm = PeftModel.from_pretrained(lm, str(adapter_path))
-        if merge_adapter:
-            lm = lm.merge_and_unload()
     lm.to(dev)
     lm.eval()
     return lm, tokenizer

@@ -14,8 +14,7 @@ loop's prompts: 6 history items, 4 session steps, no worked example), in one pro
 Also: how many of 64 first-step greedy picks the fast agent shares with a float32 agent.
 
 ``--adapter DIR`` puts a LoRA adapter on every model (a tuned agent keeps users longer, so later session steps,
-where reuse matters most, weigh more): unmerged for agent-before and generate, as the agent loaded it before,
-merged into the weights for the fast agent (``LLMRecommender.from_pretrained(merge_adapter=True)``); ``--session-window block`` gives the fast agent the cache-friendly session
+where reuse matters most, weigh more); ``--session-window block`` gives the fast agent the cache-friendly session
 window (its prompts, and so its sessions, then differ from agent-before's).
 
 Run: ``python benchmarks/bench_agent_sessions.py`` (SmolLM2-135M-Instruct, CPU). Prints a table and writes
@@ -70,10 +69,8 @@ def main(argv: list[str] | None = None) -> dict:
     load_avg_start = os.getloadavg()
     world = synthetic()
 
-    # agent-before gets the adapter as the agent had it (an unmerged PeftModel); the fast agent a merged one.
     f32_model, tok = load_model_and_tokenizer(args.model, device=device, dtype="float32", adapter=args.adapter)
-    auto_model, _ = load_model_and_tokenizer(args.model, device=device, dtype="auto", adapter=args.adapter,
-                                             merge_adapter=True)
+    auto_model, _ = load_model_and_tokenizer(args.model, device=device, dtype="auto", adapter=args.adapter)
     auto_dtype = str(next(auto_model.parameters()).dtype).replace("torch.", "")
 
     def agent(model, **kw):

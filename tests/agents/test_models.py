@@ -55,9 +55,7 @@ def test_load_local_folder_and_adapter(saved_tiny, tmp_path, small_world):
     lora = peft.get_peft_model(model, peft.LoraConfig(r=2, target_modules=["q_proj", "v_proj"], init_lora_weights=False))
     lora.save_pretrained(tmp_path / "adapter")
     agent = LLMRecommender.from_pretrained(saved_tiny, adapter=tmp_path / "adapter", device="cpu").bind(small_world)
-    assert not type(agent.model).__name__.startswith("Peft")  # merged into the weights for decoding
-    loaded, _ = models.load_model_and_tokenizer(saved_tiny, adapter=tmp_path / "adapter", device="cpu")
-    assert type(loaded).__name__.startswith("Peft")  # the loader keeps the PeftModel unless asked to merge
+    assert type(agent.model).__name__.startswith("Peft")
     env = ULRecVectorEnv(num_envs=2, world=small_world)
     obs, _ = env.reset(seed=0)
     items, records = agent.act_batch(obs)
@@ -136,29 +134,3 @@ def test_adapter_sidecar_sets_the_session_window(saved_tiny, tmp_path, tiny_mode
     assert (a.max_history, a.max_session, a.session_window) == (4, 3, "block")
     (d / "ulrec_adapter.json").write_text(json.dumps({"prompt": {"max_history": 4, "max_session": 3}}))
     assert LLMRecommender.from_pretrained(saved_tiny, adapter=d, device="cpu").session_window == "sliding"
-
-
-def test_merged_adapter_decides_as_the_peft_model(saved_tiny, tmp_path, tiny_model, small_world):
-    import torch
-    from peft import LoraConfig, PeftModel, get_peft_model
-
-    from agents.llm import LLMRecommender
-    from ulrec_env import ULRecVectorEnv
-
-    peft = get_peft_model(tiny_model, LoraConfig(r=4, target_modules=["q_proj", "v_proj", "down_proj"], init_lora_weights=False))
-    d = tmp_path / "adapter"
-    peft.save_pretrained(d)
-    merged = LLMRecommender.from_pretrained(saved_tiny, adapter=d, device="cpu")
-    kept = LLMRecommender.from_pretrained(saved_tiny, adapter=d, device="cpu", merge_adapter=False)
-    plain = LLMRecommender.from_pretrained(saved_tiny, device="cpu")
-    assert not isinstance(merged.model, PeftModel) and isinstance(kept.model, PeftModel)
-    env = ULRecVectorEnv(num_envs=6, world=small_world, autoreset_mode="disabled")
-    obs, _ = env.reset(seed=0)
-    a, ra = merged.bind(small_world).act_batch(obs)
-    b, rb = kept.bind(small_world).act_batch(obs)
-    assert a.tolist() == b.tolist()
-    assert [r.logprob for r in ra] == pytest.approx([r.logprob for r in rb], abs=1e-4)
-    # the adapter is not a no-op: without it the log-probabilities differ
-    _, rc = plain.bind(small_world).act_batch(obs)
-    assert [r.logprob for r in rc] != pytest.approx([r.logprob for r in ra], abs=1e-4)
-    assert torch.is_tensor(next(merged.model.parameters()))
