@@ -41,6 +41,7 @@ from accelerate.utils import is_peft_model
 from trl.trainer.kto_trainer import DataCollatorForUnpairedPreference
 from trl.trainer.utils import use_adapter
 
+from agents.llm import _cache_layers
 from train.encoding import EncodingReport, encode_examples
 from train.labeling import TRL_WEIGHT_BAND, weighted_ratio
 
@@ -272,9 +273,7 @@ def _cache_with_prefix(model: Any, prefix: SharedPrefix, rows: int) -> Any:
     ids = prefix.ids[None]
     pre = model(input_ids=ids, attention_mask=torch.ones_like(ids), position_ids=torch.arange(ids.size(1), device=ids.device)[None],
                 logits_to_keep=1, use_cache=True)
-    cache = _output_cache(pre)
-    layers = [(layer.keys, layer.values) for layer in cache.layers] if hasattr(cache, "layers") else list(
-        zip(cache.key_cache, cache.value_cache))
+    layers = _cache_layers(_output_cache(pre))
     return DynamicCache(ddp_cache_data=[(k.expand(rows, -1, -1, -1), v.expand(rows, -1, -1, -1)) for k, v in layers])
 
 

@@ -17,6 +17,8 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("trl")
 
+from tests.train.test_loop import _stages, adapter_weights, comparable_evals  # noqa: E402
+
 pytestmark = pytest.mark.slow
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -31,24 +33,6 @@ def _argv(model, out):
             "--episodes", "10", "--eval-episodes", "8", "--max-episode-steps", "6", "--max-steps", "5",
             "--save-steps", "1", "--train-batch-size", "4", "--gen-batch-size", "3", "--min-positives", "1",
             "--min-rating", "3.0", "--temperature", "1.0", "--references", "greedy", "--out", str(out), "--no-progress"]
-
-
-def _stages(out):
-    p = out / "manifest.json"
-    return json.loads(p.read_text())["stages"] if p.is_file() else {}
-
-
-def _evals(out):
-    def strip(e):
-        return {k: v for k, v in e.items() if k not in ("seconds", "user_steps_per_s", "adapter", "training")}
-
-    return [strip(e) for e in json.loads((out / "metrics.json").read_text())["evals"]]
-
-
-def _weights(folder):
-    from safetensors.torch import load_file
-
-    return load_file(str(folder / "adapter_model.safetensors"))
 
 
 def _journal_lines(out, stage):
@@ -103,10 +87,10 @@ def test_kill_9_at_ten_moments_then_resume(tmp_path, tiny_model_dir):
         assert res.returncode == 0, res.stderr[-3000:]
         mismatches = [f for f in DATA_FILES if (out / f).read_bytes() != (whole / f).read_bytes()]
         for a in ADAPTERS:
-            wa, wb = _weights(whole / a), _weights(out / a)
+            wa, wb = adapter_weights(whole / a), adapter_weights(out / a)
             if wa.keys() != wb.keys() or not all(torch.allclose(wa[k], wb[k], rtol=1e-4, atol=1e-6) for k in wa):
                 mismatches.append(a)
-        if _evals(out) != _evals(whole):
+        if comparable_evals(out) != comparable_evals(whole):
             mismatches.append("metrics.json evals")
         report.append({"kill": i, "target": stage, "trigger": trigger, "during": during, "checkpoints": checkpoints,
                        "journals": journals, "mismatches": mismatches})

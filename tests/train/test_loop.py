@@ -148,8 +148,6 @@ def test_prompt_rules_read_no_more_than_the_prompt(tiny_model_dir):
 
 def test_kill_9_inside_a_tuning_stage_resumes_from_its_checkpoint(tmp_path, tiny_model_dir):
     """Killed after the KTO stage's first checkpoint, the resumed run ends as an uninterrupted one."""
-    from safetensors.torch import load_file
-
     def argv(out):
         return ["loop", "--world", "synthetic:3", "--model", tiny_model_dir, "--iterations", "1", "--episodes", "10",
                 "--eval-episodes", "6", "--max-episode-steps", "5", "--max-steps", "6", "--save-steps", "1",
@@ -172,13 +170,22 @@ def test_kill_9_inside_a_tuning_stage_resumes_from_its_checkpoint(tmp_path, tiny
     assert sidecar["resumed_from_step"] >= 1 and sidecar["global_step"] == 6
     for f in ("iter1/rollout/steps.jsonl", "iter1/labels/examples.jsonl"):
         assert (cut / f).read_bytes() == (whole / f).read_bytes(), f
-    a = load_file(str(whole / "iter1" / "ulrec" / "adapter_model.safetensors"))
-    b = load_file(str(cut / "iter1" / "ulrec" / "adapter_model.safetensors"))
+    a, b = adapter_weights(whole / "iter1" / "ulrec"), adapter_weights(cut / "iter1" / "ulrec")
     for k in a:
         torch.testing.assert_close(b[k], a[k], rtol=1e-4, atol=1e-6)
-    def strip(e):  # wall times and the run folder's own paths differ; everything else must not
+    assert comparable_evals(whole) == comparable_evals(cut)
+
+
+def adapter_weights(folder):
+    from safetensors.torch import load_file
+
+    return load_file(str(folder / "adapter_model.safetensors"))
+
+
+def comparable_evals(out):
+    """metrics.json's evaluations without what differs between two runs of the same settings (wall times, the
+    run folder's own paths)."""
+    def strip(e):
         return {k: v for k, v in e.items() if k not in ("seconds", "user_steps_per_s", "adapter", "training")}
 
-    ev_a = [strip(e) for e in json.loads((whole / "metrics.json").read_text())["evals"]]
-    ev_b = [strip(e) for e in json.loads((cut / "metrics.json").read_text())["evals"]]
-    assert ev_a == ev_b
+    return [strip(e) for e in json.loads((out / "metrics.json").read_text())["evals"]]

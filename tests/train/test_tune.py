@@ -162,12 +162,6 @@ def test_bf16_mixed_precision_trains_and_is_recorded(stage, data_dir, tiny_model
     assert read_sidecar(f32.out)["dtype"] == {"compute": "float32", "weights": "float32"}
 
 
-def _lora_state(folder):
-    from safetensors.torch import load_file
-
-    return load_file(str(folder / "adapter_model.safetensors"))
-
-
 @pytest.mark.parametrize("stage", ["sft", "kto"])
 def test_interrupted_stage_resumes_from_its_checkpoint(stage, data_dir, tiny_model_factory, tiny_tokenizer,
                                                        default_world, tmp_path, monkeypatch):
@@ -209,7 +203,9 @@ def test_interrupted_stage_resumes_from_its_checkpoint(stage, data_dir, tiny_mod
     assert resumed.sidecar["resumed_from_step"] == 2 and resumed.global_step == 4
     assert steps_run == [3, 4]  # only the steps after the checkpoint ran
     assert not checkpoint_dir(out).exists()
-    a, b = _lora_state(whole.out), _lora_state(resumed.out)
+    from tests.train.test_loop import adapter_weights
+
+    a, b = adapter_weights(whole.out), adapter_weights(resumed.out)
     assert a.keys() == b.keys()
     for k in a:
         torch.testing.assert_close(b[k], a[k], rtol=1e-4, atol=1e-6)

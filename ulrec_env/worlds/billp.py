@@ -66,17 +66,25 @@ def _read_distance_file(folder: Path, split: str, allow_unsafe_pickle: bool) -> 
     if not pickled.is_file():
         raise ValueError(f"{pickled}: file not found (the pickled items x items distance matrix; "
                          f"or {npy.name}, as `ulrec convert-billp` writes it).")
+    return _pickled_matrix(pickled, allow_unsafe_pickle), pickled
+
+
+def _pickled_matrix(pickled: Path, allow_unsafe_pickle: bool) -> np.ndarray:
+    """The float32 matrix a distance pickle holds (a torch tensor only with ``allow_unsafe_pickle``)."""
     obj = load_pickle_array(pickled, allow_unsafe_pickle=allow_unsafe_pickle)
-    if hasattr(obj, "detach"):  # a torch tensor, only reachable with allow_unsafe_pickle
+    if hasattr(obj, "detach"):
         obj = obj.detach().cpu().numpy()
-    return obj, pickled
+    try:
+        return np.asarray(obj, dtype=np.float32)
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"{pickled}: the distance matrix is not numeric ({e}).") from None
 
 
 def _load_distance(folder: Path, split: str, n_items: int, allow_unsafe_pickle: bool = False) -> np.ndarray:
     obj, path = _read_distance_file(folder, split, allow_unsafe_pickle)
     try:
         arr = np.asarray(obj, dtype=np.float32)
-    except (TypeError, ValueError) as e:
+    except (TypeError, ValueError) as e:  # a .npy of another dtype
         raise ValueError(f"{path}: the distance matrix is not numeric ({e}).") from None
     if arr.shape != (n_items, n_items):
         raise ValueError(f"{path}: distance matrix has shape {arr.shape}, expected ({n_items}, {n_items}) "
@@ -105,13 +113,7 @@ def convert_billp(path: str | Path, dataset: str = "steam", *, allow_unsafe_pick
     written = []
     for pickled in sorted(folder.glob("*_distance_mat.pickle")):
         split = pickled.name[: -len("_distance_mat.pickle")]
-        obj = load_pickle_array(pickled, allow_unsafe_pickle=allow_unsafe_pickle)
-        if hasattr(obj, "detach"):
-            obj = obj.detach().cpu().numpy()
-        try:
-            arr = np.asarray(obj, dtype=np.float32)
-        except (TypeError, ValueError) as e:
-            raise ValueError(f"{pickled}: the distance matrix is not numeric ({e}).") from None
+        arr = _pickled_matrix(pickled, allow_unsafe_pickle)
         if arr.ndim != 2 or arr.shape[0] != arr.shape[1]:
             raise ValueError(f"{pickled}: expected a square items x items matrix, got shape {arr.shape}.")
         npy = _distance_paths(folder, split)[1]
