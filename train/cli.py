@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import math
 import sys
 from typing import Any, Sequence
@@ -53,13 +54,13 @@ def _add_trust_options(g: Any) -> None:
 
 
 def _env_settings(args: argparse.Namespace) -> dict[str, Any]:
-    keys = ("leave_rule", "window", "distance_threshold", "min_rating", "leave_penalty", "stochastic", "satisfaction_floor")
-    return {k: getattr(args, k) for k in keys if getattr(args, k, None) is not None}
+    return {k: getattr(args, k) for k in _ENV_DESTS if getattr(args, k, None) is not None}
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ulrec", description="Long-term LLM recommendation: simulate, benchmark, tune.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    parser.loop_parsers = {}  # type: ignore[attr-defined]  # `loop` and `compare`, for parse_command
 
     b = sub.add_parser("bench", help="benchmark policies in the environment; prints a table, writes JSON and a plot")
     _add_env_options(b)
@@ -130,6 +131,7 @@ def build_parser() -> argparse.ArgumentParser:
                           ("compare", "the paper's table: base, ULRec-P, ULRec, ablations, baselines (trains what it needs)")):
         lp = sub.add_parser(cmd, help=helptext)
         _add_loop_options(lp)
+        parser.loop_parsers[cmd] = lp  # type: ignore[attr-defined]
         if cmd == "compare":
             lp.add_argument("--json", default=None, help="write the table in the `ulrec bench` JSON format")
             lp.add_argument("--plot", default=None, help="write a PNG plot of the table")
@@ -150,10 +152,36 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _add_loop_options(p: argparse.ArgumentParser) -> None:
+_ENV_DESTS = ("leave_rule", "window", "distance_threshold", "min_rating", "leave_penalty", "stochastic", "satisfaction_floor")
+#: Options whose settings field has another name.
+_DEST_FIELDS = {"no_sft_first": "sft_first", **{d: "env" for d in _ENV_DESTS}}
+
+
+def parse_command(argv: Sequence[str]) -> argparse.Namespace:
+    """Parse a command line; for `loop` and `compare` also note which settings fields the typed options set
+    (``args.typed``), so that a preset or a resumed run takes exactly those over its own values, even one typed
+    with the default's value."""
     from train.loop import LoopSettings
 
+    argv = list(argv)
+    args = build_parser().parse_args(argv)
+    probe = build_parser().loop_parsers.get(args.command)  # type: ignore[attr-defined]
+    if probe is not None:
+        for action in probe._actions:  # a fresh copy without defaults: what it parses is what was typed
+            action.default = argparse.SUPPRESS
+        typed, _ = probe.parse_known_args(argv[argv.index(args.command) + 1:])
+        fields = {f.name for f in dataclasses.fields(LoopSettings)} - {"preset", "preset_overrides"}
+        args.typed = sorted({_DEST_FIELDS.get(d, d) for d in vars(typed)} & fields)
+    return args
+
+
+def _add_loop_options(p: argparse.ArgumentParser) -> None:
+    from train.loop import PRESETS, LoopSettings
+
     dflt = LoopSettings()
+    p.add_argument("--preset", choices=sorted(PRESETS), default=None,
+                   help="start from a named recipe (headline: the README's learning run); options typed with it "
+                        "override its values and are recorded")
     _add_env_options(p)
     p.add_argument("--model", default=None, help="base model: smollm2 (default), a local folder or a HF id")
     p.add_argument("--iterations", type=int, default=dflt.iterations)
@@ -182,6 +210,16 @@ def _add_loop_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--extra-negatives", type=int, default=dflt.extra_negatives)
     p.add_argument("--references", default=",".join(dflt.references), help="baselines drawn as reference lines ('' for none)")
     p.add_argument("--teacher", default=None, help="a baseline (genre-cycle, mmr, oracle, ...) whose sessions are the first rollouts")
+    p.add_argument("--top-p", type=float, default=dflt.top_p, help="nucleus sampling of rollouts")
+    p.add_argument("--reference", choices=["init", "ulrec-p"], default=dflt.reference,
+                   help="reference policy of each KTO stage: the adapter it starts from (init) or ULRec-P every time")
+    p.add_argument("--replay", type=int, default=dflt.replay,
+                   help="KTO data also holds the labelled own sessions of this many earlier iterations")
+    p.add_argument("--teacher-replay", action=argparse.BooleanOptionalAction, default=dflt.teacher_replay,
+                   help="KTO data of every iteration also holds the teacher's desirable steps")
+    p.add_argument("--loss-type", choices=["kto", "apo_zero_unpaired"], default=dflt.loss_type, help="TRL's unpaired loss")
+    p.add_argument("--kto-lr-decay", type=float, default=dflt.kto_lr_decay,
+                   help="KTO learning rate of iteration k: --kto-learning-rate times this to the power k-1")
     p.add_argument("--seed", type=int, default=dflt.seed)
     p.add_argument("--save-steps", type=int, default=dflt.save_steps,
                    help=f"checkpoint tuning stages every N optimizer steps (default {dflt.save_steps})")
@@ -207,7 +245,8 @@ def _loop_settings(args: argparse.Namespace):
         sft_max_steps=args.sft_max_steps, kto_max_steps=args.kto_max_steps,
         min_positives=args.min_positives, extra_negatives=args.extra_negatives,
         references=tuple(r for r in args.references.split(",") if r), teacher=args.teacher, seed=args.seed,
-        dtype=args.dtype, save_steps=args.save_steps,
+        dtype=args.dtype, save_steps=args.save_steps, top_p=args.top_p, reference=args.reference, replay=args.replay,
+        teacher_replay=args.teacher_replay, loss_type=args.loss_type, kto_lr_decay=args.kto_lr_decay,
     )
 
 
@@ -222,25 +261,39 @@ def _print_evals(doc: dict) -> None:
 
 
 def _settings_for(args: argparse.Namespace):
-    """The loop settings of this command. Resuming a run, they are the saved ones with the options this command
-    sets to other than their defaults laid over them (so `--resume` alone continues a run as it was; options set
-    to their default value are not compared)."""
-    import dataclasses
+    """The loop settings of this command: a preset's (``--preset``) or the defaults, with the typed options laid
+    over them; resuming a run, the saved ones with the typed options laid over them (so `--resume` alone
+    continues a run as it was). ``args.typed`` (from :func:`parse_command`) says which options were typed; without
+    it, options set to other than their defaults count as typed."""
     import json
     from pathlib import Path
 
-    from train.loop import LoopSettings
+    from train.loop import PRESETS, LoopSettings
     from ulrec_env.safe_io import read_text_bounded
 
     given = _loop_settings(args)
     path = Path(args.out) / "settings.json"
-    if not path.is_file() or not (args.command == "compare" or args.resume):
+    resuming = path.is_file() and (args.command == "compare" or args.resume)
+    preset = getattr(args, "preset", None)
+    if not resuming and preset is None:
         return given
-    saved = LoopSettings.from_dict(json.loads(read_text_bounded(path, "a run's settings.json")))
-    defaults = _loop_settings(build_parser().parse_args([args.command, "--out", args.out]))
-    typed = {f.name: getattr(given, f.name) for f in dataclasses.fields(LoopSettings)
-             if getattr(given, f.name) != getattr(defaults, f.name)}
-    return dataclasses.replace(saved, **typed)
+    typed = getattr(args, "typed", None)
+    if typed is None:
+        defaults = _loop_settings(build_parser().parse_args([args.command, "--out", args.out]))
+        typed = [f.name for f in dataclasses.fields(LoopSettings) if getattr(given, f.name) != getattr(defaults, f.name)]
+    if resuming:
+        base = LoopSettings.from_dict(json.loads(read_text_bounded(path, "a run's settings.json")))
+        if preset is not None and base.preset != preset:
+            raise ValueError(f"{args.out} holds a run of {'preset ' + repr(base.preset) if base.preset else 'no preset'}, "
+                             f"not --preset {preset}; drop --preset to resume it, or choose another --out.")
+    else:
+        base = PRESETS[preset]
+    over = {name: getattr(given, name) for name in typed}
+    if "env" in over:
+        over["env"] = {**base.env, **given.env}
+    if resuming:
+        return dataclasses.replace(base, **over)
+    return dataclasses.replace(base, **over, preset=preset, preset_overrides=tuple(sorted(over)))
 
 
 def _cmd_loop(args: argparse.Namespace) -> int:
@@ -478,8 +531,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     import signal
 
     argv = list(sys.argv[1:] if argv is None else argv)
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parse_command(argv)
     previous = None
     try:
         previous = signal.signal(signal.SIGTERM, _on_sigterm)

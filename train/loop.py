@@ -33,9 +33,13 @@ import numpy as np
 from ulrec_env.storage import atomic_write_text
 from ulrec_env.safe_io import read_text_bounded
 
-__all__ = ["LoopSettings", "Manifest", "run_loop", "run_compare", "evaluate_llm", "REFERENCE_POLICIES"]
+__all__ = ["LoopSettings", "Manifest", "run_loop", "run_compare", "evaluate_llm", "REFERENCE_POLICIES", "PRESETS",
+           "describe_settings"]
 
 REFERENCE_POLICIES = ("random", "greedy", "mmr", "oracle")
+REFERENCE_CHOICES = ("init", "ulrec-p")
+KTO_LOSS_TYPES = ("kto", "apo_zero_unpaired")
+PRESETS_NAMES = ("headline",)
 
 
 @dataclass(frozen=True)
@@ -84,6 +88,17 @@ class LoopSettings:
         save_steps: Tuning stages write a checkpoint every N optimizer steps (about two minutes of work at the
             loop's default sizes on 2 CPU cores); ``--resume`` continues an interrupted stage from its newest one.
             ``None``: no checkpoints inside stages (an interrupted stage starts over).
+        reference: The reference policy of each KTO stage: ``"init"`` (the adapter the stage starts from: ULRec-P
+            at iteration 1, ULRec of the previous iteration after) or ``"ulrec-p"`` (ULRec-P in every iteration,
+            a fixed anchor; needs ``sft_first``).
+        replay: KTO data of iteration k also holds the labelled own sessions of the ``replay`` iterations before
+            it (0: only iteration k's).
+        teacher_replay: KTO data of every iteration also holds the teacher's desirable steps (ULRec-P's SFT
+            data; needs ``teacher``).
+        loss_type: TRL's KTO loss for unpaired data: ``"kto"`` or ``"apo_zero_unpaired"``.
+        kto_lr_decay: The KTO learning rate of iteration k is ``kto_learning_rate * kto_lr_decay ** (k - 1)``.
+        preset: The named preset (see :data:`PRESETS`) these settings started from, if any.
+        preset_overrides: The fields given on the command line over the preset's values.
     """
 
     world: str = "synthetic"
@@ -118,6 +133,13 @@ class LoopSettings:
     seed: int = 0
     dtype: str = "auto"
     save_steps: int | None = 25
+    reference: str = "init"
+    replay: int = 0
+    teacher_replay: bool = False
+    loss_type: str = "kto"
+    kto_lr_decay: float = 1.0
+    preset: str | None = None
+    preset_overrides: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         from agents.models import DTYPE_CHOICES
@@ -152,6 +174,27 @@ class LoopSettings:
             raise ValueError(f"`teacher` must be None or a baseline ({', '.join(p for p in POLICY_NAMES if p != 'llm')}), "
                              f"got {self.teacher!r}.")
         object.__setattr__(self, "env", dict(self.env))
+        if self.reference not in REFERENCE_CHOICES:
+            raise ValueError(f"`reference` must be one of {', '.join(REFERENCE_CHOICES)}, got {self.reference!r}.")
+        if self.reference == "ulrec-p" and not self.sft_first:
+            raise ValueError("`reference` 'ulrec-p' needs ULRec-P (sft_first=True); use reference='init' with --no-sft-first.")
+        if isinstance(self.replay, bool) or not isinstance(self.replay, int) or self.replay < 0:
+            raise ValueError(f"`replay` must be a non-negative integer (earlier iterations), got {self.replay!r}.")
+        if not isinstance(self.teacher_replay, bool):
+            raise ValueError(f"`teacher_replay` must be True or False, got {self.teacher_replay!r}.")
+        if self.teacher_replay and self.teacher is None:
+            raise ValueError("`teacher_replay` needs a `teacher` (its sessions are what is replayed).")
+        if self.loss_type not in KTO_LOSS_TYPES:
+            raise ValueError(f"`loss_type` must be one of {', '.join(KTO_LOSS_TYPES)}, got {self.loss_type!r}.")
+        if isinstance(self.kto_lr_decay, bool) or not isinstance(self.kto_lr_decay, (int, float)) or not 0 < self.kto_lr_decay <= 1:
+            raise ValueError(f"`kto_lr_decay` must be in (0, 1], got {self.kto_lr_decay!r}.")
+        if self.preset is not None and self.preset not in PRESETS_NAMES:
+            raise ValueError(f"`preset` must be None or one of {', '.join(PRESETS_NAMES)}, got {self.preset!r}.")
+        object.__setattr__(self, "preset_overrides", tuple(self.preset_overrides))
+        names = {f.name for f in dataclasses.fields(self)}
+        bad = [o for o in self.preset_overrides if o not in names]
+        if bad:
+            raise ValueError(f"`preset_overrides` names unknown field(s) {bad}.")
 
     def prompt_options(self) -> dict[str, Any]:
         """How prompts are written; stored with rollouts, labels and adapters so the agent can match them."""
@@ -168,6 +211,7 @@ class LoopSettings:
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
         d["references"] = list(self.references)
+        d["preset_overrides"] = list(self.preset_overrides)
         return d
 
     @classmethod
@@ -176,7 +220,11 @@ class LoopSettings:
         unknown = set(d) - names
         if unknown:
             raise ValueError(f"settings.json has unknown field(s) {sorted(unknown)}; it was written by another version.")
-        return cls(**{k: (tuple(v) if k == "references" else v) for k, v in d.items()})
+        return cls(**{k: (tuple(v) if k in ("references", "preset_overrides") else v) for k, v in d.items()})
+
+    def kto_learning_rate_at(self, k: int) -> float:
+        """The KTO learning rate of iteration ``k`` (1-based)."""
+        return self.kto_learning_rate * self.kto_lr_decay ** (k - 1)
 
 
 class Manifest:
@@ -281,6 +329,7 @@ class _Run:
             self.out.mkdir(parents=True, exist_ok=True)
             atomic_write_text(settings_file, json.dumps(settings.to_dict(), indent=2))
         self.settings, self.progress, self.log = settings, progress, log
+        log(describe_settings(settings))
         self.manifest = Manifest(self.out)
         from ulrec_env.worlds.spec import world_from_spec
 
@@ -367,8 +416,42 @@ class _Run:
 
         return self.stage(f"iter{k}/{'label' if name == 'labels' else name}", run, folder)
 
+    def merge_data(self, k: int, own: str, own_rollout: str) -> dict[str, Any]:
+        """Iteration ``k``'s KTO data: its own labels (``own``), the own labels of the ``replay`` iterations
+        before it and, with ``teacher_replay``, the teacher's desirable steps; written to ``iterK/kto-data``."""
+        folder = self.out / f"iter{k}" / "kto-data"
+
+        def run() -> dict[str, Any]:
+            from train.labeling import label_counts, load_examples, save_examples
+
+            s = self.settings
+            sources = [self.out / f"iter{k}" / own]  # iteration j's own sessions: the teacher played iteration 1's
+            sources += [self.out / f"iter{j}" / ("labels-own" if j == 1 and s.teacher is not None else "labels")
+                        for j in range(max(1, k - s.replay), k)]
+            examples: list[dict[str, Any]] = []
+            counts = {}
+            first = None
+            for src in sources:
+                data = load_examples(src)
+                first = first or data
+                examples += data.examples
+                counts[str(src)] = dict(zip(("desirable", "undesirable"), label_counts(data.examples)))
+            if s.teacher_replay:
+                teacher = load_examples(self.out / "iter1" / "labels")
+                kept = [e for e in teacher.examples if e["label"]]
+                examples += kept
+                counts[str(teacher.path)] = {"desirable": len(kept), "undesirable": 0}
+            n_des, n_und = label_counts(examples)
+            report = {"desirable": n_des, "undesirable": n_und, "sources": counts}
+            save_examples(examples, folder, world_fingerprint=first.world_fingerprint,
+                          extra_meta={"prompt_format_version": first.meta.get("prompt_format_version"), "iteration": k,
+                                      "prompt": first.meta.get("prompt"), "report": report})
+            return {"path": str(folder), "report": report, "rollout_stage": f"iter{k}/{own_rollout}"}
+
+        return self.stage(f"iter{k}/kto-data", run, folder)
+
     def tune(self, name: str, stage: str, data: Path, folder: Path, init_adapter: str | None,
-             **overrides: Any) -> dict[str, Any]:
+             reference_adapter: str | None = None, iteration: int = 1, **overrides: Any) -> dict[str, Any]:
         def run() -> dict[str, Any]:
             from train.tune import TuneConfig, default_trainer_args, tune
 
@@ -382,21 +465,24 @@ class _Run:
             else:
                 # Reference log-probs computed up front pay off only over several epochs; with one epoch or a
                 # step cap they would be computed for examples the run never reaches.
-                args.update(learning_rate=s.kto_learning_rate, beta=s.beta, sft_alpha=s.sft_alpha,
-                            precompute_ref_log_probs=s.epochs > 1 and cap is None)
+                args.update(learning_rate=s.kto_learning_rate_at(iteration), beta=s.beta, sft_alpha=s.sft_alpha,
+                            loss_type=s.loss_type, precompute_ref_log_probs=s.epochs > 1 and cap is None)
             balance = "undesirable_weight" not in overrides
             args.update(overrides)
             trainer_args = default_trainer_args(stage, str(folder) + ".staging", seed=s.seed, dtype=s.dtype, **args)
             result = tune(stage, data, s.model, out=folder, init_adapter=init_adapter, seed=s.seed, world=self.world,
                           config=TuneConfig(trainer_args=trainer_args, balance_weights=balance, overwrite=True,
                                             lora_top_layers=s.lora_layers, save_steps=s.save_steps, resume=True,
+                                            reference_adapter=reference_adapter,
                                             allow_unsafe_pickle=self.allow_unsafe_pickle,
                                             trust_remote_code=self.trust_remote_code))
             return {"path": str(folder), "examples": result.n_train_examples, "steps": result.global_step,
                     "train_seconds": result.train_seconds, "examples_per_s": result.examples_per_second,
                     "desirable_weight": result.desirable_weight, "undesirable_weight": result.undesirable_weight,
-                    "data": str(data), "resumed_from_step": result.sidecar.get("resumed_from_step"),
-                    "train_log": _train_log(result.log_history)}
+                    "data": str(data), "reference_adapter": reference_adapter,
+                    "learning_rate": trainer_args.learning_rate,
+                    "resumed_from_step": result.sidecar.get("resumed_from_step"),
+                    "train_log": _train_log(result.log_history), "train_curve": _train_curve(result.log_history)}
 
         return self.stage(name, run, folder)
 
@@ -460,8 +546,15 @@ class _Run:
                 self.rollout(k, init, name="rollout-own")
                 self.label(k, rollout="rollout-own", name="labels-own")
                 labels = self.out / f"iter{k}" / "labels-own"
+            if s.replay > 0 and k > 1 or s.teacher_replay:
+                own = labels.name
+                self.merge_data(k, own, "rollout-own" if own == "labels-own" else "rollout")
+                labels = self.out / f"iter{k}" / "kto-data"
+            reference = None
+            if s.reference == "ulrec-p" and init != str(self.out / "iter1" / "ulrec-p"):
+                reference = str(self.out / "iter1" / "ulrec-p")
             u_dir = self.out / f"iter{k}" / "ulrec"
-            self.tune(f"iter{k}/tune-ulrec", "kto", labels, u_dir, init)
+            self.tune(f"iter{k}/tune-ulrec", "kto", labels, u_dir, init, reference_adapter=reference, iteration=k)
             evals.append(self.evaluate(f"iter{k}/eval-ulrec", k, "ulrec", str(u_dir))["eval"])
             adapter = str(u_dir)
         self.write_metrics()
@@ -496,7 +589,8 @@ class _Run:
                 "desirable": report.get("desirable"), "undesirable": report.get("undesirable"),
                 "rollout_len_mean": st.get(rollout_key, {}).get("summary", {}).get("len_mean"),
                 **{k2: tune_stage.get(k2) for k2 in ("steps", "examples", "train_seconds", "desirable_weight",
-                                                     "undesirable_weight", "resumed_from_step", "train_log")}}
+                                                     "undesirable_weight", "resumed_from_step", "reference_adapter",
+                                                     "learning_rate", "train_log", "train_curve")}}
 
     def _csv(self) -> str:
         buf = io.StringIO()
@@ -530,6 +624,9 @@ def _data_stages(tune_stage: Mapping[str, Any] | None, k: int) -> tuple[str, str
     if tune_stage is None:
         return "", ""
     data = tune_stage.get("data")
+    if data and Path(data).name == "kto-data":  # merged by _Run.merge_data: its report, its iteration's own rollout
+        p = Path(data)
+        return f"{p.parent.name}/{'rollout-own' if (p.parent / 'rollout-own').exists() else 'rollout'}", f"{p.parent.name}/kto-data"
     if not data:  # a manifest of an earlier version: the iteration's first rollout, as it was reported then
         return f"iter{k}/rollout", f"iter{k}/label"
     p = Path(data)
@@ -546,6 +643,17 @@ def _train_log(log_history: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
             if key in ("loss", "train_loss") or key.startswith(("rewards/", "logps/", "loss/", "kl")):
                 keep[key] = value
     return keep
+
+
+def _train_curve(log_history: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """Every logged step's training metrics (KTO: chosen/rejected rewards, margins, KL, log-probs), in order."""
+    curve = []
+    for entry in log_history:
+        kept = {k: v for k, v in entry.items()
+                if k == "loss" or k.startswith(("rewards/", "logps/", "loss/", "kl"))}
+        if kept:
+            curve.append({"step": entry.get("step"), **kept})
+    return curve
 
 
 def _rule_options(s: LoopSettings) -> dict[str, Any]:
@@ -699,3 +807,47 @@ DEMO_SETTINGS = LoopSettings(
     teacher="genre-cycle-words",
     references=("random", "greedy", "genre-cycle-words", "oracle"),
 )
+
+
+#: `ulrec loop --preset headline`: the README's learning run. The default world, horizon 20, all 200 test users,
+#: three iterations sized for 90 minutes on 2 CPU cores: the genre-cycle-words teacher for ULRec-P, then KTO on the
+#: model's own sessions against ULRec-P as a fixed reference, with the previous iteration's and the teacher's
+#: examples replayed and a larger SFT term, so that a later iteration does not undo an earlier one.
+HEADLINE_SETTINGS = LoopSettings(
+    world="synthetic",
+    iterations=3,
+    episodes=128,
+    eval_episodes="all",
+    temperature=0.3,
+    max_episode_steps=20,
+    max_history=6,
+    max_session=4,
+    epochs=1.0,
+    sft_max_steps=160,
+    kto_max_steps=100,
+    sft_learning_rate=1e-3,
+    kto_learning_rate=5e-4,
+    kto_lr_decay=0.7,
+    beta=1.0,
+    sft_alpha=0.5,
+    lora_layers=10,
+    extra_negatives=3,
+    teacher="genre-cycle-words",
+    reference="ulrec-p",
+    replay=1,
+    teacher_replay=True,
+    references=("random", "greedy", "mmr", "oracle", "genre-cycle-words"),
+    preset="headline",
+)
+
+#: Named recipes for `--preset` (loop and compare).
+PRESETS: dict[str, LoopSettings] = {"headline": HEADLINE_SETTINGS}
+
+
+def describe_settings(settings: LoopSettings) -> str:
+    """One line a run prints at its start: the preset, what was typed over it, and every setting."""
+    head = f"preset {settings.preset}" + (f" (typed over it: {', '.join(settings.preset_overrides)})"
+                                          if settings.preset_overrides else "") if settings.preset else "no preset"
+    body = ", ".join(f"{k}={v!r}" for k, v in settings.to_dict().items() if k not in ("preset", "preset_overrides"))
+    return f"settings ({head}): {body}"
+

@@ -15,6 +15,7 @@ sigmoid in KTO stays in its linear range, so the preference signal barely moves 
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 import os
@@ -189,6 +190,10 @@ class TuneConfig:
         resume: Continue from the newest complete checkpoint in :func:`checkpoint_dir` ``(out)`` (start from step 0
             when there is none). Without it, existing checkpoints make :func:`tune` stop rather than discard them
             (``overwrite`` discards them).
+        reference_adapter: KTO only: an adapter folder (of the same base model) that is the reference policy,
+            instead of the initial adapter (e.g. ULRec-P's in every iteration of the loop, so that later iterations
+            are measured against one anchor). It is merged into a frozen copy of the base model, passed to TRL as
+            ``ref_model``. ``None``: the initial adapter (TRL's frozen copy), or the base model when there is none.
     """
 
     trainer_args: Any = None
@@ -201,6 +206,7 @@ class TuneConfig:
     allow_unsafe_pickle: bool = False
     save_steps: int | None = None
     resume: bool = False
+    reference_adapter: Any = None
 
 
 @dataclass(frozen=True)
@@ -445,6 +451,10 @@ def tune(
         ctx = _context_length(lm)
         if ctx is not None and (args.max_length is None or args.max_length > ctx):
             args = dataclasses.replace(args, max_length=int(ctx))
+        ref_model = None
+        if stage == "kto" and cfg.reference_adapter is not None:
+            ref_model = _reference_model(copy.deepcopy(lm), cfg.reference_adapter, cfg, base_id if isinstance(
+                model, (str, os.PathLike)) or model is None else None)
         lm, peft_config = _attach_adapter(lm, init_adapter, cfg, base_id if isinstance(model, (str, os.PathLike)) or
                                           model is None else None, labelled.world_fingerprint)
 
@@ -462,7 +472,8 @@ def tune(
             keep = ("prompt", "completion", "label", "weight")
             rows = [{k: e.get(k, 1.0) for k in keep} for e in labelled.examples]
             trainer = ULRecKTOTrainer(
-                lm, args=args, train_dataset=Dataset.from_list(rows), processing_class=tok, peft_config=peft_config
+                lm, ref_model=ref_model, args=args, train_dataset=Dataset.from_list(rows), processing_class=tok,
+                peft_config=peft_config,
             )
             encoding = trainer.encoding_report
             n_train = len(rows)
@@ -475,6 +486,7 @@ def tune(
             "base_model": base_id,
             "adapter": not cfg.full_finetune,
             "init_adapter": os.fspath(init_adapter) if init_adapter is not None else None,
+            **({"reference_adapter": os.fspath(cfg.reference_adapter)} if cfg.reference_adapter is not None else {}),
             "prompt_format_version": _prompt_format_version(labelled.meta),
             "prompt": labelled.meta.get("prompt"),
             "world_fingerprint": labelled.world_fingerprint,
@@ -603,6 +615,22 @@ def _attach_adapter(lm: Any, init_adapter: Any, cfg: TuneConfig, base_id: str | 
         return lm, cfg.lora
     n_layers = getattr(getattr(lm, "config", None), "num_hidden_layers", None)
     return lm, default_lora_config(cfg.lora_top_layers, n_layers)
+
+
+def _reference_model(base: Any, reference: Any, cfg: TuneConfig, base_id: str | None) -> Any:
+    """The frozen reference policy: a copy of the base model with ``reference``'s adapter merged in."""
+    from peft import PeftModel
+
+    from agents.models import check_adapter_base, check_adapter_folder
+
+    check_adapter_folder(reference, cfg.allow_unsafe_pickle)
+    if base_id is not None:
+        check_adapter_base(reference, None if base_id == "smollm2" else base_id)
+    ref = PeftModel.from_pretrained(base, os.fspath(reference)).merge_and_unload()
+    ref.eval()
+    for param in ref.parameters():
+        param.requires_grad_(False)
+    return ref
 
 
 def _save(trainer: Any, tokenizer: Any, folder: Path, sidecar: Mapping[str, Any]) -> None:

@@ -189,3 +189,56 @@ def comparable_evals(out):
         return {k: v for k, v in e.items() if k not in ("seconds", "user_steps_per_s", "adapter", "training")}
 
     return [strip(e) for e in json.loads((out / "metrics.json").read_text())["evals"]]
+
+
+def test_fixed_reference_replay_and_learning_rate_decay(tmp_path, tiny_model_dir):
+    """The loop's options against a later iteration undoing an earlier one: ULRec-P as every KTO stage's
+    reference, earlier iterations' and the teacher's examples replayed, a decaying KTO learning rate; each is
+    what the adapters and metrics record."""
+    from train.labeling import label_counts, load_examples
+
+    out = tmp_path / "run"
+    s = _settings(tiny_model_dir, teacher="genre-cycle", references=(), reference="ulrec-p", replay=1,
+                  teacher_replay=True, kto_lr_decay=0.5, kto_learning_rate=1e-3)
+    doc = run_loop(s, out, progress=False)
+    p_dir = str(out / "iter1" / "ulrec-p")
+    # iteration 1 starts from ULRec-P, its own reference; iteration 2 from ULRec @1, against ULRec-P
+    side1 = json.loads((out / "iter1" / "ulrec" / "ulrec_adapter.json").read_text())
+    side2 = json.loads((out / "iter2" / "ulrec" / "ulrec_adapter.json").read_text())
+    assert side1["init_adapter"] == p_dir and "reference_adapter" not in side1
+    assert side2["init_adapter"] == str(out / "iter1" / "ulrec") and side2["reference_adapter"] == p_dir
+    assert side1["hyperparameters"]["learning_rate"] == pytest.approx(1e-3)
+    assert side2["hyperparameters"]["learning_rate"] == pytest.approx(5e-4)
+    # iteration k's KTO data: its own labels + iteration k-1's own labels + the teacher's desirable steps
+    parts = [load_examples(out / p).examples for p in ("iter1/labels-own", "iter1/labels")]
+    merged1 = load_examples(out / "iter1" / "kto-data").examples
+    assert merged1 == parts[0] + [e for e in parts[1] if e["label"]]
+    merged2 = load_examples(out / "iter2" / "kto-data").examples
+    own2 = load_examples(out / "iter2" / "labels").examples
+    assert merged2 == own2 + parts[0] + [e for e in parts[1] if e["label"]]
+    assert side2["label_counts"] == dict(zip(("desirable", "undesirable"), label_counts(merged2)))
+    training = {(e["iteration"], e["policy"]): e["training"] for e in doc["evals"]}
+    t2 = training[(2, "ulrec")]
+    assert t2["label_stage"] == "iter2/kto-data" and t2["rollout_stage"] == "iter2/rollout"
+    assert (t2["desirable"], t2["undesirable"]) == label_counts(merged2)
+    assert t2["reference_adapter"] == p_dir and t2["learning_rate"] == pytest.approx(5e-4)
+    assert t2["train_curve"] and all("step" in row and "kl" in row for row in t2["train_curve"])
+    assert training[(1, "ulrec")]["rollout_stage"] == "iter1/rollout-own"
+
+
+def test_loop_settings_of_the_replay_options():
+    with pytest.raises(ValueError, match="`reference` 'ulrec-p' needs ULRec-P"):
+        LoopSettings(reference="ulrec-p", sft_first=False)
+    with pytest.raises(ValueError, match="`reference` must be one of"):
+        LoopSettings(reference="base")
+    with pytest.raises(ValueError, match="`teacher_replay` needs a `teacher`"):
+        LoopSettings(teacher_replay=True)
+    for bad in (-1, 1.5, True):
+        with pytest.raises(ValueError, match="`replay` must be a non-negative integer"):
+            LoopSettings(replay=bad)
+    for bad in (0, 1.5, -0.1):
+        with pytest.raises(ValueError, match="`kto_lr_decay` must be in"):
+            LoopSettings(kto_lr_decay=bad)
+    with pytest.raises(ValueError, match="`loss_type` must be one of"):
+        LoopSettings(loss_type="sigmoid")
+    assert LoopSettings(kto_learning_rate=1e-3, kto_lr_decay=0.5).kto_learning_rate_at(3) == pytest.approx(2.5e-4)

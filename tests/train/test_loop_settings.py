@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 
 from train.cli import _loop_settings, build_parser, main
@@ -124,3 +126,45 @@ def test_session_window_setting_and_what_prompts_record():
         LoopSettings(session_window="tumbling")
     args = build_parser().parse_args(["loop", "--out", "x", "--session-window", "block"])
     assert _loop_settings(args).session_window == "block"
+
+
+def test_preset_with_typed_options_over_it(tmp_path):
+    from train.cli import _settings_for, parse_command
+    from train.loop import HEADLINE_SETTINGS, describe_settings
+
+    out = str(tmp_path / "run")
+    plain = _settings_for(parse_command(["loop", "--preset", "headline", "--out", out]))
+    assert plain == HEADLINE_SETTINGS and plain.preset == "headline" and plain.preset_overrides == ()
+    # the README's recipe: SmolLM2 with LoRA, the default world, horizon 20, all test users, greedy evaluation
+    assert (plain.model, plain.world, plain.max_episode_steps, plain.eval_episodes) == (None, "synthetic", 20, "all")
+    assert plain.iterations >= 3 and plain.lora_layers is not None
+    # typed options win, even one typed with the default's value (1.0 is LoopSettings' default temperature)
+    typed = _settings_for(parse_command(["loop", "--preset", "headline", "--out", out, "--temperature", "1.0",
+                                         "--window", "3", "--no-teacher-replay"]))
+    assert (typed.temperature, typed.env, typed.teacher_replay) == (1.0, {"window": 3}, False)
+    assert typed.preset_overrides == ("env", "teacher_replay", "temperature")
+    assert typed == dataclasses.replace(HEADLINE_SETTINGS, temperature=1.0, env={"window": 3}, teacher_replay=False,
+                                        preset_overrides=typed.preset_overrides)
+    assert LoopSettings.from_dict(typed.to_dict()) == typed
+    line = describe_settings(typed)
+    assert line.startswith("settings (preset headline (typed over it: env, teacher_replay, temperature)): ")
+    assert all(f"{f.name}=" in line for f in dataclasses.fields(LoopSettings) if not f.name.startswith("preset"))
+    assert parse_command(["loop", "--out", out]).typed == []
+
+
+def test_resume_takes_typed_options_and_checks_the_preset(tmp_path):
+    import json
+
+    from train.cli import _settings_for, parse_command
+    from train.loop import HEADLINE_SETTINGS
+
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "settings.json").write_text(json.dumps(HEADLINE_SETTINGS.to_dict()))
+    assert _settings_for(parse_command(["loop", "--out", str(out), "--resume"])) == HEADLINE_SETTINGS
+    assert _settings_for(parse_command(["loop", "--preset", "headline", "--out", str(out), "--resume"])) == HEADLINE_SETTINGS
+    # an option typed with the default's value is still a change (then the loop refuses it, listing it)
+    assert _settings_for(parse_command(["loop", "--out", str(out), "--resume", "--temperature", "1.0"])).temperature == 1.0
+    (out / "settings.json").write_text(json.dumps(LoopSettings().to_dict()))
+    with pytest.raises(ValueError, match="holds a run of no preset, not --preset headline"):
+        _settings_for(parse_command(["loop", "--preset", "headline", "--out", str(out), "--resume"]))

@@ -214,3 +214,30 @@ def test_interrupted_stage_resumes_from_its_checkpoint(stage, data_dir, tiny_mod
 def test_bad_save_steps(data_dir, tiny_model, tiny_tokenizer, tmp_path):
     with pytest.raises(ValueError, match="save_steps"):
         tune("sft", data_dir, tiny_model, tokenizer=tiny_tokenizer, out=tmp_path / "x", config=TuneConfig(save_steps=0))
+
+
+def test_kto_against_another_reference_adapter(data_dir, tiny_model_factory, tiny_tokenizer, tmp_path):
+    """`reference_adapter`: the frozen reference holds that adapter's weights (not the initial one's), which the
+    first logged implicit rewards show: zero against the initial adapter itself, non-zero against another."""
+    def sft(out, lr, **cfg):
+        return tune("sft", data_dir, tiny_model_factory(0), tokenizer=tiny_tokenizer, out=tmp_path / out, max_steps=2,
+                    config=TuneConfig(trainer_args=small_args("sft", learning_rate=lr), **cfg)).out
+
+    a, b = sft("a", 1e-2), sft("b", 5e-2)
+
+    def kto(out, reference):
+        return tune("kto", data_dir, tiny_model_factory(0), tokenizer=tiny_tokenizer, out=tmp_path / out, max_steps=1,
+                    init_adapter=a, config=TuneConfig(trainer_args=small_args("kto"), reference_adapter=reference))
+
+    def first_rewards(result):
+        entry = next(h for h in result.log_history if "rewards/chosen" in h or "rewards/rejected" in h)
+        return [entry[k] for k in ("rewards/chosen", "rewards/rejected") if k in entry]
+
+    own, other = kto("u-own", None), kto("u-other", b)
+    assert all(abs(r) < 1e-5 for r in first_rewards(own))  # policy == reference before the first update
+    assert any(abs(r) > 1e-4 for r in first_rewards(other))
+    assert read_sidecar(other.out)["reference_adapter"] == str(b) and "reference_adapter" not in read_sidecar(own.out)
+    assert not (other.out / "ref").exists()
+
+    same = kto("u-same", a)  # the reference passed as a separate model gives what TRL's own copy gives
+    assert first_rewards(same) == pytest.approx(first_rewards(own), abs=1e-5)
