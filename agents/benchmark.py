@@ -11,60 +11,32 @@ from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
-from agents.baselines import GenreCyclePolicy, GreedyPolicy, MMRPolicy, PopularPolicy, RandomPolicy
 from agents.evaluation import choose_users, run_policy, summarize
-from agents.oracle import OraclePolicy
 from agents.policy import Policy
 from agents.progress import Progress
+from agents.registry import make, registered
 from ulrec_env import World
 from ulrec_env.config import EnvConfig
 
-__all__ = ["POLICY_NAMES", "make_policy", "benchmark", "format_table", "plot_results", "write_json"]
+__all__ = ["POLICY_NAMES", "make_policy", "benchmark", "format_table", "format_rate", "plot_results", "write_json",
+           "session_records"]
 
 
-def _llm(**kw: Any) -> Policy:
-    from agents.llm import LLMRecommender
-
-    return LLMRecommender.from_pretrained(
-        model=kw.get("llm_model"), adapter=kw.get("llm_adapter"), batch_size=kw.get("llm_batch_size") or 64,
-        temperature=kw.get("temperature") or 0.0, top_p=kw.get("top_p") or 1.0, seed=kw.get("seed") or 0,
-        trust_remote_code=bool(kw.get("trust_remote_code")), allow_unsafe_pickle=bool(kw.get("allow_unsafe_pickle")),
-        dtype=kw.get("dtype") or "auto",
-    )
-
-
-def _genre_cycle(copy_words: bool, **kw: Any) -> Policy:
-    opts = {k: kw[k] for k in ("max_history", "window") if kw.get(k) is not None}
-    return GenreCyclePolicy(copy_words=copy_words, seed=kw.get("seed") or 0, **opts)
-
-
-_FACTORIES: dict[str, Callable[..., Policy]] = {
-    "random": lambda **kw: RandomPolicy(seed=0),
-    "popular": lambda **kw: PopularPolicy(),
-    "greedy": lambda **kw: GreedyPolicy(),
-    "mmr": lambda **kw: MMRPolicy(),
-    "genre-cycle": lambda **kw: _genre_cycle(False, **kw),
-    "genre-cycle-words": lambda **kw: _genre_cycle(True, **kw),
-    "oracle": lambda **kw: OraclePolicy(),
-    "llm": _llm,
-}
-POLICY_NAMES = tuple(_FACTORIES)
+#: The built-in policy names (``registered()`` adds plug-ins).
+POLICY_NAMES = ("random", "popular", "greedy", "mmr", "genre-cycle", "genre-cycle-words", "oracle", "llm")
 
 
 def make_policy(name: str, **options: Any) -> Policy:
-    """A policy by name (``random``, ``popular``, ``greedy``, ``mmr``, ``genre-cycle``, ``genre-cycle-words``,
-    ``oracle``, ``llm``).
+    """A policy by spec (see :mod:`agents.registry`): a registered name (``random``, ``popular``, ``greedy``,
+    ``mmr``, ``genre-cycle``, ``genre-cycle-words``, ``oracle``, ``llm``, or a plug-in's), ``package.module:Class``
+    or ``path/to/file.py:Class``, with optional ``:key=value`` options.
 
-    The ``genre-cycle`` rules take ``max_history`` (history items read), ``window`` and ``seed``; ``llm`` takes
-    ``llm_model``, ``llm_adapter``, ``llm_batch_size``, ``temperature``, ``top_p``, ``seed``, ``dtype``,
-    ``trust_remote_code`` and ``allow_unsafe_pickle`` (all optional).
-    The other baselines ignore options.
+    ``options`` are the command's context, given to the built-ins: the ``genre-cycle`` rules read ``max_history``,
+    ``window`` and ``seed``; ``llm`` reads ``llm_model``, ``llm_adapter``, ``llm_batch_size``, ``temperature``,
+    ``top_p``, ``seed``, ``dtype``, ``trust_remote_code`` and ``allow_unsafe_pickle`` (all optional); the other
+    baselines ignore them. Plug-in classes get only their spec's options.
     """
-    if name not in _FACTORIES:
-        raise ValueError(f"unknown policy {name!r}; valid policies: {', '.join(POLICY_NAMES)}.")
-    policy = _FACTORIES[name](**options)
-    policy.name = name if name != "llm" else getattr(policy, "name", "llm")
-    return policy
+    return make(name, context=options)
 
 
 def benchmark(
@@ -78,6 +50,7 @@ def benchmark(
     batch_size: int = 256,
     progress: bool = True,
     policy_options: Mapping[str, Any] | None = None,
+    per_session: bool = False,
 ) -> dict[str, Any]:
     """Run each policy on the same users and seeds; returns the JSON document of ``ulrec bench``.
 
@@ -93,6 +66,9 @@ def benchmark(
         batch_size: Sessions stepped together.
         progress: Show a progress bar.
         policy_options: Passed to :func:`make_policy` (``llm_model``, ``llm_adapter``).
+        per_session: Each row also lists its sessions (``sessions``: user row, seed, length, return, leave reason,
+            items), with the raw user and item ids of the data when the world has them (``user_id``,
+            ``item_ids``), so results can be joined back to the source.
     """
     settings = dict(env_settings or {})
     config = EnvConfig.resolve(world.env_defaults, **settings)  # validates before any work
@@ -103,23 +79,30 @@ def benchmark(
         named = dict(policies)
     else:
         if not policies:
-            raise ValueError(f"no policies given; valid policies: {', '.join(POLICY_NAMES)}.")
-        named = {p: make_policy(p, **dict(policy_options or {})) for p in policies}
+            raise ValueError(f"no policies given; registered policies: {', '.join(registered())}.")
+        made = [make_policy(p, **dict(policy_options or {})) for p in policies]
+        named = {pol.name: pol for pol in made}
+        if len(named) < len(made):
+            dup = sorted({pol.name for pol in made if sum(q.name == pol.name for q in made) > 1})
+            raise ValueError(f"two policies would share the row name {', '.join(dup)}; name LLM rows llm:NAME=ADAPTER.")
     user_sets = {s: choose_users(world, split, episodes, s) for s in seed_list}
-    total = len(named) * sum(u.size for u in user_sets.values())
     rows = []
-    with Progress(total, "bench", unit="session", enabled=progress) as bar:
+    with Progress(None, "bench", unit="user-step", enabled=progress) as bar:  # moves with every step
         for name, policy in named.items():
             bar.set_description(f"bench {name}")
             sessions = None
             for s in seed_list:
                 result = run_policy(policy, world, user_sets[s], seed=s, env_settings=settings,
-                                    max_episode_steps=max_episode_steps, batch_size=batch_size)
+                                    max_episode_steps=max_episode_steps, batch_size=batch_size, on_step=bar.update)
                 sessions = result if sessions is None else sessions.extend(result)
-                bar.update(user_sets[s].size)
             row = summarize(name, sessions, world, peeks=policy.peeks, max_episode_steps=max_episode_steps)
-            if hasattr(policy, "dtype_name"):  # LLM rows say what they computed in
+            if hasattr(policy, "dtype_name"):  # LLM rows say what model, adapter, dtype and prompts they ran
                 row["dtype"] = policy.dtype_name
+                row["model"] = getattr(policy, "model_id", None)
+                row["adapter"] = getattr(policy, "adapter_path", None)
+                row["prompt"] = policy.prompt_options()
+            if per_session:
+                row["sessions"] = session_records(sessions, world)
             rows.append(row)
     return {
         "world": world.name,
@@ -133,6 +116,31 @@ def benchmark(
         },
         "results": rows,
     }
+
+
+def session_records(sessions: Any, world: World) -> list[dict[str, Any]]:
+    """One JSON-ready dict per session, with the world's raw user and item ids where it has them."""
+    out = []
+    for k in range(len(sessions.lengths)):
+        u = int(sessions.users[k])
+        items = [int(i) for i in sessions.items[k]]
+        rec = {"user": u, "seed": int(sessions.seeds[k]), "length": int(sessions.lengths[k]),
+               "return": float(sessions.returns[k]), "leave_reason": sessions.leave_reasons[k], "items": items}
+        if world.user_ids is not None:
+            rec["user_id"] = world.user_ids[u]
+        if world.item_ids is not None:
+            rec["item_ids"] = [world.item_ids[i] for i in items]
+        out.append(rec)
+    return out
+
+
+def format_rate(x: float) -> str:
+    """A rate for a table: whole numbers from 100 on (``1,234``), else two significant digits (``0.11``, ``3.2``)."""
+    if x is None or not math.isfinite(x):
+        return "-"
+    if abs(float(f"{x:.2g}")) >= 100:
+        return f"{x:,.0f}"
+    return f"{x:#.2g}".rstrip(".")
 
 
 def _fmt_ci(mean: float, ci: float, digits: int = 2) -> str:
@@ -157,15 +165,20 @@ def format_table(doc: Mapping[str, Any]) -> str:
             f"{r['intra_list_distance']:.2f}",
             f"{r['coverage']:.2f}",
             str(r["invalid_actions"]),
-            f"{r['user_steps_per_s']:,.0f}",
+            format_rate(r["user_steps_per_s"]),
             f"{r['seconds']:.1f}",
         ])
     widths = [max(len(h), *(len(l[i]) for l in lines)) for i, h in enumerate(header)]
     out = ["  ".join(h.ljust(w) for h, w in zip(header, widths)), "  ".join("-" * w for w in widths)]
     out += ["  ".join(c.ljust(w) for c, w in zip(l, widths)) for l in lines]
     s = doc["settings"]
+    users = {r.get("users") for r in doc["results"]} - {None}
+    sessions = {r["episodes"] for r in doc["results"]}
+    distinct = ""
+    if len(users) == 1 and len(sessions) == 1 and users != sessions:
+        distinct = f" ({users.pop()} distinct users; intervals over users)"
     out.append(
-        f"world {doc['world']}, split {s['split']}, {s['episodes']} episodes x seeds {s['seeds']}, "
+        f"world {doc['world']}, split {s['split']}, {s['episodes']} episodes x seeds {s['seeds']}{distinct}, "
         f"leave rule {s['env']['leave_rule']}, horizon {s['max_episode_steps']}. * peeks at the hidden user model. "
         "ILD: intra-session distance relative to random pairs."
     )

@@ -25,7 +25,8 @@ def _episodes(value: str) -> int | str:
 
 def _add_env_options(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("environment (ULRec-v0 settings; defaults come from the world)")
-    g.add_argument("--world", default="synthetic", help="synthetic | synthetic:SEED | ml-100k | ml-100k:PATH | billp:PATH:DATASET:SPLIT")
+    g.add_argument("--world", default="synthetic", help="synthetic | synthetic:SEED | ml-100k | ml-100k:PATH | billp:PATH:DATASET:SPLIT | "
+                        "ratings:RATINGS.csv[:ITEMS.csv][:key=value...] (from_ratings' options, e.g. user_col=uid)")
     g.add_argument("--leave-rule", choices=["satisfaction", "billp"], help="user model (default: satisfaction)")
     g.add_argument("--window", type=int, help="recent items compared for redundancy")
     g.add_argument("--distance-threshold", type=float, help="distance of half similarity / billp cut-off")
@@ -57,6 +58,13 @@ def _env_settings(args: argparse.Namespace) -> dict[str, Any]:
     return {k: getattr(args, k) for k in _ENV_DESTS if getattr(args, k, None) is not None}
 
 
+def _policy_help() -> str:
+    from agents.registry import registered
+
+    return (", ".join(registered()) + "; or package.module:Class or path/to/file.py:Class, each with optional "
+            ":key=value options; llm:NAME=ADAPTER for an adapter's row (default: %(default)s)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ulrec", description="Long-term LLM recommendation: simulate, benchmark, tune.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -66,8 +74,10 @@ def build_parser() -> argparse.ArgumentParser:
     _add_env_options(b)
     b.add_argument("--split", default="test", choices=["train", "test", "all"])
     b.add_argument("--policies", default="random,popular,greedy,mmr,oracle",
-                   help="comma-separated: random, popular, greedy, mmr, oracle, llm")
+                   help="comma-separated policy specs: " + _policy_help())
     b.add_argument("--episodes", type=_episodes, default=200, help="sessions per seed, or 'all' users of the split")
+    b.add_argument("--per-session", action="store_true",
+                   help="the JSON lists every session (user, seed, length, return, items; raw data ids where the world has them)")
     b.add_argument("--seeds", type=int, default=3, help="number of seeds (0..N-1)")
     b.add_argument("--batch-size", type=int, default=256, help="sessions stepped together")
     b.add_argument("--llm-model", default=None, help="model of the llm policy (default SmolLM2-135M-Instruct)")
@@ -80,7 +90,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     r = sub.add_parser("rollout", help="run a policy on train users and save every step (prompt, item, feedback)")
     _add_env_options(r)
-    r.add_argument("--policy", default="llm", help="llm (default) or a baseline: random, popular, greedy, mmr, oracle")
+    r.add_argument("--policy", default="llm", help="a policy spec (default llm): " + _policy_help())
     r.add_argument("--llm-model", default=None, help="model of the llm policy, and tokenizer of prompts written for baselines")
     r.add_argument("--llm-adapter", default=None, help="LoRA adapter folder for the llm policy")
     _add_dtype_option(r)
@@ -123,6 +133,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--save-steps", type=int, default=None, help="write a checkpoint every N optimizer steps")
     t.add_argument("--resume", action="store_true", help="continue an interrupted run from its newest checkpoint")
     t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--no-progress", action="store_true", help="no progress bars (training, model loading)")
     _add_dtype_option(t)
     _add_trust_options(t)
     t.set_defaults(func=_cmd_tune)
@@ -208,8 +219,10 @@ def _add_loop_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--lora-layers", type=int, default=dflt.lora_layers, help="LoRA only in the last N blocks (default all)")
     p.add_argument("--min-positives", type=int, default=dflt.min_positives)
     p.add_argument("--extra-negatives", type=int, default=dflt.extra_negatives)
-    p.add_argument("--references", default=",".join(dflt.references), help="baselines drawn as reference lines ('' for none)")
-    p.add_argument("--teacher", default=None, help="a baseline (genre-cycle, mmr, oracle, ...) whose sessions are the first rollouts")
+    p.add_argument("--references", default=",".join(dflt.references),
+                   help="comma-separated policy specs drawn as reference lines ('' for none): " + _policy_help())
+    p.add_argument("--teacher", default=None,
+                   help="a policy spec (not llm) whose sessions are the first rollouts: " + _policy_help())
     p.add_argument("--top-p", type=float, default=dflt.top_p, help="nucleus sampling of rollouts")
     p.add_argument("--reference", choices=["init", "ulrec-p"], default=dflt.reference,
                    help="reference policy of each KTO stage: the adapter it starts from (init) or ULRec-P every time")
@@ -292,8 +305,24 @@ def _settings_for(args: argparse.Namespace):
     if "env" in over:
         over["env"] = {**base.env, **given.env}
     if resuming:
+        _confirm_saved_specs(base, typed, args.out)
         return dataclasses.replace(base, **over)
     return dataclasses.replace(base, **over, preset=preset, preset_overrides=tuple(sorted(over)))
+
+
+def _confirm_saved_specs(saved, typed, out: str) -> None:
+    """A run folder is data: a teacher or reference in its settings that names a file or module (code to run) is
+    used only when this command line types it again."""
+    from agents.registry import parse_spec
+
+    for name in ("teacher", "references"):
+        value = getattr(saved, name)
+        specs = [value] if isinstance(value, str) else list(value or ())
+        code = [s for s in specs if parse_spec(s)[1] is not None]
+        if code and name not in typed:
+            flag = "--" + name
+            raise ValueError(f"{out}/settings.json names code to run as its {name}: {', '.join(code)}; a run folder does "
+                             f"not import code by itself. Type it again to confirm: {flag} {','.join(specs)}")
 
 
 def _cmd_loop(args: argparse.Namespace) -> int:
@@ -376,27 +405,29 @@ def _prompt_builder_for(model: str | None):
     tok = AutoTokenizer.from_pretrained(resolve_model_path(model))
 
     def build(world, obs):
-        t = int(obs["step"])
+        import numpy as np
+
+        t = int(np.asarray(obs["step"]).reshape(-1)[0])
         return build_prompt(world, obs["history"], obs["recommended"][:t], obs["rewards"][:t], tokenizer=tok)
 
     return build
 
 
 def _cmd_rollout(args: argparse.Namespace) -> int:
-    from agents.benchmark import POLICY_NAMES, make_policy
+    from agents.benchmark import make_policy
     from agents.prompting import PROMPT_FORMAT_VERSION, build_completion
+    from agents.registry import check_spec, parse_spec
     from train.rollout import collect_rollouts, save_rollout
     from ulrec_env.worlds.spec import world_from_spec
 
-    if args.policy not in POLICY_NAMES:
-        raise SystemExit(f"ulrec rollout: unknown policy {args.policy!r}; valid: {', '.join(POLICY_NAMES)}")
+    check_spec(args.policy)
     _refuse_nonempty(args.out, args.overwrite)
     world = world_from_spec(args.world, allow_unsafe_pickle=args.allow_unsafe_pickle)
     policy = make_policy(args.policy, llm_model=args.llm_model, llm_adapter=args.llm_adapter,
                          llm_batch_size=args.batch_size, temperature=args.temperature, top_p=args.top_p, seed=args.seed,
                          trust_remote_code=args.trust_remote_code, allow_unsafe_pickle=args.allow_unsafe_pickle,
                          dtype=args.dtype)
-    builder = None if args.policy == "llm" else _prompt_builder_for(args.llm_model)
+    builder = None if parse_spec(args.policy)[:2] == ("llm", None) else _prompt_builder_for(args.llm_model)
     records = collect_rollouts(policy, world, args.episodes, split=args.split, seed=args.seed,
                                env_settings=_env_settings(args), max_episode_steps=args.max_episode_steps,
                                batch_size=args.batch_size, prompt_builder=builder,
@@ -455,6 +486,8 @@ def _cmd_tune(args: argparse.Namespace) -> int:
     }.items() if v is not None}
     if args.stage == "sft" and ("beta" in overrides or "sft_alpha" in overrides):
         raise SystemExit("ulrec tune: --beta and --sft-alpha belong to the kto stage")
+    if args.no_progress:
+        overrides["disable_tqdm"] = True
     trainer_args = default_trainer_args(args.stage, args.out + ".staging", lora=not args.full_finetune,
                                         seed=args.seed, dtype=args.dtype, **overrides)
     result = tune(args.stage, args.data, args.model, out=args.out, init_adapter=args.init_adapter,
@@ -469,13 +502,15 @@ def _cmd_tune(args: argparse.Namespace) -> int:
 
 
 def _cmd_bench(args: argparse.Namespace) -> int:
-    from agents.benchmark import POLICY_NAMES, benchmark, format_table, plot_results, write_json
+    from agents.benchmark import benchmark, format_table, plot_results, write_json
+    from agents.registry import check_spec, registered
     from ulrec_env.worlds.spec import world_from_spec
 
     names = [p.strip() for p in args.policies.split(",") if p.strip()]
-    bad = [p for p in names if p not in POLICY_NAMES]
-    if bad or not names:
-        raise SystemExit(f"ulrec bench: unknown policy {', '.join(bad) or '(none)'}; valid: {', '.join(POLICY_NAMES)}")
+    if not names:
+        raise SystemExit(f"ulrec bench: no policy given; registered: {', '.join(registered())}")
+    for spec in names:
+        check_spec(spec)  # before loading the world: a typo fails at once
     if args.seeds < 1:
         raise SystemExit("ulrec bench: --seeds must be >= 1")
     world = world_from_spec(args.world, allow_unsafe_pickle=args.allow_unsafe_pickle)
@@ -484,7 +519,8 @@ def _cmd_bench(args: argparse.Namespace) -> int:
                     batch_size=args.batch_size, progress=not args.no_progress,
                     policy_options={"llm_model": args.llm_model, "llm_adapter": args.llm_adapter,
                                     "trust_remote_code": args.trust_remote_code, "dtype": args.dtype,
-                                    "allow_unsafe_pickle": args.allow_unsafe_pickle})
+                                    "allow_unsafe_pickle": args.allow_unsafe_pickle},
+                    per_session=args.per_session)
     print(format_table(doc))
     if args.json:
         write_json(doc, args.json)
@@ -532,6 +568,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parse_command(argv)
+    from agents.progress import quiet_third_party
+
+    quiet_third_party(progress=not getattr(args, "no_progress", False))
     previous = None
     try:
         previous = signal.signal(signal.SIGTERM, _on_sigterm)

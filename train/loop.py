@@ -168,11 +168,15 @@ class LoopSettings:
             if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
                 raise ValueError(f"`{name}` must be None or a positive integer, got {v!r}.")
         object.__setattr__(self, "references", tuple(self.references))
-        from agents.benchmark import POLICY_NAMES
+        from agents.registry import check_spec, parse_spec
 
-        if self.teacher is not None and (self.teacher not in POLICY_NAMES or self.teacher == "llm"):
-            raise ValueError(f"`teacher` must be None or a baseline ({', '.join(p for p in POLICY_NAMES if p != 'llm')}), "
-                             f"got {self.teacher!r}.")
+        if self.teacher is not None:
+            if parse_spec(self.teacher)[:2] == ("llm", None):
+                raise ValueError("`teacher` must be None or a policy other than the LLM (a baseline such as "
+                                 f"genre-cycle-words, or a plug-in spec), got {self.teacher!r}.")
+            check_spec(self.teacher)
+        for ref in self.references:
+            check_spec(ref)
         object.__setattr__(self, "env", dict(self.env))
         if self.reference not in REFERENCE_CHOICES:
             raise ValueError(f"`reference` must be one of {', '.join(REFERENCE_CHOICES)}, got {self.reference!r}.")
@@ -456,7 +460,8 @@ class _Run:
             from train.tune import TuneConfig, default_trainer_args, tune
 
             s = self.settings
-            args: dict[str, Any] = {"num_train_epochs": s.epochs, "per_device_train_batch_size": s.train_batch_size}
+            args: dict[str, Any] = {"num_train_epochs": s.epochs, "per_device_train_batch_size": s.train_batch_size,
+                                    "disable_tqdm": not self.progress}
             cap = s.stage_max_steps(stage)
             if cap is not None:
                 args["max_steps"] = cap
@@ -746,7 +751,9 @@ def run_compare(settings: LoopSettings, out: str | os.PathLike, resume: bool = T
 
     Finishes (or reuses) the loop in ``out``, then trains on the first iteration's data, from ULRec-P, the two
     ablations: ``kto-no-sft`` (KTO without the SFT term) and ``kto-no-neg`` (KTO with the undesirable examples
-    weighted 0). ``ulrec-iter1`` is ULRec after the same single round, their fair comparison.
+    weighted 0), and with a teacher ``ulrec-offline``: KTO (+ SFT) from ULRec-P on the teacher's own labelled
+    sessions, as the paper trained (a stronger model's trajectories, no own rollouts). ``ulrec-iter1`` is ULRec
+    after the same single round, their fair comparison.
     Returns a document in the ``ulrec bench`` JSON format.
     """
     if not settings.sft_first:
@@ -761,6 +768,9 @@ def run_compare(settings: LoopSettings, out: str | os.PathLike, resume: bool = T
     run.evaluate("ablation/eval-kto-no-sft", 1, "kto-no-sft", str(abl / "kto-no-sft"))
     run.tune("ablation/tune-kto-no-neg", "kto", labels, abl / "kto-no-neg", p_dir, undesirable_weight=0.0)
     run.evaluate("ablation/eval-kto-no-neg", 1, "kto-no-neg", str(abl / "kto-no-neg"))
+    if run.settings.teacher is not None:  # as the paper trained: KTO on the teacher's own sessions, no own rollouts
+        run.tune("ablation/tune-ulrec-offline", "kto", run.out / "iter1" / "labels", abl / "ulrec-offline", p_dir)
+        run.evaluate("ablation/eval-ulrec-offline", 1, "ulrec-offline", str(abl / "ulrec-offline"))
     run.write_metrics()
     st = run.manifest.stages
     last = max(k for k in range(1, run.settings.iterations + 1) if f"iter{k}/eval-ulrec" in st)
@@ -769,6 +779,8 @@ def run_compare(settings: LoopSettings, out: str | os.PathLike, resume: bool = T
         rows.append({**st["iter1/eval-ulrec"]["eval"], "policy": "ulrec-iter1"})
     rows.append(st[f"iter{last}/eval-ulrec"]["eval"])
     rows += [st["ablation/eval-kto-no-sft"]["eval"], st["ablation/eval-kto-no-neg"]["eval"]]
+    if "ablation/eval-ulrec-offline" in st:
+        rows.append(st["ablation/eval-ulrec-offline"]["eval"])
     rows += st.get("references", {}).get("rows", [])
     return {
         "world": run.world.name,

@@ -37,7 +37,7 @@ def test_bench_overrides_env_settings(tmp_path):
 
 
 @pytest.mark.parametrize("argv, msg", [
-    (["bench", "--policies", "greedy,nope", "--no-progress"], "unknown policy nope; valid: random, popular"),
+    (["bench", "--policies", "greedy,nope", "--no-progress"], "unknown policy 'nope'; registered: random, popular"),
     (["bench", "--world", "mars", "--no-progress"], "unknown world spec 'mars'; valid: synthetic"),
     (["bench", "--window", "-2", "--policies", "greedy", "--no-progress"], "`window` must be >= 1"),
 ])

@@ -102,6 +102,15 @@ def test_compare_builds_the_paper_table(tmp_path, tiny_model_dir, capsys):
     assert names == ["base", "ulrec-p", "ulrec", "kto-no-sft", "kto-no-neg", "random", "greedy"]
     for r in doc["results"]:
         assert {"len_mean", "len_ci95", "return_mean", "return_ci95", "leave_reasons"} <= set(r)
+    # with a teacher, the paper's own recipe joins the table: KTO on the teacher's sessions, from ULRec-P
+    t_out = tmp_path / "run-teacher"
+    argv_t = [a if a != str(out) else str(t_out) for a in argv if a not in ("--json", str(js))] + ["--teacher", "genre-cycle"]
+    assert main(argv_t) == 0
+    stages = _stages(t_out)
+    assert stages["ablation/tune-ulrec-offline"]["data"] == str(t_out / "iter1" / "labels")
+    side = json.loads((t_out / "ablations" / "ulrec-offline" / "ulrec_adapter.json").read_text())
+    assert side["init_adapter"] == str(t_out / "iter1" / "ulrec-p") and side["stage"] == "kto"
+    assert "ulrec-offline" in capsys.readouterr().out
 
 
 def test_teacher_sessions_seed_the_first_iteration(tmp_path, tiny_model_dir):
@@ -135,7 +144,7 @@ def test_teacher_sessions_seed_the_first_iteration(tmp_path, tiny_model_dir):
     rows = {r["policy"]: r for r in csv.DictReader(io.StringIO((out / "metrics.csv").read_text()))}
     assert rows["ulrec"]["desirable"] == str(own_report["desirable"]) and float(rows["ulrec"]["rollout_len_mean"]) == own_len
     assert rows["ulrec-p"]["desirable"] == str(teacher_labels["desirable"])
-    with pytest.raises(ValueError, match="`teacher` must be None or a baseline"):
+    with pytest.raises(ValueError, match="`teacher` must be None or a policy other than the LLM"):
         _settings(tiny_model_dir, teacher="llm")
 
 
