@@ -6,6 +6,7 @@ import json
 import math
 import os
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
@@ -63,14 +64,12 @@ def choose_users(world: World, split: str, episodes: int | str, seed: int) -> np
     if isinstance(episodes, bool) or not isinstance(episodes, (int, np.integer)) or episodes < 1:
         raise ValueError(f"`episodes` must be a positive integer or 'all', got {episodes!r}.")
     rng = np.random.default_rng(seed)
+    if int(episodes) > pool.size:
+        warnings.warn(f"{episodes} episodes asked of the {pool.size} {split!r} users of world {world.name!r}: users "
+                      f"repeat (sessions of one user under one seed are copies when the policy does not sample); "
+                      f"intervals count each user once. Ask for episodes='all' or at most {pool.size}, and more seeds.",
+                      UserWarning, stacklevel=2)
     return rng.choice(pool, size=int(episodes), replace=int(episodes) > pool.size)
-
-
-def _actions_of(out: Any) -> tuple[np.ndarray, list[Any] | None]:
-    """Policies return actions, or ``(actions, records)`` (the LLM agent)."""
-    if isinstance(out, tuple):
-        return np.asarray(out[0], dtype=np.int64), list(out[1]) if out[1] is not None else None
-    return np.asarray(out, dtype=np.int64), None
 
 
 def run_policy(
@@ -158,9 +157,9 @@ def run_policy(
         while live.any():
             rows = np.flatnonzero(live)
             actions = np.zeros(n_env, np.int64)
-            acts, recs = _actions_of(policy.act_batch(slice_obs(obs, rows)))
+            acts, recs = policy.decode_batch(slice_obs(obs, rows))
             actions[rows] = acts
-            steps_before = obs["step"][rows]
+            steps_before = np.asarray(obs["step"]).reshape(-1)[rows]
             obs, rew, term, trunc, info = env.step(actions)
             for j, r in enumerate(rows.tolist()):
                 e = start + r
@@ -278,12 +277,28 @@ def mean_ci95(x: np.ndarray) -> tuple[float, float]:
     return float(x.mean()), float(half)
 
 
+def user_mean_ci95(users: np.ndarray, x: np.ndarray) -> tuple[float, float]:
+    """Mean and 95% interval with the user as the unit: each distinct user's sessions are averaged first, so that
+    a user's repeated sessions (other seeds, or the same user drawn twice: copies when nothing samples) narrow
+    nothing. With each user once it is :func:`mean_ci95` of ``x``."""
+    users = np.asarray(users)
+    x = np.asarray(x, dtype=np.float64)
+    if x.size == 0:
+        return float("nan"), float("nan")
+    uniq, inverse = np.unique(users, return_inverse=True)
+    if uniq.size == x.size:
+        return mean_ci95(x)
+    per_user = np.bincount(inverse, weights=x) / np.bincount(inverse)
+    return mean_ci95(per_user)
+
+
 def summarize(name: str, sessions: Sessions, world: World, peeks: bool = False,
               max_episode_steps: int = 100) -> dict[str, Any]:
     """The row of the benchmark table (and of the JSON) for one policy; ``length_histogram`` counts sessions
-    by length ``0..max_episode_steps``."""
-    len_mean, len_ci = mean_ci95(sessions.lengths)
-    ret_mean, ret_ci = mean_ci95(sessions.returns)
+    by length ``0..max_episode_steps``. Means and intervals take the user as the unit (:func:`user_mean_ci95`);
+    ``users`` is the number of distinct users."""
+    len_mean, len_ci = user_mean_ci95(sessions.users, sessions.lengths)
+    ret_mean, ret_ci = user_mean_ci95(sessions.users, sessions.returns)
     steps = int(sessions.lengths.sum())
     reasons: dict[str, float] = {}
     for r in sessions.leave_reasons:
@@ -299,6 +314,7 @@ def summarize(name: str, sessions: Sessions, world: World, peeks: bool = False,
         "policy": name,
         "peeks": bool(peeks),
         "episodes": n,
+        "users": int(np.unique(sessions.users).size),
         "len_mean": len_mean,
         "len_ci95": len_ci,
         "return_mean": ret_mean,

@@ -52,3 +52,29 @@ class Progress:
 
     def __exit__(self, *exc: Any) -> None:
         self.close()
+
+
+#: Warnings of the libraries underneath that say nothing a ulrec user can act on (they name the libraries' own
+#: internals); hidden by :func:`quiet_third_party`.
+KNOWN_WARNINGS = (
+    (FutureWarning, r"`is_gradient_checkpointing` is deprecated"),
+    (UserWarning, r"To copy construct from a tensor, it is recommended"),
+)
+
+
+def quiet_third_party(progress: bool = True) -> None:
+    """Filter :data:`KNOWN_WARNINGS`; with ``progress=False`` also turn off the progress bars of transformers
+    (model loading), datasets (mapping) and huggingface_hub, so that ``--no-progress`` means no bars at all."""
+    import warnings
+
+    for category, message in KNOWN_WARNINGS:
+        warnings.filterwarnings("ignore", message=message, category=category)
+    if progress:
+        return
+    for module, fn in (("transformers.utils.logging", "disable_progress_bar"), ("datasets", "disable_progress_bars"),
+                       ("huggingface_hub.utils", "disable_progress_bars")):
+        try:
+            mod = __import__(module, fromlist=[fn])
+        except ImportError:
+            continue
+        getattr(mod, fn, lambda: None)()

@@ -42,7 +42,7 @@ def build_observation_space(world: World, config: EnvConfig) -> spaces.Dict:
             "history": spaces.Box(-1, world.n_items - 1, shape=(max(1, world.max_history),), dtype=np.int64),
             "recommended": spaces.Box(-1, world.n_items - 1, shape=(config.recommended_slots,), dtype=np.int64),
             "rewards": spaces.Box(rew_lo, max(hi, config.leave_penalty), shape=(config.recommended_slots,), dtype=np.float32),
-            "step": spaces.Box(0, _INT_MAX, shape=(), dtype=np.int64),
+            "step": spaces.Box(0, _INT_MAX, shape=(1,), dtype=np.int64),  # (1,), not 0-d: SB3 takes it as it is
         }
     )
 
@@ -94,7 +94,7 @@ class ULRecEnv(gym.Env):
     | ``history`` | ``Box(-1, n_items-1, (H,), int64)`` | the user's past items, oldest first, ``-1`` padded |
     | ``recommended`` | ``Box(-1, n_items-1, (recommended_slots,), int64)`` | this session's recommendations, oldest first (the most recent ``recommended_slots``), ``-1`` padded |
     | ``rewards`` | ``Box(.., (recommended_slots,), float32)`` | the reward each of those recommendations earned |
-    | ``step`` | ``Box(0, 2**63-1, (), int64)`` | steps taken in this session |
+    | ``step`` | ``Box(0, 2**63-1, (1,), int64)`` | steps taken in this session (a 1-vector: no 0-d arrays, which Stable-Baselines3 cannot take) |
 
     The user's satisfaction, exposure and traits are hidden (they are in ``info`` for analysis only).
 
@@ -317,7 +317,7 @@ class ULRecEnv(gym.Env):
             "history": self._history_obs[self.user].copy(),
             "recommended": self._rec_obs.copy(),
             "rewards": self._rew_obs.copy(),
-            "step": np.array(len(self._shown), dtype=np.int64),
+            "step": np.array([len(self._shown)], dtype=np.int64),
         }
 
     @property

@@ -319,7 +319,7 @@ class ULRecVectorEnv(VectorEnv):
             "history": self._hist.copy(),
             "recommended": self._rec.copy(),
             "rewards": self._rew.copy(),
-            "step": self.steps.copy(),
+            "step": self.steps[:, None].copy(),  # (num_envs, 1): the batch of the single space's (1,)
         }
 
     @property

@@ -47,6 +47,8 @@ class World:
             ``ULRecEnv`` uses them when the caller does not pass the setting.
         fit_report: Optional description of how ``ratings`` were obtained (e.g. a reward model's held-out RMSE).
         source: Where the world came from, for error messages.
+        user_ids: Optional raw id (as in the source data) of each user row, to join results back to the data.
+        item_ids: Optional raw id of each item column.
     """
 
     name: str
@@ -62,6 +64,8 @@ class World:
     env_defaults: Mapping[str, Any] = field(default_factory=dict)
     fit_report: Mapping[str, Any] | None = None
     source: str = "<memory>"
+    user_ids: tuple[str, ...] | None = None
+    item_ids: tuple[str, ...] | None = None
 
     def __post_init__(self) -> None:
         src = self.source
@@ -152,6 +156,16 @@ class World:
         pop.setflags(write=False)
         set_(self, "popularity", pop)
         set_(self, "env_defaults", dict(self.env_defaults))
+        for name, n in (("user_ids", n_users), ("item_ids", n_items)):
+            ids = getattr(self, name)
+            if ids is None:
+                continue
+            ids = tuple(str(x) for x in ids)
+            if len(ids) != n:
+                raise ValueError(f"{src}: {name} has {len(ids)} entries for {n} {name[:4]}s; give one raw id each.")
+            if len(set(ids)) != n:
+                raise ValueError(f"{src}: {name} repeats an id; raw ids must be distinct.")
+            set_(self, name, ids)
 
     # ------------------------------------------------------------------ views
     @property

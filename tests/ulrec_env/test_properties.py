@@ -25,7 +25,7 @@ def test_single_env_invariants(rule, user, seed, actions):
     for t, a in enumerate(actions):
         obs, r, term, trunc, info = env.step(a)
         assert obs in env.observation_space
-        assert int(obs["step"]) == t + 1
+        assert obs["step"].shape == (1,) and int(obs["step"][0]) == t + 1
         assert term == (info["feedback"] == "leave")
         assert (info["leave_reason"] is not None) == term
         if term:

@@ -62,7 +62,7 @@ WORLD_DEFAULTS: dict[str, Any] = {
     "window": 4,
 }
 
-_CACHE_FORMAT = "ulrec-world-v1"
+_CACHE_FORMAT = "ulrec-world-v2"  # v2: raw user and item ids
 _MAGIC = b"ULRECWORLD1\n"
 _MAX_REPORTED_BAD_ROWS = 5
 
@@ -126,7 +126,9 @@ def _column_index(header: Sequence[str], wanted: str, source: str, arg: str, req
     return None
 
 
-def _rows(text: str, delimiter: str | None, source: str) -> tuple[list[list[str]], str]:
+def _rows(text: str, delimiter: str | None, source: str) -> tuple[list[list[str]], str, list[int]]:
+    """``(rows, delimiter, line numbers)``: each parsed row and the file line it starts on. A quote that is
+    opened and not closed on its line is an error naming that line (a quoted field may not span lines here)."""
     lines = text.splitlines()
     for k, ln in enumerate(lines):
         if len(ln) > MAX_LINE_BYTES:
@@ -134,10 +136,29 @@ def _rows(text: str, delimiter: str | None, source: str) -> tuple[list[list[str]
                              "ratings or items line may have; the file is damaged or not a delimited text file.")
     first = next((ln for ln in lines if ln.strip()), "")
     delim = delimiter if delimiter is not None else _sniff_delimiter(first)
-    try:
-        return list(csv.reader(lines, delimiter=delim)), delim
-    except csv.Error as e:
-        raise ValueError(f"{source}: not a readable delimited file ({e}).") from None
+    reader = csv.reader(lines, delimiter=delim, strict=True)
+    rows: list[list[str]] = []
+    numbers: list[int] = []
+    start = 1
+    while True:
+        try:
+            row = next(reader)
+        except StopIteration:
+            break
+        except csv.Error as e:
+            raise ValueError(_quote_message(source, start, delim, lines, str(e))) from None
+        if reader.line_num > start:  # the row ran over several lines: a quote left open
+            raise ValueError(_quote_message(source, start, delim, lines, f"the field runs on to line {reader.line_num}"))
+        rows.append(row)
+        numbers.append(start)
+        start = reader.line_num + 1
+    return rows, delim, numbers
+
+
+def _quote_message(source: str, line: int, delim: str, lines: list[str], why: str) -> str:
+    text = lines[line - 1] if 0 < line <= len(lines) else ""
+    return (f"{source}: line {line}: a quote is opened and not closed ({why}): {text[:80]!r}. Close the quote, or "
+            f"write a quote inside a quoted field as two quotes (\"\"), or leave fields without {delim!r} unquoted.")
 
 
 def _bad_rows_error(source: str, bad: list[tuple[int, str]], on_bad_rows: str) -> None:
@@ -159,16 +180,22 @@ def _sorted_ids(ids: Sequence[str]) -> list[str]:
         return sorted(uniq)
 
 
-def _data_rows(rows: list[list[str]], first: int, need: int, bad: list[tuple[int, str]]):
-    """``(line number, row)`` of the non-blank rows from index ``first`` on; short rows go to ``bad``."""
+def _data_rows(rows: list[list[str]], first: int, need: int, bad: list[tuple[int, str]], numbers: list[int],
+               width: int | None = None, delim: str = ","):
+    """``(line number, row)`` of the non-blank rows from index ``first`` on; rows shorter than ``need`` fields,
+    or with more (non-empty) fields than the header's ``width``, go to ``bad``."""
     for k in range(first, len(rows)):
-        row = rows[k]
+        row, lineno = rows[k], numbers[k]
         if not any(f.strip() for f in row):
             continue
         if len(row) < need:
-            bad.append((k + 1, f"expected at least {need} fields, got {len(row)}"))
+            bad.append((lineno, f"expected at least {need} fields, got {len(row)}"))
             continue
-        yield k + 1, row
+        if width is not None and len(row) > width and any(f.strip() for f in row[width:]):
+            bad.append((lineno, f"{len(row)} fields for the header's {width} columns (a {delim!r} inside a field? "
+                                "quote that field)"))
+            continue
+        yield lineno, row
 
 
 def _finite_number(text: str, what: str) -> tuple[float, str | None]:
@@ -215,8 +242,9 @@ def parse_ratings(
     if on_bad_rows not in ("raise", "skip"):
         raise ValueError(f"`on_bad_rows` must be 'raise' or 'skip', got {on_bad_rows!r}.")
     text = _decode(data, source, encoding)
-    rows, _ = _rows(text, delimiter, source)
+    rows, delim, numbers = _rows(text, delimiter, source)
     start = 0
+    width = None
     if header:
         while start < len(rows) and not any(f.strip() for f in rows[start]):
             start += 1
@@ -227,6 +255,7 @@ def parse_ratings(
         ci = _column_index(head, str(item_col), source, "item_col", True)
         cr = _column_index(head, str(rating_col), source, "rating_col", True)
         ct = None if timestamp_col is None else _column_index(head, str(timestamp_col), source, "timestamp_col", False)
+        width = len(head)
         start += 1
     else:
         cols = [user_col, item_col, rating_col] + ([timestamp_col] if timestamp_col is not None else [])
@@ -242,7 +271,7 @@ def parse_ratings(
     times: list[float] = []
     lines: list[int] = []
     bad: list[tuple[int, str]] = []
-    for lineno, row in _data_rows(rows, start, need, bad):
+    for lineno, row in _data_rows(rows, start, need, bad, numbers, width, delim):
         u, it, rv = row[cu].strip(), row[ci].strip(), row[cr].strip()
         if not u or not it:
             bad.append((lineno, "empty user or item id"))
@@ -283,6 +312,23 @@ def parse_ratings(
     last = np.ones(order.size, dtype=bool)
     last[:-1] = pair[1:] != pair[:-1]
     keep = np.sort(order[last])
+    if keep.size < order.size:
+        first = np.ones(order.size, dtype=bool)
+        first[1:] = pair[1:] != pair[:-1]
+        group = np.cumsum(first) - 1
+        sizes = np.bincount(group)
+        r_sorted = r_arr[order]
+        lo = np.full(sizes.size, np.inf)
+        hi = np.full(sizes.size, -np.inf)
+        np.minimum.at(lo, group, r_sorted)
+        np.maximum.at(hi, group, r_sorted)
+        repeated = int((sizes > 1).sum())
+        conflicting = int(((sizes > 1) & (hi > lo)).sum())
+        k = int(order[np.argmax(~last)])
+        warnings.warn(
+            f"{source}: {repeated} (user, item) pair(s) rated more than once, {conflicting} of them with different "
+            f"ratings (first on line {int(l_arr[k])}); kept each pair's latest rating and dropped "
+            f"{order.size - keep.size} rating(s).", UserWarning, stacklevel=2)
     return RatingLog(
         user_ids=tuple(user_ids),
         item_ids=tuple(item_ids),
@@ -325,7 +371,7 @@ def parse_items(
     if on_bad_rows not in ("raise", "skip"):
         raise ValueError(f"`on_bad_rows` must be 'raise' or 'skip', got {on_bad_rows!r}.")
     text = _decode(data, source, encoding)
-    rows, _ = _rows(text, delimiter, source)
+    rows, delim, numbers = _rows(text, delimiter, source)
     start = 0
     while start < len(rows) and not any(f.strip() for f in rows[start]):
         start += 1
@@ -339,7 +385,7 @@ def parse_items(
     out: dict[str, tuple[str, tuple[str, ...]]] = {}
     first_line: dict[str, int] = {}
     bad: list[tuple[int, str]] = []
-    for lineno, row in _data_rows(rows, start + 1, need, bad):
+    for lineno, row in _data_rows(rows, start + 1, need, bad, numbers, len(head), delim):
         item, title = row[ci].strip(), row[ct].strip()
         if not item:
             bad.append((lineno, "empty item id"))
@@ -370,6 +416,33 @@ def _distinct_titles(titles: Sequence[str], item_ids: Sequence[str]) -> list[str
         seen.add(t)
         out.append(t)
     return out
+
+
+#: Rating scales in common use; a log that fits one of them but for a few ratings is refused (see _infer_scale).
+CONVENTIONAL_SCALES = ((0.0, 1.0), (1.0, 5.0), (0.0, 5.0), (1.0, 10.0), (0.0, 10.0), (1.0, 100.0), (0.0, 100.0))
+
+
+def _infer_scale(log: RatingLog, source: str) -> tuple[float, float]:
+    """The observed range widened to whole numbers, unless nearly all ratings (99.5% or more) lie in a
+    conventional scale and the others do not: those are typing errors (a 50 in a 1-5 log) until
+    ``rating_scale`` says otherwise."""
+    r = log.rating
+    lo, hi = float(math.floor(r.min())), float(math.ceil(r.max()))
+    if lo == hi:
+        raise ValueError(f"{source}: every rating is {lo:g}; pass `rating_scale=(low, high)`.")
+    for a, b in CONVENTIONAL_SCALES:
+        outside = (r < a) | (r > b)
+        n_out = int(outside.sum())
+        if n_out == 0:
+            return lo, hi
+        if n_out <= 0.005 * r.size:
+            where = np.flatnonzero(outside)[:5]
+            shown = ", ".join(f"line {int(log.line[k])}: {r[k]:g}" for k in where)
+            raise ValueError(
+                f"{source}: {n_out} of {r.size} ratings lie outside the scale {a:g}-{b:g} of all the others ({shown}); "
+                f"fix them, or pass rating_scale=({min(lo, a):g}, {max(hi, b):g}) if that is the scale "
+                "(--world ratings:FILE:rating_scale=LOW,HIGH).")
+    return lo, hi
 
 
 # ------------------------------------------------------------------------------------------- world building
@@ -469,9 +542,7 @@ def build_world(
     if n_users < 2:
         raise ValueError(f"{source}: the log has {n_users} user(s); a world needs at least 2 (train and test).")
     if rating_scale is None:
-        lo, hi = float(math.floor(log.rating.min())), float(math.ceil(log.rating.max()))
-        if lo == hi:
-            raise ValueError(f"{source}: every rating is {lo}; pass `rating_scale=(low, high)`.")
+        lo, hi = _infer_scale(log, source)
     else:
         lo, hi = (float(x) for x in rating_scale)
         if not lo < hi:
@@ -534,6 +605,8 @@ def build_world(
         env_defaults={"distance_threshold": round(threshold, 2), "window": int(p["window"])},
         fit_report=fit_report,
         source=source,
+        user_ids=tuple(str(x) for x in log.user_ids),
+        item_ids=tuple(str(x) for x in log.item_ids),
     )
 
 
@@ -555,6 +628,8 @@ def _world_to_bytes(world: World) -> bytes:
         "env_defaults": dict(world.env_defaults),
         "fit_report": dict(world.fit_report or {}),
         "source": world.source,
+        "user_ids": list(world.user_ids) if world.user_ids is not None else None,
+        "item_ids": list(world.item_ids) if world.item_ids is not None else None,
     }
     buf = io.BytesIO()
     np.savez(
@@ -599,6 +674,8 @@ def _world_from_bytes(blob: bytes) -> World:
         env_defaults=meta["env_defaults"],
         fit_report=meta["fit_report"],
         source=meta["source"],
+        user_ids=meta.get("user_ids"),
+        item_ids=meta.get("item_ids"),
     )
 
 
@@ -709,8 +786,14 @@ def from_ratings(
                             rating_col=rating_col, timestamp_col=timestamp_col, delimiter=delimiter,
                             encoding=encoding, on_bad_rows=on_bad_rows)
         if items_csv is None:
-            titles = [f"Item {x}" for x in log.item_ids]
-            genres: list[tuple[str, ...]] = [() for _ in log.item_ids]
+            own = _items_in_ratings(ratings_bytes, str(ratings_csv), item_col=item_col, title_col=title_col,
+                                    genres_col=genres_col, genre_sep=genre_sep, delimiter=delimiter, encoding=encoding)
+            if own is not None:
+                titles = [own.get(x, (f"Item {x}", ()))[0] for x in log.item_ids]
+                genres: list[tuple[str, ...]] = [own.get(x, ("", ()))[1] for x in log.item_ids]
+            else:
+                titles = [f"Item {x}" for x in log.item_ids]
+                genres = [() for _ in log.item_ids]
         else:
             table = parse_items(items_bytes, str(items_csv), item_col=item_col, title_col=title_col,
                                 genres_col=genres_col, genre_sep=genre_sep, delimiter=delimiter,
@@ -720,6 +803,36 @@ def from_ratings(
                            mf_hyper=mf_hyper, **params)
 
     return cached_world(name, data_hash, settings, build, cache)
+
+
+def _items_in_ratings(data: bytes, source: str, *, item_col: str, title_col: str, genres_col: str | None,
+                      genre_sep: str, delimiter: str | None, encoding: str) -> dict[str, tuple[str, tuple[str, ...]]] | None:
+    """Item id -> (title, genres) from a ratings file that has a ``title_col`` column (one file holding both),
+    else ``None``. An item given two different titles is an error naming both lines."""
+    rows, delim, numbers = _rows(_decode(data, source, encoding), delimiter, source)
+    start = next((k for k, row in enumerate(rows) if any(f.strip() for f in row)), None)
+    if start is None:
+        return None
+    head = rows[start]
+    ct = _column_index(head, title_col, source, "title_col", False)
+    if ct is None:
+        return None
+    ci = _column_index(head, item_col, source, "item_col", True)
+    cg = None if genres_col is None else _column_index(head, genres_col, source, "genres_col", False)
+    out: dict[str, tuple[str, tuple[str, ...]]] = {}
+    seen: dict[str, int] = {}
+    need = max(c for c in (ci, ct, cg) if c is not None) + 1
+    for lineno, row in _data_rows(rows, start + 1, need, [], numbers, len(head), delim):
+        item, title = row[ci].strip(), row[ct].strip()
+        if not item or not title:
+            continue
+        genres = tuple(g.strip() for g in row[cg].split(genre_sep) if g.strip()) if cg is not None else ()
+        if item in out and out[item][0] != title:
+            raise ValueError(f"{source}: item {item!r} is titled {out[item][0]!r} on line {seen[item]} and {title!r} on "
+                             f"line {lineno}; give each item one title.")
+        if item not in out:
+            out[item], seen[item] = (title, genres), lineno
+    return out
 
 
 def _join_items(

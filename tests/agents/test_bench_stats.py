@@ -1,0 +1,68 @@
+"""Honest statistics: users as the unit of the intervals, a warning when users repeat, LLM rows that say what ran,
+rates with two significant digits, sessions joined back to the data's raw ids."""
+
+from __future__ import annotations
+
+import json
+import warnings
+
+import numpy as np
+import pytest
+
+from agents.benchmark import benchmark, format_rate, format_table
+from agents.evaluation import choose_users, mean_ci95, user_mean_ci95
+from ulrec_env.worlds.spec import world_from_spec
+
+
+def test_repeated_users_warn_and_count_once():
+    from agents.baselines import GreedyPolicy
+    from agents.evaluation import run_policy, summarize
+
+    world = world_from_spec("synthetic:3")
+    n_test = world.test_users.size
+    with pytest.warns(UserWarning, match=f"{5 * n_test} episodes asked of the {n_test} 'test' users"):
+        users = choose_users(world, "test", 5 * n_test, 0)
+    row = summarize("greedy", run_policy(GreedyPolicy(), world, users, max_episode_steps=20), world, max_episode_steps=20)
+    distinct = np.unique(users)
+    assert row["episodes"] == 5 * n_test and row["users"] == distinct.size
+    # greedy's sessions of one user are copies: the interval is that of the distinct users' sessions
+    once = run_policy(GreedyPolicy(), world, distinct, max_episode_steps=20)
+    assert row["len_ci95"] == pytest.approx(mean_ci95(once.lengths)[1])
+    with pytest.warns(UserWarning):
+        doc = benchmark(world, ["greedy"], episodes=5 * n_test, seeds=1, progress=False, max_episode_steps=20)
+    assert f"({doc['results'][0]['users']} distinct users; intervals over users)" in format_table(doc)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        choose_users(world, "test", n_test, 0)  # as many as there are: no warning
+
+
+def test_user_interval_is_the_plain_one_without_repeats():
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=30)
+    assert user_mean_ci95(np.arange(30), x) == mean_ci95(x)
+    users = np.repeat(np.arange(10), 3)
+    per_user = np.array([x[users == u].mean() for u in range(10)])
+    assert user_mean_ci95(users, x) == pytest.approx(mean_ci95(per_user))
+
+
+@pytest.mark.parametrize("x, text", [(0.11, "0.11"), (0.1149, "0.11"), (3.24, "3.2"), (45.6, "46"), (99.7, "100"),
+                                     (1234.4, "1,234"), (float("nan"), "-"), (10.0, "10")])
+def test_rates_print_with_two_significant_digits(x, text):
+    assert format_rate(x) == text
+
+
+def test_per_session_rows_carry_raw_ids(tmp_path):
+    ratings = tmp_path / "log.csv"
+    rng = np.random.default_rng(0)
+    lines = ["uid,iid,stars"] + [f"user-{u},film-{i},{rng.integers(1, 6)}" for u in range(24)
+                                 for i in rng.choice(30, 12, replace=False)]
+    ratings.write_text("\n".join(lines) + "\n")
+    world = world_from_spec(f"ratings:{ratings}:user_col=uid:item_col=iid:rating_col=stars:timestamp_col=none:cache=false")
+    assert world.name == "log" and world.user_ids[0].startswith("user-") and world.item_ids[0].startswith("film-")
+    doc = benchmark(world, ["greedy"], episodes="all", seeds=1, progress=False, max_episode_steps=5, per_session=True)
+    sessions = doc["results"][0]["sessions"]
+    assert len(sessions) == world.test_users.size
+    for s in sessions:
+        assert s["user_id"] == world.user_ids[s["user"]]
+        assert s["item_ids"] == [world.item_ids[i] for i in s["items"]]
+    json.dumps(doc)  # JSON-ready
