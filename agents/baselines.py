@@ -62,11 +62,12 @@ class RandomPolicy(Policy):
 
     def __init__(self, seed: int | None = 0) -> None:
         super().__init__()
+        self._seed = seed
         self._rng = np.random.default_rng(seed)
 
     def reset(self, seed: int | None = None) -> None:
-        if seed is not None:
-            self._rng = np.random.default_rng(seed)
+        """Reseed (``None``: back to the constructor's seed), as every policy's ``reset`` does."""
+        self._rng = np.random.default_rng(self._seed if seed is None else seed)
 
     def _act_batch(self, obs: Mapping[str, np.ndarray]) -> np.ndarray:
         seen = shown_mask(obs["recommended"], self.world.n_items)
@@ -186,11 +187,12 @@ class GenreCyclePolicy(Policy):
         self.max_history = int(max_history)
         self.window = int(window)
         self.copy_words = bool(copy_words)
+        self._seed = seed
         self._rng = np.random.default_rng(seed)
 
     def reset(self, seed: int | None = None) -> None:
-        if seed is not None:
-            self._rng = np.random.default_rng(seed)
+        """Reseed (``None``: back to the constructor's seed), as every policy's ``reset`` does."""
+        self._rng = np.random.default_rng(self._seed if seed is None else seed)
 
     def _on_bind(self) -> None:
         names = {g: k for k, g in enumerate(self.world.genre_names)}

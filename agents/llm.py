@@ -79,7 +79,8 @@ class LLMRecommender(Policy):
     """A language model that recommends one catalog item per step, from what it sees in the observation.
 
     Build it with :meth:`from_pretrained` (or pass a loaded model and tokenizer), :meth:`bind` it to a
-    world, then call :meth:`act_batch` on observations of the native vector env.
+    world, then call :meth:`act_batch` (item ids) or :meth:`decode_batch` (item ids and one :class:`DecodeRecord`
+    per session) on observations of the native vector env.
 
     Args:
         model: A causal LM (``transformers`` or a ``peft`` model wrapping one), in eval mode.
@@ -256,10 +257,13 @@ class LLMRecommender(Policy):
                     kwargs[key] = prompt[key]
         lm, tok = load_model_and_tokenizer(model, device=device, dtype=dtype, adapter=adapter,
                                            trust_remote_code=trust_remote_code, allow_unsafe_pickle=allow_unsafe_pickle)
-        return cls(
+        agent = cls(
             lm, tok, temperature=temperature, top_p=top_p, max_history=max_history, grounding=grounding,
             mask_recommended=mask_recommended, batch_size=batch_size, **kwargs,
         )
+        agent.model_id = "smollm2" if model is None else os.fspath(model)
+        agent.adapter_path = None if adapter is None else os.fspath(adapter)
+        return agent
 
     def _on_bind(self) -> None:
         world = self.world
@@ -306,13 +310,8 @@ class LLMRecommender(Policy):
             for i in range(len(hist))
         ]
 
-    def act(self, obs: Mapping[str, Any], info: Mapping[str, Any] | None = None) -> int:
-        """One action for one session's observation."""
-        batch = {k: np.asarray(v)[None] for k, v in obs.items()}
-        return int(self.act_batch(batch)[0][0])
-
-    def act_batch(self, obs: Mapping[str, np.ndarray]) -> tuple[np.ndarray, list[DecodeRecord]]:  # type: ignore[override]
-        """Actions for a batch of sessions, with what the model produced for each.
+    def _decode_batch(self, obs: Mapping[str, np.ndarray]) -> tuple[np.ndarray, list[DecodeRecord]]:
+        """Actions for a batch of sessions, with what the model produced for each (``decode_batch``'s hook).
 
         Args:
             obs: A batched observation of the native vector env (``user``, ``history``, ``recommended``,
@@ -357,7 +356,7 @@ class LLMRecommender(Policy):
         return [slice(i, min(n, i + size)) for i in range(0, n, size)]
 
     def _act_batch(self, obs: Mapping[str, np.ndarray]) -> np.ndarray:
-        return self.act_batch(obs)[0]
+        return self._decode_batch(obs)[0]
 
     @property
     def grounding_stats(self) -> dict[str, int]:

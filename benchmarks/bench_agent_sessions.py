@@ -153,8 +153,8 @@ def main(argv: list[str] | None = None) -> dict:
     # First-step greedy picks, fast agent (auto dtype) against a float32 agent, on 64 users.
     env = ULRecVectorEnv(num_envs=64, world=world, autoreset_mode="disabled")
     obs, _ = env.reset(seed=0, options={"users": world.test_users[:64]})
-    picks_f32 = agent(f32_model, batch_size=64).act_batch(obs)[0]
-    picks_auto = agent(auto_model, batch_size=64).act_batch(obs)[0]
+    picks_f32 = agent(f32_model, batch_size=64).act_batch(obs)
+    picks_auto = agent(auto_model, batch_size=64).act_batch(obs)
     agreement = float(np.mean(picks_f32 == picks_auto))
 
     result = {

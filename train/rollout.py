@@ -127,11 +127,10 @@ class _PromptingPolicy(Policy):
         self.inner.reset(seed)
 
     def _act_batch(self, obs):
-        out = self.inner.act_batch(obs)
-        return out[0] if isinstance(out, tuple) else out
+        return self.inner.act_batch(obs)
 
-    def act_batch(self, obs):
-        actions = super().act_batch(obs)
+    def _decode_batch(self, obs):
+        actions = self.inner.act_batch(obs)
         prompts = [{"prompt": self.prompt_builder(self.world, {k: v[i] for k, v in obs.items()})}
                    for i in range(len(actions))]
         return actions, prompts

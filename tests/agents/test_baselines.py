@@ -130,7 +130,9 @@ def test_run_policy_plays_each_user_once_and_summarises(small_world):
     # Same user, deterministic policy and user: same session.
     assert np.array_equal(s.items[0], s.items[3])
     row = summarize("greedy", s, small_world, peeks=True)
-    assert row["episodes"] == 5 and row["len_mean"] == pytest.approx(s.lengths.mean())
+    # the user is the unit: user 1's two sessions (copies) count once
+    per_user = [s.lengths[s.users == u].mean() for u in (1, 2, 3, 5)]
+    assert row["episodes"] == 5 and row["users"] == 4 and row["len_mean"] == pytest.approx(np.mean(per_user))
     assert sum(row["leave_reasons"].values()) == pytest.approx(100.0)
 
 
@@ -166,7 +168,7 @@ def test_genre_cycle_reads_only_the_prompt_and_follows_its_rule(default_world, c
         for r, a in enumerate(actions):
             history = obs["history"][r][obs["history"][r] >= 0][-6:]
             liked = set().union(*_genre_sets(world, history))
-            step = int(obs["step"][r])
+            step = int(obs["step"][r, 0])
             recent = set().union(set(), *_genre_sets(world, obs["recommended"][r][max(0, step - 2):step]))
             shown = set(obs["recommended"][r][:step].tolist())
             assert a not in shown
@@ -242,3 +244,23 @@ def test_make_policy_passes_the_history_length():
     assert not p.copy_words and make_policy("genre-cycle-words").copy_words
     q = make_policy("genre-cycle", max_history=0, window=1)
     assert (q.max_history, q.window) == (0, 1)
+
+
+def test_every_policy_honours_the_one_interface(small_world):
+    """act_batch returns int64 ids; decode_batch returns them with records (None for policies without);
+    reset(None) goes back to the constructor's seed, so the same decisions follow."""
+    from agents.registry import make
+
+    env = ULRecVectorEnv(num_envs=4, world=small_world, max_episode_steps=5)
+    obs, _ = env.reset(seed=0, options={"users": small_world.test_users[:4]})
+    for name in ("random", "popular", "greedy", "mmr", "genre-cycle", "genre-cycle-words", "oracle"):
+        policy = make(name).bind(small_world, env)
+        actions = policy.act_batch(obs)
+        assert isinstance(actions, np.ndarray) and actions.dtype == np.int64 and actions.shape == (4,), name
+        again, records = policy.decode_batch(obs)
+        assert records is None, name
+        policy.reset(None)
+        first = policy.act_batch(obs)
+        policy.reset(None)
+        assert np.array_equal(first, policy.act_batch(obs)), name
+        assert isinstance(policy.act({k: v[0] for k, v in obs.items()}), int), name

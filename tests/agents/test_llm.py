@@ -27,7 +27,7 @@ def test_constrained_actions_are_catalog_items_and_records_match(tiny_model, tin
     for _ in range(3):
         active = ~env.done
         sub = {k: v[active] for k, v in obs.items()}
-        items, records = agent.act_batch(sub)
+        items, records = agent.decode_batch(sub)
         assert items.dtype == np.int64 and items.shape == (int(active.sum()),)
         assert len(records) == len(items)
         for item, rec, prompt in zip(items, records, agent.prompts(sub)):
@@ -55,10 +55,10 @@ def test_batched_greedy_equals_one_by_one(tiny_model, tiny_tokenizer, small_worl
     obs["recommended"][1, :2] = [5, 6]
     obs["rewards"][1, :2] = [4.0, 3.5]
     obs["recommended"][4, :1] = [9]
-    together, rec_t = agent.act_batch(obs)
+    together, rec_t = agent.decode_batch(obs)
     alone = [agent.act({k: v[i] for k, v in obs.items()}) for i in range(6)]
     assert together.tolist() == alone
-    single = agent.act_batch({k: v[:1] for k, v in obs.items()})[1][0]
+    single = agent.decode_batch({k: v[:1] for k, v in obs.items()})[1][0]
     assert single.logprob == pytest.approx(rec_t[0].logprob, abs=1e-4)
 
 
@@ -73,13 +73,13 @@ def test_mask_recommended_excludes_shown_items(tiny_model, tiny_tokenizer, small
         assert {r.item for r in records} <= set(keep.tolist())
     # through the observation: the greedy pick, once shown, is never picked again
     greedy = make_agent(tiny_model, tiny_tokenizer, small_world)
-    first, _ = greedy.act_batch(obs)
+    first, _ = greedy.decode_batch(obs)
     obs["recommended"][:, 0] = first
     obs["rewards"][:, 0] = 4.0
-    second, _ = greedy.act_batch(obs)
+    second, _ = greedy.decode_batch(obs)
     assert (second != first).all()
     unmasked = make_agent(tiny_model, tiny_tokenizer, small_world, mask_recommended=False)
-    assert unmasked.act_batch(obs)[0].shape == (4,)
+    assert unmasked.decode_batch(obs)[0].shape == (4,)
 
 
 def test_no_repeats_within_a_session(tiny_model, tiny_tokenizer, small_world):
@@ -91,7 +91,7 @@ def test_no_repeats_within_a_session(tiny_model, tiny_tokenizer, small_world):
         active = ~env.done
         if not active.any():
             break
-        items, _ = agent.act_batch({k: v[active] for k, v in obs.items()})
+        items, _ = agent.decode_batch({k: v[active] for k, v in obs.items()})
         actions = np.zeros(2, np.int64)
         actions[active] = items
         for r in np.flatnonzero(active):
@@ -116,7 +116,7 @@ def test_all_items_shown_falls_back_without_failing(tiny_model, tiny_tokenizer):
     agent = make_agent(tiny_model, tiny_tokenizer, world)
     env, obs = first_obs(world, n=1)
     obs["recommended"][0, :6] = np.arange(6)
-    items, _ = agent.act_batch(obs)
+    items, _ = agent.decode_batch(obs)
     assert 0 <= items[0] < 6 and agent.stats["mask_exhausted"] == 1
 
 
@@ -125,23 +125,23 @@ def test_sampling_is_seeded(tiny_model_factory, tiny_tokenizer, small_world):
     _, obs = first_obs(small_world, n=8)
     a = make_agent(model, tiny_tokenizer, small_world, temperature=1.5, seed=11)
     b = make_agent(model, tiny_tokenizer, small_world, temperature=1.5, seed=11)
-    ia, ra = a.act_batch(obs)
-    ib, rb = b.act_batch(obs)
+    ia, ra = a.decode_batch(obs)
+    ib, rb = b.decode_batch(obs)
     assert ia.tolist() == ib.tolist()
     assert [r.logprob for r in ra] == [r.logprob for r in rb]
     a.reset(11)
-    assert a.act_batch(obs)[0].tolist() == ia.tolist()
-    others = [make_agent(model, tiny_tokenizer, small_world, temperature=1.5, seed=s).act_batch(obs)[0].tolist() for s in (1, 2)]
+    assert a.decode_batch(obs)[0].tolist() == ia.tolist()
+    others = [make_agent(model, tiny_tokenizer, small_world, temperature=1.5, seed=s).decode_batch(obs)[0].tolist() for s in (1, 2)]
     assert any(o != ia.tolist() for o in others)
-    greedy = make_agent(model, tiny_tokenizer, small_world).act_batch(obs)[0]
-    nucleus = make_agent(model, tiny_tokenizer, small_world, temperature=1.0, top_p=1e-9, seed=5).act_batch(obs)[0]
+    greedy = make_agent(model, tiny_tokenizer, small_world).decode_batch(obs)[0]
+    nucleus = make_agent(model, tiny_tokenizer, small_world, temperature=1.0, top_p=1e-9, seed=5).decode_batch(obs)[0]
     assert nucleus.tolist() == greedy.tolist()
 
 
 def test_free_grounding_maps_every_action(tiny_model, tiny_tokenizer, small_world):
     agent = make_agent(tiny_model, tiny_tokenizer, small_world, grounding="free", max_new_tokens=6)
     _, obs = first_obs(small_world, n=4)
-    items, records = agent.act_batch(obs)
+    items, records = agent.decode_batch(obs)
     assert ((items >= 0) & (items < small_world.n_items)).all()
     assert sum(agent.grounding_stats.values()) == 4
     for rec in records:
@@ -184,7 +184,7 @@ def test_unbound_agent_raises(tiny_model, tiny_tokenizer, small_world):
     agent = LLMRecommender(tiny_model, tiny_tokenizer)
     _, obs = first_obs(small_world, n=1)
     with pytest.raises(RuntimeError, match="bind"):
-        agent.act_batch(obs)
+        agent.decode_batch(obs)
 
 
 def test_memory_bounds_do_not_change_results(tiny_model, tiny_tokenizer, small_world):
@@ -193,8 +193,8 @@ def test_memory_bounds_do_not_change_results(tiny_model, tiny_tokenizer, small_w
     obs["rewards"][2, :3] = 4.0
     a = make_agent(tiny_model, tiny_tokenizer, small_world, prefill_chunk=None, max_batch_tokens=None)
     b = make_agent(tiny_model, tiny_tokenizer, small_world, prefill_chunk=7, max_batch_tokens=600)
-    ia, ra = a.act_batch(obs)
-    ib, rb = b.act_batch(obs)
+    ia, ra = a.decode_batch(obs)
+    ib, rb = b.decode_batch(obs)
     assert ia.tolist() == ib.tolist()
     assert [r.logprob for r in ra] == pytest.approx([r.logprob for r in rb], abs=1e-4)
     assert a.stats["passes"] == 1 and b.stats["passes"] > 1
@@ -208,11 +208,24 @@ def test_prefix_cache_follows_weight_updates(tiny_model_factory, tiny_tokenizer,
     model = tiny_model_factory(4)
     agent = make_agent(model, tiny_tokenizer, small_world)
     _, obs = first_obs(small_world, n=2)
-    before = agent.act_batch(obs)[1]
+    before = agent.decode_batch(obs)[1]
     with torch.no_grad():
         for p in model.parameters():
             p.mul_(1.5)  # an in-place update, as an optimizer step makes
-    after = agent.act_batch(obs)[1]
+    after = agent.decode_batch(obs)[1]
     for rec in after:
         assert rec.logprob == pytest.approx(agent.completion_logprob(rec.prompt, rec.completion), abs=1e-4)
     assert [r.logprob for r in before] != [r.logprob for r in after]
+
+
+def test_the_llm_honours_the_policy_interface(tiny_model, tiny_tokenizer, small_world):
+    """act_batch returns the ids the base class promises; decode_batch the same ids with one record each."""
+    agent = make_agent(tiny_model, tiny_tokenizer, small_world)
+    _, obs = first_obs(small_world, n=3)
+    actions = agent.act_batch(obs)
+    assert isinstance(actions, np.ndarray) and actions.dtype == np.int64 and actions.shape == (3,)
+    again, records = agent.decode_batch(obs)
+    assert again.tolist() == actions.tolist() and [r.item for r in records] == actions.tolist()
+    assert agent.act({k: v[0] for k, v in obs.items()}) == int(actions[0])
+    with pytest.raises(RuntimeError, match="not bound to a world"):
+        LLMRecommender(tiny_model, tiny_tokenizer).act_batch(obs)

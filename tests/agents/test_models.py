@@ -58,7 +58,7 @@ def test_load_local_folder_and_adapter(saved_tiny, tmp_path, small_world):
     assert type(agent.model).__name__.startswith("Peft")
     env = ULRecVectorEnv(num_envs=2, world=small_world)
     obs, _ = env.reset(seed=0)
-    items, records = agent.act_batch(obs)
+    items, records = agent.decode_batch(obs)
     assert ((items >= 0) & (items < small_world.n_items)).all()
     assert records[0].logprob == pytest.approx(agent.completion_logprob(records[0].prompt, records[0].completion), abs=1e-4)
 
@@ -87,7 +87,7 @@ def test_real_smollm2(default_world):
     assert getattr(agent.model, "hf_quantizer", None) is None
     env = ULRecVectorEnv(num_envs=2, world=default_world)
     obs, _ = env.reset(seed=0)
-    items, records = agent.act_batch(obs)
+    items, records = agent.decode_batch(obs)
     assert ((items >= 0) & (items < default_world.n_items)).all()
     assert "<|im_start|>assistant" in records[0].prompt
     for rec in records:
