@@ -798,53 +798,41 @@ def _env_dict(run: _Run) -> dict[str, Any]:
     return EnvConfig.resolve(run.world.env_defaults, **run.settings.env).to_dict()
 
 
+#: What the demo and the headline preset share: the default world at horizon 20, short prompts (6 history items,
+#: 4 session steps), LoRA on the last 10 blocks, the genre-cycle-words teacher, the learning rates and KTO beta.
+_SHORT_PROMPT_RECIPE: dict[str, Any] = dict(
+    max_episode_steps=20, max_history=6, max_session=4, epochs=1.0, sft_learning_rate=1e-3, kto_learning_rate=5e-4,
+    beta=1.0, lora_layers=10, extra_negatives=3, teacher="genre-cycle-words",
+)
+
 #: `ulrec demo`: one round on the default world, sized to end within 15 minutes on 2 CPU cores: the learning
-#: run's recipe (README, "The learning result") with a teacher, short prompts and fewer users and steps.
+#: run's recipe (README, "The learning result") with fewer users and steps.
 DEMO_SETTINGS = LoopSettings(
+    **_SHORT_PROMPT_RECIPE,
     iterations=1,
     episodes=32,
     eval_episodes=30,
     temperature=0.5,
-    max_episode_steps=20,
-    max_history=6,
-    max_session=4,
-    epochs=1.0,
     sft_max_steps=40,
     kto_max_steps=12,
-    sft_learning_rate=1e-3,
-    kto_learning_rate=5e-4,
-    beta=1.0,
-    lora_layers=10,
-    extra_negatives=3,
-    teacher="genre-cycle-words",
     references=("random", "greedy", "genre-cycle-words", "oracle"),
 )
 
-
-#: `ulrec loop --preset headline`: the README's learning run. The default world, horizon 20, all 200 test users,
-#: three iterations sized for 90 minutes on 2 CPU cores: the genre-cycle-words teacher for ULRec-P, then KTO on the
-#: model's own sessions against ULRec-P as a fixed reference, with the previous iteration's and the teacher's
-#: examples replayed and a larger SFT term, so that a later iteration does not undo an earlier one.
+#: `ulrec loop --preset headline`: the README's learning run. Three iterations on all 200 test users, sized for
+#: 90 minutes on 2 CPU cores: ULRec-P from the teacher, then KTO on the model's own sessions against ULRec-P as a
+#: fixed reference, with the previous iteration's and the teacher's examples replayed and a larger SFT term, so
+#: that a later iteration does not undo an earlier one.
 HEADLINE_SETTINGS = LoopSettings(
+    **_SHORT_PROMPT_RECIPE,
     world="synthetic",
     iterations=3,
     episodes=128,
     eval_episodes="all",
     temperature=0.3,
-    max_episode_steps=20,
-    max_history=6,
-    max_session=4,
-    epochs=1.0,
     sft_max_steps=160,
     kto_max_steps=80,
-    sft_learning_rate=1e-3,
-    kto_learning_rate=5e-4,
     kto_lr_decay=0.7,
-    beta=1.0,
     sft_alpha=0.5,
-    lora_layers=10,
-    extra_negatives=3,
-    teacher="genre-cycle-words",
     reference="ulrec-p",
     replay=1,
     teacher_replay=True,
