@@ -477,6 +477,10 @@ def tune(
             )
             encoding = trainer.encoding_report
             n_train = len(rows)
+        if args.disable_tqdm:  # no bar, and no log lines printed in its place (they stay in log_history)
+            from transformers.trainer_callback import PrinterCallback
+
+            trainer.remove_callback(PrinterCallback)
         trainer.train(resume_from_checkpoint=os.fspath(resume_from) if resume_from is not None else None)
         train_seconds = time.perf_counter() - t0
 

@@ -241,3 +241,12 @@ def test_kto_against_another_reference_adapter(data_dir, tiny_model_factory, tin
 
     same = kto("u-same", a)  # the reference passed as a separate model gives what TRL's own copy gives
     assert first_rewards(same) == pytest.approx(first_rewards(own), abs=1e-5)
+
+
+def test_no_progress_prints_no_training_lines(data_dir, tiny_model_factory, tiny_tokenizer, tmp_path, capsys):
+    """Without a bar (`--no-progress`), the Trainer prints no log lines in its place; the logs stay in the result."""
+    result = tune("sft", data_dir, tiny_model_factory(0), tokenizer=tiny_tokenizer, out=tmp_path / "p", max_steps=2,
+                  config=TuneConfig(trainer_args=small_args("sft", disable_tqdm=True)))
+    out = capsys.readouterr()
+    assert "'loss'" not in out.out and "'loss'" not in out.err
+    assert any("loss" in h for h in result.log_history)
