@@ -72,14 +72,20 @@ def test_tune_refuses_a_pickled_init_adapter(tmp_path, tiny_model, tiny_tokenize
     assert not marker.exists()
 
 
-def test_model_folder_with_only_pickled_weights_is_refused(tmp_path, tiny_model_dir):
-    from agents.models import load_model_and_tokenizer
-
+def _pickled_model_dir(tmp_path, tiny_model_dir):
+    """A copy of the tiny model whose only weights are a hostile pickle; ``(folder, marker it would create)``."""
     d = tmp_path / "model"
     shutil.copytree(tiny_model_dir, d)
     marker = tmp_path / "pwned"
     (d / "model.safetensors").unlink()
     (d / "pytorch_model.bin").write_bytes(pickle.dumps(_Gadget(marker)))
+    return d, marker
+
+
+def test_model_folder_with_only_pickled_weights_is_refused(tmp_path, tiny_model_dir):
+    from agents.models import load_model_and_tokenizer
+
+    d, marker = _pickled_model_dir(tmp_path, tiny_model_dir)
     with pytest.raises(UnsafeFileError, match="pytorch_model.bin"):
         load_model_and_tokenizer(str(d), device="cpu")
     assert not marker.exists()
@@ -110,11 +116,7 @@ def test_model_code_runs_only_with_trust_remote_code(tmp_path, tiny_model_dir):
 def test_a_stray_safetensors_file_does_not_open_the_pickled_weights(tmp_path, tiny_model_dir):
     from agents.models import load_model_and_tokenizer
 
-    d = tmp_path / "model"
-    shutil.copytree(tiny_model_dir, d)
-    marker = tmp_path / "pwned"
-    (d / "model.safetensors").unlink()
-    (d / "pytorch_model.bin").write_bytes(pickle.dumps(_Gadget(marker)))
+    d, marker = _pickled_model_dir(tmp_path, tiny_model_dir)
     (d / "junk.safetensors").write_bytes(b"")
     with pytest.raises(OSError, match="no file named model.safetensors"):  # told to read nothing else
         load_model_and_tokenizer(str(d), device="cpu")
