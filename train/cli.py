@@ -176,8 +176,8 @@ def parse_command(argv: Sequence[str]) -> argparse.Namespace:
 
     argv = list(argv)
     args = build_parser().parse_args(argv)
-    probe = build_parser().loop_parsers.get(args.command)  # type: ignore[attr-defined]
-    if probe is not None:
+    if args.command in ("loop", "compare"):
+        probe = build_parser().loop_parsers[args.command]  # type: ignore[attr-defined]
         for action in probe._actions:  # a fresh copy without defaults: what it parses is what was typed
             action.default = argparse.SUPPRESS
         typed, _ = probe.parse_known_args(argv[argv.index(args.command) + 1:])

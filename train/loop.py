@@ -420,7 +420,7 @@ class _Run:
 
         return self.stage(f"iter{k}/{'label' if name == 'labels' else name}", run, folder)
 
-    def merge_data(self, k: int, own: str, own_rollout: str) -> dict[str, Any]:
+    def merge_data(self, k: int, own: str) -> dict[str, Any]:
         """Iteration ``k``'s KTO data: its own labels (``own``), the own labels of the ``replay`` iterations
         before it and, with ``teacher_replay``, the teacher's desirable steps; written to ``iterK/kto-data``."""
         folder = self.out / f"iter{k}" / "kto-data"
@@ -450,7 +450,7 @@ class _Run:
             save_examples(examples, folder, world_fingerprint=first.world_fingerprint,
                           extra_meta={"prompt_format_version": first.meta.get("prompt_format_version"), "iteration": k,
                                       "prompt": first.meta.get("prompt"), "report": report})
-            return {"path": str(folder), "report": report, "rollout_stage": f"iter{k}/{own_rollout}"}
+            return {"path": str(folder), "report": report, "rollout_stage": f"iter{k}/{own.replace('labels', 'rollout')}"}
 
         return self.stage(f"iter{k}/kto-data", run, folder)
 
@@ -552,8 +552,7 @@ class _Run:
                 self.label(k, rollout="rollout-own", name="labels-own")
                 labels = self.out / f"iter{k}" / "labels-own"
             if s.replay > 0 and k > 1 or s.teacher_replay:
-                own = labels.name
-                self.merge_data(k, own, "rollout-own" if own == "labels-own" else "rollout")
+                self.merge_data(k, labels.name)
                 labels = self.out / f"iter{k}" / "kto-data"
             reference = None
             if s.reference == "ulrec-p" and init != str(self.out / "iter1" / "ulrec-p"):
@@ -587,7 +586,7 @@ class _Run:
         if tune_key == eval_key or tune_key not in st:
             return None
         k = int(st[eval_key]["eval"]["iteration"])
-        rollout_key, label_key = _data_stages(st[tune_key], k)
+        rollout_key, label_key = _data_stages(st[tune_key], k, st)
         report = st.get(label_key, {}).get("report", {})
         tune_stage = st[tune_key]
         return {"tune_stage": tune_key, "label_stage": label_key, "rollout_stage": rollout_key,
@@ -611,7 +610,7 @@ class _Run:
             e = stage["eval"]
             k = int(e["iteration"])
             tune_key = eval_key.replace("/eval-", "/tune-")  # the stage that trained the evaluated adapter
-            rollout_key, label_key = _data_stages(st.get(tune_key) if tune_key != eval_key else None, k)
+            rollout_key, label_key = _data_stages(st.get(tune_key) if tune_key != eval_key else None, k, st)
             report = st.get(label_key, {}).get("report", {})
             w.writerow([k, e["policy"], f"{e['len_mean']:.4f}", f"{e['len_ci95']:.4f}", f"{e['return_mean']:.4f}",
                         f"{e['return_ci95']:.4f}", f"{e['reward_per_step']:.4f}", e["episodes"],
@@ -623,15 +622,15 @@ class _Run:
         return buf.getvalue()
 
 
-def _data_stages(tune_stage: Mapping[str, Any] | None, k: int) -> tuple[str, str]:
+def _data_stages(tune_stage: Mapping[str, Any] | None, k: int, stages: Mapping[str, Any]) -> tuple[str, str]:
     """``(rollout stage, label stage)`` whose data the tuning stage trained on (``iterK/labels-own`` -> the
     ``rollout-own`` of that iteration); for untuned rows, stages that do not exist (blank columns)."""
     if tune_stage is None:
         return "", ""
     data = tune_stage.get("data")
-    if data and Path(data).name == "kto-data":  # merged by _Run.merge_data: its report, its iteration's own rollout
-        p = Path(data)
-        return f"{p.parent.name}/{'rollout-own' if (p.parent / 'rollout-own').exists() else 'rollout'}", f"{p.parent.name}/kto-data"
+    if data and Path(data).name == "kto-data":  # merged by _Run.merge_data, which records its own rollout
+        key = f"{Path(data).parent.name}/kto-data"
+        return stages.get(key, {}).get("rollout_stage", ""), key
     if not data:  # a manifest of an earlier version: the iteration's first rollout, as it was reported then
         return f"iter{k}/rollout", f"iter{k}/label"
     p = Path(data)
@@ -846,8 +845,11 @@ PRESETS: dict[str, LoopSettings] = {"headline": HEADLINE_SETTINGS}
 
 def describe_settings(settings: LoopSettings) -> str:
     """One line a run prints at its start: the preset, what was typed over it, and every setting."""
-    head = f"preset {settings.preset}" + (f" (typed over it: {', '.join(settings.preset_overrides)})"
-                                          if settings.preset_overrides else "") if settings.preset else "no preset"
+    head = "no preset"
+    if settings.preset:
+        head = f"preset {settings.preset}"
+        if settings.preset_overrides:
+            head += f" (typed over it: {', '.join(settings.preset_overrides)})"
     body = ", ".join(f"{k}={v!r}" for k, v in settings.to_dict().items() if k not in ("preset", "preset_overrides"))
     return f"settings ({head}): {body}"
 

@@ -451,12 +451,11 @@ def tune(
         ctx = _context_length(lm)
         if ctx is not None and (args.max_length is None or args.max_length > ctx):
             args = dataclasses.replace(args, max_length=int(ctx))
+        named_base = base_id if isinstance(model, (str, os.PathLike)) or model is None else None  # checkable
         ref_model = None
         if stage == "kto" and cfg.reference_adapter is not None:
-            ref_model = _reference_model(copy.deepcopy(lm), cfg.reference_adapter, cfg, base_id if isinstance(
-                model, (str, os.PathLike)) or model is None else None)
-        lm, peft_config = _attach_adapter(lm, init_adapter, cfg, base_id if isinstance(model, (str, os.PathLike)) or
-                                          model is None else None, labelled.world_fingerprint)
+            ref_model = _reference_model(copy.deepcopy(lm), cfg.reference_adapter, cfg, named_base)
+        lm, peft_config = _attach_adapter(lm, init_adapter, cfg, named_base, labelled.world_fingerprint)
 
         t0 = time.perf_counter()
         if stage == "sft":
