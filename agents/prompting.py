@@ -13,7 +13,9 @@ with another version were trained on other prompts.
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 
@@ -24,6 +26,7 @@ __all__ = [
     "COMPACT_INSTRUCTION",
     "INSTRUCTION",
     "PROMPT_FORMAT_VERSION",
+    "PromptFormat",
     "SESSION_WINDOWS",
     "build_completion",
     "build_messages",
@@ -32,6 +35,7 @@ __all__ = [
     "encode_prompt",
     "format_item",
     "parse_completion",
+    "prompt_of_observation",
 ]
 
 #: How ``max_session`` cuts the session part of a prompt (see :func:`build_messages`).
@@ -74,15 +78,89 @@ def _valid_ids(ids: Any, name: str, n_items: int) -> np.ndarray:
     return arr
 
 
+@dataclass(frozen=True)
+class PromptFormat:
+    """How a prompt is written: the one record of it that the agent, teacher prompts, rollouts, labels, adapters
+    and the loop all carry (rollout summaries, label metadata and adapter sidecars save :meth:`to_dict` under
+    ``"prompt"``; :meth:`from_dict` reads it back).
+
+    Attributes:
+        max_history: How many of the user's most recent history items to show.
+        max_session: How many of this session's most recent steps to show (``None``: all).
+        worked_example: Put the worked example in the instruction (``INSTRUCTION``) or not
+            (``COMPACT_INSTRUCTION``, about 70 fewer tokens).
+        session_window: How ``max_session`` is applied. ``"sliding"``: the last ``max_session`` steps (each step
+            drops the oldest line, so a prompt never extends the previous one). ``"block"``: the steps from the
+            last multiple of ``max_session`` that leaves at least ``max_session`` of them, i.e. between
+            ``max_session`` and ``2 * max_session - 1`` recent steps; lines are dropped ``max_session`` at a time,
+            so for ``max_session - 1`` steps out of ``max_session`` the prompt extends the previous step's and the
+            agent's session cache reuses it (see :class:`agents.llm.LLMRecommender`).
+    """
+
+    max_history: int = 15
+    max_session: int | None = field(default=None, metadata={"metavar": "N|none"})
+    worked_example: bool = True
+    session_window: str = field(default="sliding", metadata={"choices": SESSION_WINDOWS})
+
+    def __post_init__(self) -> None:
+        if isinstance(self.max_history, bool) or not isinstance(self.max_history, (int, np.integer)) or self.max_history < 0:
+            raise ValueError(f"`max_history` must be an integer >= 0, got {self.max_history!r}.")
+        m = self.max_session
+        if m is not None and (isinstance(m, bool) or not isinstance(m, (int, np.integer)) or m < 0):
+            raise ValueError(f"`max_session` must be None or an integer >= 0, got {m!r}.")
+        if not isinstance(self.worked_example, (bool, np.bool_)):
+            raise ValueError(f"`worked_example` must be True or False, got {self.worked_example!r}.")
+        if self.session_window not in SESSION_WINDOWS:
+            raise ValueError(f"`session_window` must be one of {SESSION_WINDOWS}, got {self.session_window!r}.")
+        object.__setattr__(self, "max_history", int(self.max_history))
+        object.__setattr__(self, "max_session", None if m is None else int(m))
+        object.__setattr__(self, "worked_example", bool(self.worked_example))
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON form saved with rollouts, labels and adapters. ``session_window`` is written only when it is
+        not ``"sliding"``, so records of the default format read the same as those written before the option."""
+        d = dataclasses.asdict(self)
+        if d["session_window"] == "sliding":
+            del d["session_window"]
+        return d
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any] | None) -> "PromptFormat":
+        """Read :meth:`to_dict`'s form (missing keys take the defaults; ``None`` or ``{}``: the default format).
+
+        Raises:
+            ValueError: for a key that is not a field of the format (the message lists the fields).
+        """
+        d = dict(d or {})
+        names = [f.name for f in dataclasses.fields(cls)]
+        unknown = sorted(set(d) - set(names))
+        if unknown:
+            raise ValueError(f"unknown prompt option(s) {unknown}; a prompt format has {names}.")
+        return cls(**d)
+
+    @classmethod
+    def coerce(cls, value: "PromptFormat | Mapping[str, Any] | None") -> "PromptFormat":
+        """``value`` as a format: a :class:`PromptFormat` as is, a dict through :meth:`from_dict`, ``None`` the
+        default format."""
+        if value is None:
+            return cls()
+        if isinstance(value, cls):
+            return value
+        if isinstance(value, Mapping):
+            return cls.from_dict(value)
+        raise TypeError(f"`prompt_format` must be a PromptFormat, a dict of its fields or None, got {type(value).__name__}.")
+
+    def replace(self, **changes: Any) -> "PromptFormat":
+        """A copy with some fields changed (validated like the constructor)."""
+        return dataclasses.replace(self, **changes)
+
+
 def build_messages(
     world: World,
     history_ids: Sequence[int] | np.ndarray,
     shown_ids: Sequence[int] | np.ndarray = (),
     shown_rewards: Sequence[float] | np.ndarray = (),
-    max_history: int = 15,
-    max_session: int | None = None,
-    worked_example: bool = True,
-    session_window: str = "sliding",
+    prompt_format: PromptFormat | Mapping[str, Any] | None = None,
 ) -> list[dict[str, str]]:
     """The chat messages (system instruction, user turn) of one decision.
 
@@ -91,24 +169,13 @@ def build_messages(
         history_ids: The user's past items, oldest first (``-1`` entries, the observation's padding, are dropped).
         shown_ids: Items recommended so far in this session, oldest first (``-1`` dropped).
         shown_rewards: The reward each of ``shown_ids`` earned (same length, padding aligned).
-        max_history: How many of the most recent history items to show.
-        max_session: How many of the most recent session steps to show (``None``: all).
-        worked_example: Put the worked example in the instruction (``INSTRUCTION``) or not
-            (``COMPACT_INSTRUCTION``).
-        session_window: How ``max_session`` is applied. ``"sliding"``: the last ``max_session`` steps (each step
-            drops the oldest line, so a prompt never extends the previous one). ``"block"``: the steps from the
-            last multiple of ``max_session`` that leaves at least ``max_session`` of them, i.e. between
-            ``max_session`` and ``2 * max_session - 1`` recent steps; lines are dropped ``max_session`` at a time,
-            so for ``max_session - 1`` steps out of ``max_session`` the prompt extends the previous step's and the
-            agent's session cache reuses it (see :class:`agents.llm.LLMRecommender`).
+        prompt_format: How much history and session to show and how (:class:`PromptFormat`, or a dict of its
+            fields; ``None``: the default format).
 
     Returns:
         ``[{"role": "system", ...}, {"role": "user", ...}]``.
     """
-    if isinstance(max_history, bool) or not isinstance(max_history, (int, np.integer)) or max_history < 0:
-        raise ValueError(f"`max_history` must be an integer >= 0, got {max_history!r}.")
-    if max_session is not None and (isinstance(max_session, bool) or not isinstance(max_session, (int, np.integer)) or max_session < 0):
-        raise ValueError(f"`max_session` must be None or an integer >= 0, got {max_session!r}.")
+    fmt = PromptFormat.coerce(prompt_format)
     history = _valid_ids(history_ids, "history_ids", world.n_items)
     shown_raw = np.asarray(shown_ids if shown_ids is not None else [], dtype=np.int64).reshape(-1)
     rewards_raw = np.asarray(shown_rewards if shown_rewards is not None else [], dtype=np.float64).reshape(-1)
@@ -121,24 +188,23 @@ def build_messages(
     rewards = rewards_raw[keep] if rewards_raw.size else np.zeros(shown.size)
 
     lines = ["History:"]
-    recent = history[-max_history:] if max_history else history[:0]
+    recent = history[-fmt.max_history:] if fmt.max_history else history[:0]
     lines.extend(format_item(world, i) for i in recent)
     if not recent.size:
         lines.append("(none)")
-    if session_window not in SESSION_WINDOWS:
-        raise ValueError(f"`session_window` must be one of {SESSION_WINDOWS}, got {session_window!r}.")
-    if max_session is None:
+    m = fmt.max_session
+    if m is None:
         first = 0
-    elif session_window == "sliding" or max_session == 0:
-        first = max(0, shown.size - max_session)
+    elif fmt.session_window == "sliding" or m == 0:
+        first = max(0, shown.size - m)
     else:
-        first = max_session * ((shown.size - max_session) // max_session) if shown.size >= max_session else 0
+        first = m * ((shown.size - m) // m) if shown.size >= m else 0
     if shown.size:
         lines.append("Session:")
         for k in range(first, shown.size):
             lines.append(f"{k + 1}. {format_item(world, shown[k])}: continued, rating {rewards[k]:.1f}")
     lines.append("Next item?")
-    instruction = INSTRUCTION if worked_example else COMPACT_INSTRUCTION
+    instruction = INSTRUCTION if fmt.worked_example else COMPACT_INSTRUCTION
     return [{"role": "system", "content": instruction}, {"role": "user", "content": "\n".join(lines)}]
 
 
@@ -148,10 +214,7 @@ def build_prompt(
     shown_ids: Sequence[int] | np.ndarray = (),
     shown_rewards: Sequence[float] | np.ndarray = (),
     tokenizer: Any = None,
-    max_history: int = 15,
-    max_session: int | None = None,
-    worked_example: bool = True,
-    session_window: str = "sliding",
+    prompt_format: PromptFormat | Mapping[str, Any] | None = None,
 ) -> str:
     """The exact prompt text of one decision.
 
@@ -165,19 +228,24 @@ def build_prompt(
         shown_ids: This session's recommended items, oldest first (``-1`` padding dropped).
         shown_rewards: The rewards of ``shown_ids``.
         tokenizer: A Hugging Face tokenizer; its ``chat_template`` is applied when set.
-        max_history: How many of the most recent history items to show.
-        max_session: How many of the most recent session steps to show (``None``: all).
-        worked_example: Include the instruction's worked example (see :func:`build_messages`).
-        session_window: ``"sliding"`` or ``"block"`` (see :func:`build_messages`).
+        prompt_format: See :func:`build_messages`.
 
     Returns:
         The prompt string; the completion (:func:`build_completion`) follows it directly.
     """
-    messages = build_messages(world, history_ids, shown_ids, shown_rewards, max_history, max_session, worked_example,
-                              session_window)
+    messages = build_messages(world, history_ids, shown_ids, shown_rewards, prompt_format)
     if tokenizer is not None and getattr(tokenizer, "chat_template", None):
         return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
     return f"{messages[0]['content']}\n\n{messages[1]['content']}\nAnswer: "
+
+
+def prompt_of_observation(world: World, obs: Mapping[str, Any], tokenizer: Any,
+                          prompt_format: PromptFormat | Mapping[str, Any] | None = None) -> str:
+    """The prompt of one session's observation (its ``history``, ``recommended`` and ``rewards``, ``-1`` padded):
+    what the LLM recommender is shown there. Rollouts of policies without text (a teacher) write their prompts
+    with it, in the format of the model they train."""
+    return build_prompt(world, obs["history"], obs["recommended"], obs["rewards"], tokenizer=tokenizer,
+                        prompt_format=prompt_format)
 
 
 def build_completion(title: str) -> str:

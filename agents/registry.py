@@ -258,8 +258,8 @@ def _own_name(policy: Policy, fallback: str) -> str:
 
 # ----------------------------------------------------------------------------------------- built-in policies
 def _llm(**kw: Any) -> Policy:
-    """The LLM recommender from the command's context (``llm_model``, ``llm_adapter``, ...) and the spec's own
-    options (``model``, ``adapter``, ``temperature``, ``top_p``, ``batch_size``, ``dtype``, ``seed``), which win."""
+    """The LLM recommender from the command's context (``llm_model``, ``llm_adapter``, ``prompt_format``, ...; a
+    ``prompt_format`` of ``None`` is the adapter's) and the spec's own options (``model``, ``adapter``, ``temperature``, ``top_p``, ``batch_size``, ``dtype``, ``seed``), which win."""
     from agents.llm import LLMRecommender  # torch: only when an LLM is made
 
     def pick(own: str, ctx: str | None = None, default: Any = None) -> Any:
@@ -273,7 +273,7 @@ def _llm(**kw: Any) -> Policy:
         batch_size=int(pick("batch_size", "llm_batch_size", 64)), temperature=float(pick("temperature", None, 0.0)),
         top_p=float(pick("top_p", None, 1.0)), seed=int(pick("seed", None, 0)),
         trust_remote_code=bool(kw.get("trust_remote_code")), allow_unsafe_pickle=bool(kw.get("allow_unsafe_pickle")),
-        dtype=pick("dtype", None, "auto"),
+        dtype=pick("dtype", None, "auto"), prompt_format=kw.get("prompt_format"),
     )
 
 

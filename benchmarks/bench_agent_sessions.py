@@ -58,6 +58,7 @@ def main(argv: list[str] | None = None) -> dict:
     from agents.evaluation import run_policy
     from agents.llm import LLMRecommender
     from agents.models import cpu_supports_bf16, load_model_and_tokenizer, resolve_device
+    from agents.prompting import PromptFormat
     from ulrec_env import ULRecVectorEnv
     from ulrec_env.storage import atomic_write_text
     from ulrec_env.worlds import synthetic
@@ -73,11 +74,12 @@ def main(argv: list[str] | None = None) -> dict:
     auto_model, _ = load_model_and_tokenizer(args.model, device=device, dtype="auto", adapter=args.adapter)
     auto_dtype = str(next(auto_model.parameters()).dtype).replace("torch.", "")
 
-    def agent(model, **kw):
-        return LLMRecommender(model, tok, **LOOP_PROMPTS, **kw).bind(world)
+    def agent(model, window="sliding", **kw):
+        fmt = PromptFormat(**LOOP_PROMPTS, session_window=window)
+        return LLMRecommender(model, tok, prompt_format=fmt, **kw).bind(world)
 
     def fast_agent(**kw):
-        return agent(auto_model, session_window=args.session_window, **kw)
+        return agent(auto_model, window=args.session_window, **kw)
 
     def play(policy, users, b):
         t0 = time.perf_counter()

@@ -56,7 +56,7 @@ def make_examples(tokenizer, n: int, seed: int = 0, style: str = "long"):
         user = int(world.train_users[i % world.train_users.size])
         hist = world.histories[user]
         shown = rng.choice(world.n_items, size=2, replace=False)
-        prompt = build_prompt(world, hist, shown, [4.0, 3.5], tokenizer=tokenizer, **PROMPT_STYLES[style])
+        prompt = build_prompt(world, hist, shown, [4.0, 3.5], tokenizer=tokenizer, prompt_format=PROMPT_STYLES[style])
         item = int(rng.integers(world.n_items))
         out.append({"prompt": prompt, "completion": build_completion(world.titles[item]), "label": i % 4 != 3})
     return out, world

@@ -8,34 +8,44 @@ import math
 import sys
 from typing import Any, Sequence
 
-__all__ = ["main", "build_parser"]
+from train.options import parse_episodes
+
+__all__ = ["main", "build_parser", "parse_command", "loop_settings_from_args"]
 
 
-def _episodes(value: str) -> int | str:
-    if value == "all":
-        return "all"
-    try:
-        n = int(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"--episodes takes a positive integer or 'all', got {value!r}") from None
-    if n < 1:
-        raise argparse.ArgumentTypeError(f"--episodes must be >= 1, got {n}")
-    return n
+_WORLD_HELP = ("synthetic | synthetic:SEED | ml-100k | ml-100k:PATH | billp:PATH:DATASET:SPLIT | "
+               "ratings:RATINGS.csv[:ITEMS.csv][:key=value...] (from_ratings' options, e.g. user_col=uid)")
 
 
-def _add_env_options(p: argparse.ArgumentParser) -> None:
+def _add_env_options(p: argparse.ArgumentParser, *, world_and_horizon: bool = True) -> None:
+    """``ULRec-v0``'s settings, one option per :class:`~ulrec_env.config.EnvConfig` field (not ``split``: the
+    commands choose their users themselves), with ``--world`` and ``--max-episode-steps`` unless the command's
+    settings dataclass has them."""
+    from train.options import add_dataclass_options
+    from ulrec_env.config import EnvConfig
+
     g = p.add_argument_group("environment (ULRec-v0 settings; defaults come from the world)")
-    g.add_argument("--world", default="synthetic", help="synthetic | synthetic:SEED | ml-100k | ml-100k:PATH | billp:PATH:DATASET:SPLIT | "
-                        "ratings:RATINGS.csv[:ITEMS.csv][:key=value...] (from_ratings' options, e.g. user_col=uid)")
-    g.add_argument("--leave-rule", choices=["satisfaction", "billp"], help="user model (default: satisfaction)")
-    g.add_argument("--window", type=int, help="recent items compared for redundancy")
-    g.add_argument("--distance-threshold", type=float, help="distance of half similarity / billp cut-off")
-    g.add_argument("--min-rating", type=float, help="leave at once below this rating")
-    g.add_argument("--leave-penalty", type=float, help="reward of the leaving step")
-    g.add_argument("--stochastic", action="store_true", default=None, help="users leave through a smooth hazard")
-    g.add_argument("--satisfaction-floor", type=float, help="satisfaction below which users leave")
-    g.add_argument("--max-episode-steps", type=int, default=100, help="horizon (default 100)")
+    if world_and_horizon:
+        g.add_argument("--world", default="synthetic", help=_WORLD_HELP)
+        g.add_argument("--max-episode-steps", type=int, default=100, help="horizon (default 100)")
+    add_dataclass_options(g, EnvConfig, skip=_ENV_SKIP, default_text="default: the world's, else {}")
     _add_trust_options(g)
+
+
+def _add_prompt_options(p: argparse.ArgumentParser) -> None:
+    from agents.prompting import PromptFormat
+    from train.options import add_dataclass_options
+
+    g = p.add_argument_group("prompt format (default: the --llm-adapter's, else the values shown)")
+    add_dataclass_options(g, PromptFormat)
+
+
+def _prompt_options(args: argparse.Namespace) -> dict[str, Any] | None:
+    """The prompt-format fields typed on the command line (``None``: none typed, the adapter's format)."""
+    from agents.prompting import PromptFormat
+    from train.options import typed_values
+
+    return typed_values(args, PromptFormat) or None
 
 
 def _add_dtype_option(p: Any) -> None:
@@ -55,7 +65,11 @@ def _add_trust_options(g: Any) -> None:
 
 
 def _env_settings(args: argparse.Namespace) -> dict[str, Any]:
-    return {k: getattr(args, k) for k in _ENV_DESTS if getattr(args, k, None) is not None}
+    """The ``ULRec-v0`` settings typed on the command line."""
+    from train.options import typed_values
+    from ulrec_env.config import EnvConfig
+
+    return typed_values(args, EnvConfig, skip=_ENV_SKIP)
 
 
 def _policy_help() -> str:
@@ -75,7 +89,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--split", default="test", choices=["train", "test", "all"])
     b.add_argument("--policies", default="random,popular,greedy,mmr,oracle",
                    help="comma-separated policy specs: " + _policy_help())
-    b.add_argument("--episodes", type=_episodes, default=200, help="sessions per seed, or 'all' users of the split")
+    b.add_argument("--episodes", type=parse_episodes(), default=200, help="sessions per seed, or 'all' users of the split")
     b.add_argument("--per-session", action="store_true",
                    help="the JSON lists every session (user, seed, length, return, items; raw data ids where the world has them)")
     b.add_argument("--seeds", type=int, default=3, help="number of seeds (0..N-1)")
@@ -83,6 +97,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--llm-model", default=None, help="model of the llm policy (default SmolLM2-135M-Instruct)")
     b.add_argument("--llm-adapter", default=None, help="LoRA adapter folder for the llm policy")
     _add_dtype_option(b)
+    _add_prompt_options(b)
     b.add_argument("--json", default=None, help="write the results here")
     b.add_argument("--plot", default=None, help="write a PNG plot here")
     b.add_argument("--no-progress", action="store_true")
@@ -94,7 +109,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--llm-model", default=None, help="model of the llm policy, and tokenizer of prompts written for baselines")
     r.add_argument("--llm-adapter", default=None, help="LoRA adapter folder for the llm policy")
     _add_dtype_option(r)
-    r.add_argument("--episodes", type=_episodes, default=256, help="sessions, or 'all' users of the split")
+    r.add_argument("--episodes", type=parse_episodes(), default=256, help="sessions, or 'all' users of the split")
     r.add_argument("--split", default="train", choices=["train", "test", "all"])
     r.add_argument("--temperature", type=float, default=1.0, help="llm sampling temperature (exploration)")
     r.add_argument("--top-p", type=float, default=1.0)
@@ -103,6 +118,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--out", required=True, help="folder to write (steps.jsonl, summary.json)")
     r.add_argument("--overwrite", action="store_true", help="replace the files of a non-empty --out")
     r.add_argument("--no-progress", action="store_true")
+    _add_prompt_options(r)
     r.set_defaults(func=_cmd_rollout)
 
     lab = sub.add_parser("label", help="turn a rollout into unpaired desirable/undesirable examples")
@@ -163,104 +179,61 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-_ENV_DESTS = ("leave_rule", "window", "distance_threshold", "min_rating", "leave_penalty", "stochastic", "satisfaction_floor")
-#: Options whose settings field has another name.
-_DEST_FIELDS = {"no_sft_first": "sft_first", **{d: "env" for d in _ENV_DESTS}}
+#: EnvConfig fields without an option: ``split`` says which users ``reset`` draws, and every command chooses its
+#: users itself (``--split``, the loop's train/test users).
+_ENV_SKIP = ("split",)
 
 
 def parse_command(argv: Sequence[str]) -> argparse.Namespace:
     """Parse a command line; for `loop` and `compare` also note which settings fields the typed options set
     (``args.typed``), so that a preset or a resumed run takes exactly those over its own values, even one typed
-    with the default's value."""
-    from train.loop import LoopSettings
-
-    argv = list(argv)
-    args = build_parser().parse_args(argv)
+    with the default's value (settings options have no parsed default: only typed ones are in the namespace)."""
+    args = build_parser().parse_args(list(argv))
     if args.command in ("loop", "compare"):
-        probe = build_parser().loop_parsers[args.command]  # type: ignore[attr-defined]
-        for action in probe._actions:  # a fresh copy without defaults: what it parses is what was typed
-            action.default = argparse.SUPPRESS
-        typed, _ = probe.parse_known_args(argv[argv.index(args.command) + 1:])
-        fields = {f.name for f in dataclasses.fields(LoopSettings)} - {"preset", "preset_overrides"}
-        args.typed = sorted({_DEST_FIELDS.get(d, d) for d in vars(typed)} & fields)
+        args.typed = sorted(_typed_settings(args))
     return args
 
 
-def _add_loop_options(p: argparse.ArgumentParser) -> None:
-    from train.loop import PRESETS, LoopSettings
+def _typed_settings(args: argparse.Namespace) -> dict[str, Any]:
+    """The :class:`~train.loop.LoopSettings` fields typed on a `loop`/`compare` command line (``env`` holds the
+    typed ``ULRec-v0`` settings)."""
+    from train.loop import LoopSettings
+    from train.options import typed_values
 
-    dflt = LoopSettings()
+    over = typed_values(args, LoopSettings)
+    env = _env_settings(args)
+    if env:
+        over["env"] = env
+    return over
+
+
+def _add_loop_options(p: argparse.ArgumentParser) -> None:
+    """One option per :class:`~train.loop.LoopSettings` field (its docstring is the help), the ``ULRec-v0``
+    settings, and the command's own: ``--preset``, ``--out``, ``--resume``, ``--no-progress``."""
+    from train.loop import PRESETS, LoopSettings
+    from train.options import add_dataclass_options
+
     p.add_argument("--preset", choices=sorted(PRESETS), default=None,
                    help="start from a named recipe (headline: the README's learning run); options typed with it "
                         "override its values and are recorded")
-    _add_env_options(p)
-    p.add_argument("--model", default=None, help="base model: smollm2 (default), a local folder or a HF id")
-    p.add_argument("--iterations", type=int, default=dflt.iterations)
-    p.add_argument("--episodes", type=int, default=dflt.episodes, help="rollout sessions per iteration (train users)")
-    p.add_argument("--eval-episodes", type=_episodes, default=dflt.eval_episodes, help="test sessions, or 'all'")
-    p.add_argument("--temperature", type=float, default=dflt.temperature, help="rollout sampling temperature")
-    p.add_argument("--no-sft-first", action="store_true", help="skip ULRec-P; start KTO from the base model")
-    p.add_argument("--epochs", type=float, default=dflt.epochs)
-    p.add_argument("--max-steps", type=int, default=None, help="cap on optimizer steps per tuning stage (overrides --epochs)")
-    p.add_argument("--sft-max-steps", type=int, default=None, help="cap for the SFT stage (ULRec-P) only (default --max-steps)")
-    p.add_argument("--kto-max-steps", type=int, default=None, help="cap for each KTO stage only (default --max-steps)")
-    p.add_argument("--max-history", type=int, default=dflt.max_history, help="history items per prompt")
-    p.add_argument("--max-session", type=int, default=dflt.max_session, help="recent session steps per prompt")
-    p.add_argument("--worked-example", action="store_true", help="keep the worked example in every prompt")
-    p.add_argument("--session-window", default=dflt.session_window, choices=["sliding", "block"],
-                   help="sliding: the last --max-session steps; block: lines dropped --max-session at a time, so "
-                        "prompts extend the previous step's and the agent reuses its cache")
-    p.add_argument("--train-batch-size", type=int, default=dflt.train_batch_size)
-    p.add_argument("--gen-batch-size", type=int, default=dflt.gen_batch_size)
-    p.add_argument("--sft-learning-rate", type=float, default=dflt.sft_learning_rate)
-    p.add_argument("--kto-learning-rate", type=float, default=dflt.kto_learning_rate)
-    p.add_argument("--beta", type=float, default=dflt.beta)
-    p.add_argument("--sft-alpha", type=float, default=dflt.sft_alpha)
-    p.add_argument("--lora-layers", type=int, default=dflt.lora_layers, help="LoRA only in the last N blocks (default all)")
-    p.add_argument("--min-positives", type=int, default=dflt.min_positives)
-    p.add_argument("--extra-negatives", type=int, default=dflt.extra_negatives)
-    p.add_argument("--references", default=",".join(dflt.references),
-                   help="comma-separated policy specs drawn as reference lines ('' for none): " + _policy_help())
-    p.add_argument("--teacher", default=None,
-                   help="a policy spec (not llm) whose sessions are the first rollouts: " + _policy_help())
-    p.add_argument("--top-p", type=float, default=dflt.top_p, help="nucleus sampling of rollouts")
-    p.add_argument("--reference", choices=["init", "ulrec-p"], default=dflt.reference,
-                   help="reference policy of each KTO stage: the adapter it starts from (init) or ULRec-P every time")
-    p.add_argument("--replay", type=int, default=dflt.replay,
-                   help="KTO data also holds the labelled own sessions of this many earlier iterations")
-    p.add_argument("--teacher-replay", action=argparse.BooleanOptionalAction, default=dflt.teacher_replay,
-                   help="KTO data of every iteration also holds the teacher's desirable steps")
-    p.add_argument("--loss-type", choices=["kto", "apo_zero_unpaired"], default=dflt.loss_type, help="TRL's unpaired loss")
-    p.add_argument("--kto-lr-decay", type=float, default=dflt.kto_lr_decay,
-                   help="KTO learning rate of iteration k: --kto-learning-rate times this to the power k-1")
-    p.add_argument("--seed", type=int, default=dflt.seed)
-    p.add_argument("--save-steps", type=int, default=dflt.save_steps,
-                   help=f"checkpoint tuning stages every N optimizer steps (default {dflt.save_steps})")
-    _add_dtype_option(p)
+    _add_env_options(p, world_and_horizon=False)
+    g = p.add_argument_group("loop settings (LoopSettings; policy specs: " + _policy_help().replace(" (default: %(default)s)", "") + ")")
+    add_dataclass_options(g, LoopSettings)
     p.add_argument("--out", required=True, help="run folder, e.g. runs/NAME")
     p.add_argument("--resume", action="store_true", help="continue the run in --out, skipping finished stages")
     p.add_argument("--no-progress", action="store_true")
 
 
-def _loop_settings(args: argparse.Namespace):
+def loop_settings_from_args(args: argparse.Namespace, base: Any = None) -> Any:
+    """``base`` (default :class:`~train.loop.LoopSettings()`) with the settings typed on a `loop`/`compare`
+    command line laid over it (typed ``ULRec-v0`` settings over ``base.env``)."""
     from train.loop import LoopSettings
 
-    model = None if args.model in (None, "smollm2") else args.model
-    return LoopSettings(
-        world=args.world, model=model, iterations=args.iterations, episodes=args.episodes,
-        eval_episodes=args.eval_episodes, temperature=args.temperature, sft_first=not args.no_sft_first,
-        max_episode_steps=args.max_episode_steps, env=_env_settings(args), gen_batch_size=args.gen_batch_size,
-        max_history=args.max_history, max_session=args.max_session, worked_example=args.worked_example,
-        session_window=args.session_window,
-        train_batch_size=args.train_batch_size, epochs=args.epochs, sft_learning_rate=args.sft_learning_rate,
-        kto_learning_rate=args.kto_learning_rate, beta=args.beta, sft_alpha=args.sft_alpha,
-        lora_layers=args.lora_layers, max_steps=args.max_steps,
-        sft_max_steps=args.sft_max_steps, kto_max_steps=args.kto_max_steps,
-        min_positives=args.min_positives, extra_negatives=args.extra_negatives,
-        references=tuple(r for r in args.references.split(",") if r), teacher=args.teacher, seed=args.seed,
-        dtype=args.dtype, save_steps=args.save_steps, top_p=args.top_p, reference=args.reference, replay=args.replay,
-        teacher_replay=args.teacher_replay, loss_type=args.loss_type, kto_lr_decay=args.kto_lr_decay,
-    )
+    base = LoopSettings() if base is None else base
+    over = _typed_settings(args)
+    if "env" in over:
+        over["env"] = {**base.env, **over["env"]}
+    return dataclasses.replace(base, **over)
 
 
 def _print_evals(doc: dict) -> None:
@@ -276,38 +249,28 @@ def _print_evals(doc: dict) -> None:
 def _settings_for(args: argparse.Namespace):
     """The loop settings of this command: a preset's (``--preset``) or the defaults, with the typed options laid
     over them; resuming a run, the saved ones with the typed options laid over them (so `--resume` alone
-    continues a run as it was). ``args.typed`` (from :func:`parse_command`) says which options were typed; without
-    it, options set to other than their defaults count as typed."""
+    continues a run as it was)."""
     import json
     from pathlib import Path
 
     from train.loop import PRESETS, LoopSettings
     from ulrec_env.safe_io import read_text_bounded
 
-    given = _loop_settings(args)
     path = Path(args.out) / "settings.json"
     resuming = path.is_file() and (args.command == "compare" or args.resume)
     preset = getattr(args, "preset", None)
-    if not resuming and preset is None:
-        return given
-    typed = getattr(args, "typed", None)
-    if typed is None:
-        defaults = _loop_settings(build_parser().parse_args([args.command, "--out", args.out]))
-        typed = [f.name for f in dataclasses.fields(LoopSettings) if getattr(given, f.name) != getattr(defaults, f.name)]
+    typed = sorted(_typed_settings(args))
     if resuming:
         base = LoopSettings.from_dict(json.loads(read_text_bounded(path, "a run's settings.json")))
         if preset is not None and base.preset != preset:
             raise ValueError(f"{args.out} holds a run of {'preset ' + repr(base.preset) if base.preset else 'no preset'}, "
                              f"not --preset {preset}; drop --preset to resume it, or choose another --out.")
-    else:
-        base = PRESETS[preset]
-    over = {name: getattr(given, name) for name in typed}
-    if "env" in over:
-        over["env"] = {**base.env, **given.env}
-    if resuming:
         _confirm_saved_specs(base, typed, args.out)
-        return dataclasses.replace(base, **over)
-    return dataclasses.replace(base, **over, preset=preset, preset_overrides=tuple(sorted(over)))
+        return loop_settings_from_args(args, base)
+    if preset is None:
+        return loop_settings_from_args(args)
+    return dataclasses.replace(loop_settings_from_args(args, PRESETS[preset]), preset=preset,
+                               preset_overrides=tuple(typed))
 
 
 def _confirm_saved_specs(saved, typed, out: str) -> None:
@@ -395,51 +358,37 @@ def _holds_demo_run(out: str, settings) -> bool:
     return True
 
 
-def _prompt_builder_for(model: str | None):
-    """Prompts an LLM would have seen, for policies that act on ids (written with the model's tokenizer)."""
-    from transformers import AutoTokenizer
-
-    from agents.models import resolve_model_path
-    from agents.prompting import build_prompt
-
-    tok = AutoTokenizer.from_pretrained(resolve_model_path(model))
-
-    def build(world, obs):
-        import numpy as np
-
-        t = int(np.asarray(obs["step"]).reshape(-1)[0])
-        return build_prompt(world, obs["history"], obs["recommended"][:t], obs["rewards"][:t], tokenizer=tok)
-
-    return build
-
-
 def _cmd_rollout(args: argparse.Namespace) -> int:
     from agents.benchmark import make_policy
-    from agents.prompting import PROMPT_FORMAT_VERSION, build_completion
-    from agents.registry import check_spec, parse_spec
-    from train.rollout import collect_rollouts, save_rollout
+    from agents.registry import check_spec
+    from train.pipeline import rollout_to_folder, writes_own_prompts
     from ulrec_env.worlds.spec import world_from_spec
 
     check_spec(args.policy)
     _refuse_nonempty(args.out, args.overwrite)
     world = world_from_spec(args.world, allow_unsafe_pickle=args.allow_unsafe_pickle)
+    typed_format = _prompt_options(args)
     policy = make_policy(args.policy, llm_model=args.llm_model, llm_adapter=args.llm_adapter,
                          llm_batch_size=args.batch_size, temperature=args.temperature, top_p=args.top_p, seed=args.seed,
                          trust_remote_code=args.trust_remote_code, allow_unsafe_pickle=args.allow_unsafe_pickle,
-                         dtype=args.dtype)
-    builder = None if parse_spec(args.policy)[:2] == ("llm", None) else _prompt_builder_for(args.llm_model)
-    records = collect_rollouts(policy, world, args.episodes, split=args.split, seed=args.seed,
-                               env_settings=_env_settings(args), max_episode_steps=args.max_episode_steps,
-                               batch_size=args.batch_size, prompt_builder=builder,
-                               completion_builder=build_completion, progress=not args.no_progress)
-    summary = save_rollout(records, args.out, {
-        "world": world.name, "world_fingerprint": world.fingerprint(), "policy": args.policy,
-        "llm_model": args.llm_model, "llm_adapter": args.llm_adapter, "temperature": args.temperature,
-        "seed": args.seed, "split": args.split, "env": _env_settings(args),
-        "max_episode_steps": args.max_episode_steps, "prompt_format_version": PROMPT_FORMAT_VERSION,
-        "prompt": policy.prompt_options() if hasattr(policy, "prompt_options") else None,
-        "dtype": getattr(policy, "dtype_name", None),
-    })
+                         dtype=args.dtype, prompt_format=typed_format)
+    tokenizer = fmt = None
+    if not writes_own_prompts(policy):  # a baseline: its steps get the prompts the LLM would have been shown
+        from transformers import AutoTokenizer
+
+        from agents.llm import adapter_prompt_format
+        from agents.models import resolve_model_path
+        from agents.prompting import PromptFormat
+
+        tokenizer = AutoTokenizer.from_pretrained(resolve_model_path(args.llm_model))
+        fmt = (adapter_prompt_format(args.llm_adapter) or PromptFormat()).replace(**(typed_format or {}))
+    summary = rollout_to_folder(policy, world, args.out, episodes=args.episodes, split=args.split, seed=args.seed,
+                                env_settings=_env_settings(args), max_episode_steps=args.max_episode_steps,
+                                batch_size=args.batch_size, prompt_format=fmt, tokenizer=tokenizer,
+                                progress=not args.no_progress, meta={
+                                    "policy": args.policy, "llm_model": args.llm_model, "llm_adapter": args.llm_adapter,
+                                    "temperature": args.temperature, "seed": args.seed, "split": args.split,
+                                    "env": _env_settings(args), "max_episode_steps": args.max_episode_steps})
     print(f"{summary['episodes']} episodes, {summary['steps']} steps, Len {summary['len_mean']:.2f}, "
           f"return {summary['return_mean']:.1f}, leave reasons {summary['leave_reasons']} -> {args.out}")
     return 0
@@ -457,17 +406,13 @@ def _refuse_nonempty(out: str, overwrite: bool) -> None:
 
 
 def _cmd_label(args: argparse.Namespace) -> int:
-    from train.labeling import LabelOptions, label_steps, recommend_weights, save_examples
-    from train.rollout import load_rollout
+    from train.labeling import LabelOptions, recommend_weights
+    from train.pipeline import label_folder
 
     _refuse_nonempty(args.out, args.overwrite)
-    records, meta = load_rollout(args.rollout)
     opts = LabelOptions(min_positives=args.min_positives, extra_negatives=args.extra_negatives,
                         length_weighting=args.length_weighting)
-    examples, report = label_steps(records, opts)
-    save_examples(examples, args.out, world_fingerprint=meta.get("world_fingerprint"), report=report, options=opts,
-                  extra_meta={"rollout": str(args.rollout), "prompt_format_version": meta.get("prompt_format_version"),
-                              "world": meta.get("world"), "prompt": meta.get("prompt")})
+    report = label_folder(args.rollout, args.out, opts)
     print(f"{report.desirable} desirable, {report.undesirable} undesirable examples from {report.episodes} episodes "
           f"({report.truncated_episodes} truncated, {report.filtered_episodes} below --min-positives); "
           f"leave reasons {report.leave_reasons} -> {args.out}")
@@ -478,18 +423,16 @@ def _cmd_label(args: argparse.Namespace) -> int:
 
 
 def _cmd_tune(args: argparse.Namespace) -> int:
-    from train.tune import TuneConfig, default_trainer_args, tune
+    from train.pipeline import stage_trainer_args
+    from train.tune import TuneConfig, tune
 
-    overrides = {k: v for k, v in {
-        "max_steps": args.max_steps, "num_train_epochs": args.epochs, "learning_rate": args.learning_rate,
-        "per_device_train_batch_size": args.batch_size, "beta": args.beta, "sft_alpha": args.sft_alpha,
-    }.items() if v is not None}
-    if args.stage == "sft" and ("beta" in overrides or "sft_alpha" in overrides):
+    if args.stage == "sft" and (args.beta is not None or args.sft_alpha is not None):
         raise SystemExit("ulrec tune: --beta and --sft-alpha belong to the kto stage")
-    if args.no_progress:
-        overrides["disable_tqdm"] = True
-    trainer_args = default_trainer_args(args.stage, args.out + ".staging", lora=not args.full_finetune,
-                                        seed=args.seed, dtype=args.dtype, **overrides)
+    trainer_args = stage_trainer_args(args.stage, args.out, lora=not args.full_finetune, seed=args.seed,
+                                      dtype=args.dtype, progress=not args.no_progress, max_steps=args.max_steps,
+                                      num_train_epochs=args.epochs, learning_rate=args.learning_rate,
+                                      per_device_train_batch_size=args.batch_size, beta=args.beta,
+                                      sft_alpha=args.sft_alpha)
     result = tune(args.stage, args.data, args.model, out=args.out, init_adapter=args.init_adapter,
                   max_steps=args.max_steps, seed=args.seed,
                   config=TuneConfig(trainer_args=trainer_args, full_finetune=args.full_finetune, overwrite=args.overwrite,
@@ -519,7 +462,8 @@ def _cmd_bench(args: argparse.Namespace) -> int:
                     batch_size=args.batch_size, progress=not args.no_progress,
                     policy_options={"llm_model": args.llm_model, "llm_adapter": args.llm_adapter,
                                     "trust_remote_code": args.trust_remote_code, "dtype": args.dtype,
-                                    "allow_unsafe_pickle": args.allow_unsafe_pickle},
+                                    "allow_unsafe_pickle": args.allow_unsafe_pickle,
+                                    "prompt_format": _prompt_options(args)},
                     per_session=args.per_session)
     print(format_table(doc))
     if args.json:

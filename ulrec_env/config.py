@@ -29,7 +29,7 @@ class EnvConfig:
     Values not given fall back to the world's calibrated ``env_defaults`` and then to the defaults below.
     """
 
-    leave_rule: str = field(default="satisfaction", metadata={"help": "'satisfaction' (default) or 'billp' (the seed's rule)."})
+    leave_rule: str = field(default="satisfaction", metadata={"help": "'satisfaction' (default) or 'billp' (the seed's rule).", "choices": LEAVE_RULES})
     window: int = field(default=4, metadata={"help": "How many recent recommendations count for redundancy."})
     distance_threshold: float = field(
         default=1.0,
@@ -41,9 +41,9 @@ class EnvConfig:
     satisfaction_floor: float = field(default=0.3, metadata={"help": "satisfaction: leave below this (or hazard 1/2 here)."})
     hazard_temperature: float = field(default=0.05, metadata={"help": "satisfaction, stochastic: width of the hazard sigmoid."})
     exposure_decay: float = field(default=0.5, metadata={"help": "satisfaction: fraction of exposure kept from one step to the next."})
-    tolerance: tuple[float, float] = field(default=(0.6, 1.4), metadata={"help": "Range of per-user exposure tolerance."})
-    patience: tuple[float, float] = field(default=(1.5, 4.0), metadata={"help": "Range of per-user patience (divides the loss)."})
-    recovery: tuple[float, float] = field(default=(0.1, 0.3), metadata={"help": "Range of per-user recovery rate."})
+    tolerance: tuple[float, float] = field(default=(0.6, 1.4), metadata={"help": "Range of per-user exposure tolerance.", "metavar": "LOW,HIGH"})
+    patience: tuple[float, float] = field(default=(1.5, 4.0), metadata={"help": "Range of per-user patience (divides the loss).", "metavar": "LOW,HIGH"})
+    recovery: tuple[float, float] = field(default=(0.1, 0.3), metadata={"help": "Range of per-user recovery rate.", "metavar": "LOW,HIGH"})
     trait_seed: int = field(default=0, metadata={"help": "Seed of the per-user traits (fixed per world row, not per episode)."})
     split: str = field(default="test", metadata={"help": "Users drawn at reset: 'train', 'test' or 'all'."})
     recommended_slots: int = field(default=100, metadata={"help": "Length of obs['recommended'] (most recent items)."})

@@ -83,7 +83,7 @@ def test_mask_recommended_excludes_shown_items(tiny_model, tiny_tokenizer, small
 
 
 def test_no_repeats_within_a_session(tiny_model, tiny_tokenizer, small_world):
-    agent = make_agent(tiny_model, tiny_tokenizer, small_world, max_history=3, max_session=2)
+    agent = make_agent(tiny_model, tiny_tokenizer, small_world, prompt_format={"max_history": 3, "max_session": 2})
     env = ULRecVectorEnv(num_envs=2, world=small_world, autoreset_mode="disabled", min_rating=0.0, max_episode_steps=6)
     obs, _ = env.reset(seed=0)
     seen = [[], []]
@@ -171,7 +171,7 @@ def test_free_grounding_of_known_texts(tiny_model, tiny_tokenizer, small_world):
         ({"top_p": 1.5}, "top_p"),
         ({"grounding": "fuzzy"}, "grounding"),
         ({"batch_size": 0}, "batch_size"),
-        ({"max_history": -1}, "max_history"),
+        ({"prompt_format": {"max_history": -1}}, "max_history"),
         ({"max_new_tokens": 0}, "max_new_tokens"),
     ],
 )

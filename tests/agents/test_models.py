@@ -125,12 +125,13 @@ def test_adapter_sidecar_sets_the_session_window(saved_tiny, tmp_path, tiny_mode
     from peft import LoraConfig, get_peft_model
 
     from agents.llm import LLMRecommender
+    from agents.prompting import PromptFormat
 
     d = tmp_path / "adapter"
     get_peft_model(tiny_model, LoraConfig(r=2, target_modules=["q_proj"])).save_pretrained(d)
     (d / "ulrec_adapter.json").write_text(json.dumps({"prompt": {"max_history": 4, "max_session": 3,
                                                                  "worked_example": False, "session_window": "block"}}))
     a = LLMRecommender.from_pretrained(saved_tiny, adapter=d, device="cpu")
-    assert (a.max_history, a.max_session, a.session_window) == (4, 3, "block")
+    assert a.prompt_format == PromptFormat(max_history=4, max_session=3, worked_example=False, session_window="block")
     (d / "ulrec_adapter.json").write_text(json.dumps({"prompt": {"max_history": 4, "max_session": 3}}))
-    assert LLMRecommender.from_pretrained(saved_tiny, adapter=d, device="cpu").session_window == "sliding"
+    assert LLMRecommender.from_pretrained(saved_tiny, adapter=d, device="cpu").prompt_format.session_window == "sliding"

@@ -4,6 +4,7 @@ import pytest
 from agents.prompting import (
     COMPLETION_TERMINATOR,
     INSTRUCTION,
+    PromptFormat,
     build_completion,
     build_messages,
     build_prompt,
@@ -31,11 +32,11 @@ def test_plain_prompt_shows_history_session_and_instruction(small_world):
 
 def test_max_history_and_max_session(small_world):
     w = small_world
-    prompt = build_prompt(w, [0, 1, 2, 3], [5, 6, 7], [4, 4, 4], max_history=2, max_session=1)
+    prompt = build_prompt(w, [0, 1, 2, 3], [5, 6, 7], [4, 4, 4], prompt_format=PromptFormat(max_history=2, max_session=1))
     assert w.titles[0] not in prompt.split("Session:")[0] and w.titles[1] not in prompt.split("Session:")[0]
     assert format_item(w, 2) in prompt and format_item(w, 3) in prompt
     assert w.titles[5] not in prompt and "3. " + format_item(w, 7) in prompt
-    assert "(none)" in build_prompt(w, [], max_history=5)
+    assert "(none)" in build_prompt(w, [], prompt_format={"max_history": 5})
 
 
 def test_chat_template_is_used_when_present(small_world, tiny_tokenizer):
@@ -75,9 +76,9 @@ def test_bad_prompt_arguments(small_world):
     with pytest.raises(ValueError, match="history_ids"):
         build_prompt(small_world, [small_world.n_items])
     with pytest.raises(ValueError, match="max_history"):
-        build_prompt(small_world, [1], max_history=-1)
+        build_prompt(small_world, [1], prompt_format={"max_history": -1})
     with pytest.raises(ValueError, match="max_session"):
-        build_prompt(small_world, [1], max_session=-2)
+        build_prompt(small_world, [1], prompt_format=PromptFormat(max_session=-2))
 
 
 def test_block_session_window_drops_lines_a_block_at_a_time(default_world):
@@ -87,7 +88,7 @@ def test_block_session_window_drops_lines_a_block_at_a_time(default_world):
     rewards = [4.0] * len(shown)
 
     def steps_shown(n, window):
-        text = build_messages(default_world, [1, 2], shown[:n], rewards[:n], max_session=3, session_window=window)[1]["content"]
+        text = build_messages(default_world, [1, 2], shown[:n], rewards[:n], PromptFormat(max_session=3, session_window=window))[1]["content"]
         return [int(line.split(".")[0]) for line in text.splitlines() if line[:1].isdigit()]
 
     assert [steps_shown(n, "block") for n in (2, 3, 5, 6, 8, 9)] == [
@@ -96,8 +97,8 @@ def test_block_session_window_drops_lines_a_block_at_a_time(default_world):
     assert steps_shown(9, "block")[-1] == 9 and all(3 <= len(steps_shown(n, "block")) <= 5 for n in range(3, 10))
     # within a block each prompt's session part extends the previous one's
     for n in (4, 5, 7, 8):
-        prev = build_messages(default_world, [1], shown[: n - 1], rewards[: n - 1], max_session=3, session_window="block")
-        cur = build_messages(default_world, [1], shown[:n], rewards[:n], max_session=3, session_window="block")
+        prev = build_messages(default_world, [1], shown[: n - 1], rewards[: n - 1], PromptFormat(max_session=3, session_window="block"))
+        cur = build_messages(default_world, [1], shown[:n], rewards[:n], PromptFormat(max_session=3, session_window="block"))
         assert cur[1]["content"].startswith(prev[1]["content"].removesuffix("Next item?"))
     with pytest.raises(ValueError, match="session_window"):
-        build_messages(default_world, [1], session_window="tumbling")
+        build_messages(default_world, [1], PromptFormat(session_window="tumbling"))

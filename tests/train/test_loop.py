@@ -42,7 +42,7 @@ def test_loop_runs_every_stage_and_writes_metrics(tmp_path, tiny_model_dir):
     from agents.llm import LLMRecommender
 
     agent = LLMRecommender.from_pretrained(tiny_model_dir, adapter=str(out / "iter2" / "ulrec"))
-    assert (agent.max_history, agent.max_session, agent.worked_example) == (10, 5, False)
+    assert agent.prompt_format.to_dict() == {"max_history": 10, "max_session": 5, "worked_example": False}
     csv_rows = (out / "metrics.csv").read_text().splitlines()
     assert len(csv_rows) == 5 and csv_rows[0].startswith("iteration,policy,len_mean")
     with pytest.raises(ValueError, match="already holds a run; pass --resume"):

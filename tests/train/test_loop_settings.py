@@ -6,7 +6,7 @@ import dataclasses
 
 import pytest
 
-from train.cli import _loop_settings, build_parser, main
+from train.cli import build_parser, loop_settings_from_args, main
 from train.loop import DEMO_SETTINGS, LoopSettings
 
 
@@ -38,7 +38,7 @@ def test_settings_saved_before_the_stage_caps_still_load():
 def test_cli_maps_the_stage_caps():
     args = build_parser().parse_args(["loop", "--out", "x", "--max-steps", "9", "--sft-max-steps", "4",
                                       "--kto-max-steps", "6"])
-    s = _loop_settings(args)
+    s = loop_settings_from_args(args)
     assert (s.max_steps, s.sft_max_steps, s.kto_max_steps) == (9, 4, 6)
     assert s.to_dict()["kto_max_steps"] == 6
 
@@ -120,12 +120,12 @@ def test_cli_resume_lays_typed_options_over_the_saved_settings(tmp_path):
 
 
 def test_session_window_setting_and_what_prompts_record():
-    assert "session_window" not in LoopSettings().prompt_options()  # absent means sliding, as before the option
-    assert LoopSettings(session_window="block").prompt_options()["session_window"] == "block"
+    assert "session_window" not in LoopSettings().prompt_format.to_dict()  # absent means sliding, as before the option
+    assert LoopSettings(session_window="block").prompt_format.to_dict()["session_window"] == "block"
     with pytest.raises(ValueError, match="session_window"):
         LoopSettings(session_window="tumbling")
     args = build_parser().parse_args(["loop", "--out", "x", "--session-window", "block"])
-    assert _loop_settings(args).session_window == "block"
+    assert loop_settings_from_args(args).session_window == "block"
 
 
 def test_preset_with_typed_options_over_it(tmp_path):
