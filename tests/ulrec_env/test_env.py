@@ -15,9 +15,9 @@ from gymnasium.utils.env_checker import check_env
 
 import ulrec_env
 from ulrec_env import ULRecEnv
-from ulrec_env.billp_reference import BiLLPReference
 from ulrec_env.user_model import redundancy, satisfaction_step
 from tests.conftest import make_tiny_world
+from tests.ulrec_env.billp_reference import BiLLPReference
 
 SETTINGS = [
     {},
