@@ -10,7 +10,7 @@ import numpy as np
 from agents.baselines import MMR_PENALTY
 from agents.policy import Policy
 from ulrec_env.config import EnvConfig
-from ulrec_env.user_model import UserTraits, sample_user_traits, satisfaction_step, similarity
+from ulrec_env.user_model import STAYS, UserPopulation, leave_decision, satisfaction_step, similarity, too_close
 
 __all__ = ["OraclePolicy", "SessionModel"]
 
@@ -37,18 +37,19 @@ class _Beams:
 class SessionModel:
     """The environment's dynamics for one user, evaluated for many candidate items at once.
 
-    Uses the same pure rules as the environment (:mod:`ulrec_env.user_model`); the stochastic hazard is
-    replaced by its deterministic floor, so plans are exact for deterministic users.
+    Uses the same pure rules and users as the environment (:mod:`ulrec_env.user_model`: its
+    :class:`~ulrec_env.user_model.UserPopulation` and :func:`~ulrec_env.user_model.leave_decision`); the
+    stochastic hazard is replaced by its deterministic floor, so plans are exact for deterministic users.
     """
 
-    def __init__(self, world, config: EnvConfig, traits: UserTraits, user: int, candidates: np.ndarray | None = None) -> None:
+    def __init__(self, world, config: EnvConfig, population: UserPopulation, user: int,
+                 candidates: np.ndarray | None = None) -> None:
         self.world, self.cfg, self.user = world, config, user
         lo, hi = world.rating_scale
         # Items the search may choose: ``candidates`` (positions in the arrays below), all items by default.
         self.items = np.arange(world.n_items) if candidates is None else np.asarray(candidates, np.int64)
         self.rating = world.ratings[user, self.items].astype(np.float64)
         self.quality = (self.rating - lo) / (hi - lo)
-        self.low = self.rating < config.min_rating
         if candidates is None:
             self.dist = world.distance
             self.sim = None
@@ -56,9 +57,7 @@ class SessionModel:
             self.dist = world.distance[np.ix_(self.items, self.items)]
             # A small candidate set: similarities once, gathered at every step instead of recomputed.
             self.sim = similarity(self.dist.astype(np.float64), config.distance_threshold)
-        self.tau = float(traits.tolerance[user])
-        self.pi = float(traits.patience[user])
-        self.rho = float(traits.recovery[user])
+        self.tau, self.pi, self.rho = population.traits_of(user)
 
     def start(self, prefix: np.ndarray) -> tuple[_Beams, bool]:
         """Replay ``prefix`` from a fresh session; returns the single beam and whether the user is still there."""
@@ -70,27 +69,30 @@ class SessionModel:
             ret=np.zeros(1),
         )
         for item in prefix:
-            s, e, stay, _ = self.expand(beams)
+            s, e, code, _ = self.expand(beams)
             item = int(item)
-            if not stay[0, item]:
+            if code[0, item] != STAYS:
                 return beams, False
             beams = self._advance(beams, np.zeros(1, np.int64), np.array([item]), s, e)
         return beams, True
 
     def expand(self, beams: _Beams) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-        """Outcome of every item for every beam: ``(satisfaction, exposure, stays, redundancy)``, each ``(B, n)``."""
+        """Outcome of every item for every beam: ``(satisfaction, exposure, leave code, redundancy)``, each ``(B, n)``.
+
+        The leave code is :func:`~ulrec_env.user_model.leave_decision`'s: ``STAYS`` (0) where the user stays,
+        else the code of the reason (``REASON_OF_CODE[code]``).
+        """
         cfg = self.cfg
         win = beams.window(cfg.window)
         empty = win < 0
         safe = np.where(empty, 0, win)
-        leave = beams.seen | self.low[None, :]
+        shape = beams.seen.shape
         if cfg.leave_rule == "billp":
             d = self.dist[:, safe].transpose(1, 0, 2)  # (B, n, W)
-            near = (d < cfg.distance_threshold) & ~empty[:, None, :]
-            leave = leave | near.any(axis=2)
-            s = np.broadcast_to(beams.satisfaction[:, None], leave.shape)
-            e = np.broadcast_to(beams.exposure[:, None], leave.shape)
-            red = np.zeros(leave.shape)
+            fed_up = too_close(np.where(empty[:, None, :], np.inf, d), cfg.distance_threshold)
+            s = np.broadcast_to(beams.satisfaction[:, None], shape)
+            e = np.broadcast_to(beams.exposure[:, None], shape)
+            red = np.zeros(shape)
         else:
             if self.sim is not None:
                 sim = self.sim[:, safe].transpose(1, 0, 2)
@@ -101,8 +103,9 @@ class SessionModel:
                 beams.satisfaction[:, None], beams.exposure[:, None], red, self.quality[None, :],
                 self.tau, self.pi, self.rho, cfg.exposure_decay,
             )
-            leave = leave | (s < cfg.satisfaction_floor)
-        return s, e, ~leave, red
+            fed_up = s < cfg.satisfaction_floor
+        code = leave_decision(beams.seen, self.rating[None, :], cfg.min_rating, fed_up, cfg.leave_rule)
+        return s, e, code, red
 
     @staticmethod
     def _advance(beams: _Beams, parents: np.ndarray, items: np.ndarray, s: np.ndarray, e: np.ndarray) -> _Beams:
@@ -156,13 +159,11 @@ class OraclePolicy(Policy):
         env = getattr(self.env, "unwrapped", self.env)
         if env is not None and hasattr(env, "config"):
             self.cfg: EnvConfig = env.config
-            self.traits: UserTraits = env.traits
+            population = getattr(env, "population", None)
         else:
             self.cfg = EnvConfig.resolve(self.world.env_defaults)
-            self.traits = sample_user_traits(
-                self.world.n_users, np.random.default_rng(self.cfg.trait_seed),
-                self.cfg.tolerance, self.cfg.patience, self.cfg.recovery,
-            )
+            population = None
+        self.population: UserPopulation = UserPopulation.of(self.world, self.cfg) if population is None else population
         horizon = self._horizon_arg
         if horizon is None and env is not None:
             horizon = getattr(env, "max_episode_steps", None)
@@ -198,7 +199,7 @@ class OraclePolicy(Policy):
     def plan(self, user: int, prefix: np.ndarray | None = None) -> np.ndarray:
         """The best session (item ids, ``prefix`` included) the oracle finds for ``user``."""
         prefix = np.zeros(0, np.int64) if prefix is None else np.asarray(prefix, np.int64)
-        full = SessionModel(self.world, self.cfg, self.traits, int(user))
+        full = SessionModel(self.world, self.cfg, self.population, int(user))
         start, alive = full.start(prefix)
         if not alive:  # already off plan and gone: any item will do
             return np.concatenate([prefix, [0]])
@@ -207,7 +208,7 @@ class OraclePolicy(Policy):
         order = np.argsort(-full.rating, kind="stable")
         top = order[full.rating[order] >= self.cfg.min_rating][: self.candidates]
         pool = np.union1d(top, prefix)
-        sub = SessionModel(self.world, self.cfg, self.traits, int(user), candidates=pool)
+        sub = SessionModel(self.world, self.cfg, self.population, int(user), candidates=pool)
         sub_start, _ = sub.start(np.searchsorted(pool, prefix))
         ret, seq = self._beam_search(sub, sub_start)
         candidates.append((ret, pool[seq]))
@@ -215,9 +216,9 @@ class OraclePolicy(Policy):
 
     def _finish(self, model: SessionModel, beams: _Beams, b: int) -> np.ndarray:
         """Session ``b`` ended by a leave: append some item that makes the user leave."""
-        s, e, stay, _ = model.expand(_Beams(beams.items[b : b + 1], beams.seen[b : b + 1], beams.satisfaction[b : b + 1],
+        _, _, code, _ = model.expand(_Beams(beams.items[b : b + 1], beams.seen[b : b + 1], beams.satisfaction[b : b + 1],
                                             beams.exposure[b : b + 1], beams.ret[b : b + 1]))
-        leaving = np.flatnonzero(~stay[0])
+        leaving = np.flatnonzero(code[0] != STAYS)
         item = int(leaving[0]) if leaving.size else 0
         return np.concatenate([beams.items[b], [item]])
 
@@ -225,7 +226,8 @@ class OraclePolicy(Policy):
         cfg, penalty = self.cfg, self.cfg.leave_penalty
         best_ret, best_seq = -np.inf, beams.items[0]
         for _ in range(beams.items.shape[1], self.horizon):
-            s, e, stay, _ = model.expand(beams)
+            s, e, code, _ = model.expand(beams)
+            stay = code == STAYS
             # A beam may also end here with a leave (forced when nothing keeps the user).
             b = int(np.argmax(beams.ret))
             if beams.ret[b] + penalty > best_ret and (~stay[b]).any():
@@ -252,7 +254,7 @@ class OraclePolicy(Policy):
         """The session a simple rule would produce under the model (greedy or MMR)."""
         lo, hi = self.world.rating_scale
         for _ in range(beams.items.shape[1], self.horizon):
-            s, e, stay, red = model.expand(beams)
+            s, e, code, _ = model.expand(beams)
             score = model.rating.copy()
             if rule == "mmr":
                 win = beams.window(self.cfg.window)[0]
@@ -262,7 +264,7 @@ class OraclePolicy(Policy):
                     score -= MMR_PENALTY * (hi - lo) * sim.max(axis=1)
             score[beams.seen[0]] = -np.inf
             item = int(np.argmax(score))
-            if not stay[0, item]:
+            if code[0, item] != STAYS:
                 return float(beams.ret[0] + self.cfg.leave_penalty), np.concatenate([beams.items[0], [item]])
             new = SessionModel._advance(beams, np.zeros(1, np.int64), np.array([item]), s, e)
             new.ret = beams.ret + model.rating[item]

@@ -11,15 +11,19 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import sys
 import time
 from pathlib import Path
 
 import gymnasium as gym
 import numpy as np
 
-import ulrec_env  # noqa: F401  (registers ULRec-v0)
-from ulrec_env.billp_reference import BiLLPReference
-from ulrec_env.worlds import synthetic
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # the reference lives with the tests, outside the installed packages
+
+import ulrec_env  # noqa: E402,F401  (registers ULRec-v0)
+from tests.ulrec_env.billp_reference import BiLLPReference  # noqa: E402
+from ulrec_env.worlds import synthetic  # noqa: E402
 
 
 def _actions(world, n: int, seed: int = 0) -> np.ndarray:

@@ -8,11 +8,11 @@ from __future__ import annotations
 from ulrec_env import worlds
 from ulrec_env.config import EnvConfig
 from ulrec_env.env import ULRecEnv
-from ulrec_env.user_model import LEAVE_REASONS, UserTraits
+from ulrec_env.user_model import LEAVE_REASONS, UserPopulation, UserTraits
 from ulrec_env.vector_env import ULRecVectorEnv
 from ulrec_env.world import World
 
-__all__ = ["World", "EnvConfig", "ULRecEnv", "ULRecVectorEnv", "UserTraits", "LEAVE_REASONS", "worlds", "register_envs"]
+__all__ = ["World", "EnvConfig", "ULRecEnv", "ULRecVectorEnv", "UserTraits", "UserPopulation", "LEAVE_REASONS", "worlds", "register_envs"]
 __version__ = "0.1.0"
 
 

@@ -10,11 +10,12 @@ from gymnasium import spaces
 
 from ulrec_env.config import EnvConfig
 from ulrec_env.user_model import (
+    UserPopulation,
     UserTraits,
     billp_leave_reason,
     leave_hazard,
+    passes_first_checks,
     redundancy,
-    sample_user_traits,
     satisfaction_leave_reason,
     satisfaction_step,
 )
@@ -123,7 +124,8 @@ class ULRecEnv(gym.Env):
 
     Tolerance ``tau_u``, patience ``pi_u`` and recovery ``rho_u`` are drawn per user, uniformly from the
     ``tolerance``/``patience``/``recovery`` ranges, with ``trait_seed``: the same user has the same traits in
-    every session.
+    every session (``env.population``, a :class:`ulrec_env.user_model.UserPopulation`; the vector env and the
+    oracle build the same one from the same world and settings).
 
     ## Starting State
 
@@ -183,13 +185,7 @@ class ULRecEnv(gym.Env):
                 f"world {world.name!r} has no {self.config.split} users; pass split='train', 'test' or 'all' "
                 f"to match the world ({world.train_users.size} train / {world.test_users.size} test)."
             )
-        self.traits: UserTraits = sample_user_traits(
-            world.n_users,
-            np.random.default_rng(self.config.trait_seed),
-            self.config.tolerance,
-            self.config.patience,
-            self.config.recovery,
-        )
+        self.population = UserPopulation.of(world, self.config)
         self.action_space = spaces.Discrete(world.n_items)
         self.observation_space = build_observation_space(world, self.config)
         self._lo, self._hi = world.rating_scale
@@ -237,7 +233,7 @@ class ULRecEnv(gym.Env):
         self._done = False
         # Per-session caches: Python floats are much cheaper to index than numpy scalars.
         self._user_ratings = self.world.ratings[u].tolist()
-        self._user_traits = (float(self.traits.tolerance[u]), float(self.traits.patience[u]), float(self.traits.recovery[u]))
+        self._user_traits = self.population.traits_of(u)
         self._rec_obs = np.full(self.config.recommended_slots, -1, dtype=np.int64)
         self._rew_obs = np.zeros(self.config.recommended_slots, dtype=np.float32)
 
@@ -259,7 +255,7 @@ class ULRecEnv(gym.Env):
             reason = billp_leave_reason(repeated, rating, dists, cfg.min_rating, cfg.distance_threshold)
         else:
             bored = False
-            if not repeated and rating >= cfg.min_rating:
+            if passes_first_checks(repeated, rating, cfg.min_rating):
                 red = redundancy(dists, cfg.distance_threshold)
                 tau, pi, rho = self._user_traits
                 self.satisfaction, self.exposure = satisfaction_step(
@@ -331,16 +327,21 @@ class ULRecEnv(gym.Env):
 
     def user_state(self) -> dict[str, Any]:
         """The hidden state of the current session, for planners that peek (the oracle) and for analysis."""
-        u = self.user
+        tolerance, patience, recovery = self.population.traits_of(self.user)
         return {
-            "user": u,
+            "user": self.user,
             "satisfaction": self.satisfaction,
             "exposure": self.exposure,
             "shown": tuple(self._shown),
-            "tolerance": float(self.traits.tolerance[u]),
-            "patience": float(self.traits.patience[u]),
-            "recovery": float(self.traits.recovery[u]),
+            "tolerance": tolerance,
+            "patience": patience,
+            "recovery": recovery,
         }
+
+    @property
+    def traits(self) -> UserTraits:
+        """Every world row's traits (those of :attr:`population`)."""
+        return self.population.traits
 
     def __repr__(self) -> str:
         return f"<ULRecEnv world={self.world.name!r} leave_rule={self.config.leave_rule!r}>"

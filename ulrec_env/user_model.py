@@ -1,43 +1,68 @@
 """The simulated user's rules, as pure functions.
 
 Every function here works on Python floats (one user, used by :class:`ulrec_env.ULRecEnv`) and on numpy
-arrays of users (used by :class:`ulrec_env.ULRecVectorEnv`), so the single and the batched environment share
-one definition of the dynamics. Nothing here draws random numbers except :func:`sample_user_traits`, which
-takes an explicit generator.
+arrays of users (used by :class:`ulrec_env.ULRecVectorEnv` and the oracle's model in ``agents.oracle``), so
+the single environment, the batched one and the planner share one definition of the dynamics. Nothing here
+draws random numbers except :func:`sample_user_traits`, which takes an explicit generator.
 
 The user state of one session is ``(satisfaction, exposure, shown items)``; a user's traits are fixed per
-world row. RecSim's split of a user into state, choice and transition is kept, but as functions:
+world row (:class:`UserPopulation`). RecSim's split of a user into state, choice and transition is kept, but
+as functions:
 
 * :func:`similarity` turns an item-item distance into a similarity in ``[0, 1]``;
 * :func:`redundancy` sums the similarity of a new item to the recent window;
 * :func:`satisfaction_step` is the transition of ``(satisfaction, exposure)``;
-* :func:`billp_leave_reason` and :func:`satisfaction_leave_reason` are the two leave decisions.
+* :func:`leave_decision` is the leave decision of both rules (their shared precedence), with the rules' own
+  tests :func:`too_close` (billp) and the satisfaction floor or :func:`leave_hazard` (satisfaction);
+  :func:`billp_leave_reason` and :func:`satisfaction_leave_reason` are its one-user forms.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Sequence, Union
+from typing import TYPE_CHECKING, Sequence, Union
 
 import numpy as np
 
+if TYPE_CHECKING:
+    from ulrec_env.config import EnvConfig
+    from ulrec_env.world import World
+
 __all__ = [
     "LEAVE_REASONS",
+    "REASON_OF_CODE",
+    "STAYS",
     "UserTraits",
+    "UserPopulation",
     "sample_user_traits",
     "similarity",
     "redundancy",
     "satisfaction_step",
+    "passes_first_checks",
+    "too_close",
+    "leave_decision",
     "billp_leave_reason",
     "satisfaction_leave_reason",
     "leave_hazard",
 ]
 
 Number = Union[float, np.ndarray]
+#: A truth value per user: a Python ``bool`` for one user, a numpy bool array for many.
+Flag = Union[bool, np.ndarray]
+#: A leave code per user (see :func:`leave_decision`): an ``int`` for one user, an int64 array for many.
+Code = Union[int, np.ndarray]
 
 #: Every value ``info["leave_reason"]`` can take on a leaving step.
 LEAVE_REASONS = ("repeat", "low_rating", "redundant", "bored")
+#: The reason of each code :func:`leave_decision` returns: ``None`` (the user stays), then ``LEAVE_REASONS``.
+REASON_OF_CODE = (None, *LEAVE_REASONS)
+#: The code of a user who stays.
+STAYS = 0
+_REPEAT = REASON_OF_CODE.index("repeat")
+_LOW_RATING = REASON_OF_CODE.index("low_rating")
+# The reason each leave rule's own test gives.
+_OWN_CODE = {"billp": REASON_OF_CODE.index("redundant"), "satisfaction": REASON_OF_CODE.index("bored")}
 
 _LN2 = math.log(2.0)
 
@@ -71,6 +96,40 @@ class UserTraits:
 
     def __len__(self) -> int:
         return int(self.tolerance.shape[0])
+
+
+@dataclass(frozen=True)
+class UserPopulation:
+    """The simulated users of a world: every row's traits, drawn once from a config's ranges and ``trait_seed``.
+
+    The single environment, the vector environment and the oracle's model take their users from here, so one
+    world and one config give the same users everywhere (and the same user in every session).
+
+    Attributes:
+        traits: One entry per world row.
+    """
+
+    traits: UserTraits
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.traits, UserTraits):
+            raise TypeError(f"`traits` must be a UserTraits, got {type(self.traits).__name__}; "
+                            "build a population with UserPopulation.of(world, config).")
+
+    @classmethod
+    def of(cls, world: World, config: EnvConfig) -> UserPopulation:
+        """The users of ``world`` under ``config``: traits drawn with ``default_rng(config.trait_seed)``."""
+        return cls(sample_user_traits(
+            world.n_users, np.random.default_rng(config.trait_seed), config.tolerance, config.patience, config.recovery,
+        ))
+
+    def __len__(self) -> int:
+        return len(self.traits)
+
+    def traits_of(self, user: int) -> tuple[float, float, float]:
+        """``(tolerance, patience, recovery)`` of world row ``user``, as Python floats."""
+        t = self.traits
+        return float(t.tolerance[user]), float(t.patience[user]), float(t.recovery[user])
 
 
 def sample_user_traits(
@@ -149,6 +208,58 @@ def leave_hazard(satisfaction: Number, floor: float, temperature: float) -> Numb
     return 0.5 * (1.0 + math.tanh(0.5 * z))
 
 
+def passes_first_checks(repeated: Flag, rating: Number, min_rating: float) -> Flag:
+    """Whether an item passes the checks both leave rules make first: not shown before, rated at least ``min_rating``.
+
+    Only such items move the satisfaction rule's state. ``x ^ True`` is ``not x`` for Python bools and numpy
+    bool arrays alike, so one expression serves one user and many.
+    """
+    return (repeated | (rating < min_rating)) ^ True
+
+
+def too_close(window_distances: Union[Sequence[float], np.ndarray], distance_threshold: float) -> Flag:
+    """The billp rule's own test: the item lies closer than ``distance_threshold`` to an item of the window.
+
+    Args:
+        window_distances: Distances from the item to the last ``window`` shown items; for many users (or
+            items), an array ``(..., window)`` with ``np.inf`` where a slot is empty.
+        distance_threshold: The billp rule's distance.
+    """
+    if isinstance(window_distances, np.ndarray):
+        return (window_distances < distance_threshold).any(axis=-1)
+    return any(d < distance_threshold for d in window_distances)
+
+
+def leave_decision(repeated: Flag, rating: Number, min_rating: float, fed_up: Flag, leave_rule: str) -> Code:
+    """Whether and why users leave: the one precedence of both leave rules, for one user or arrays of users.
+
+    The checks, in this order: the item was shown before in this session (``"repeat"``); its rating is below
+    ``min_rating`` (``"low_rating"``, also on the first step); the rule's own test, ``fed_up``: for
+    ``"billp"`` the item is too close to the window (:func:`too_close`, reason ``"redundant"``), for
+    ``"satisfaction"`` the user is bored (satisfaction below the floor, or the :func:`leave_hazard` draw;
+    reason ``"bored"``).
+
+    Args:
+        repeated: Whether the item was shown before in this session.
+        rating: The user's rating of the item.
+        min_rating: Ratings below this make the user leave.
+        fed_up: The rule's own test, as above (arrays broadcast against ``repeated`` and ``rating``).
+        leave_rule: ``"billp"`` or ``"satisfaction"``.
+
+    Returns:
+        :data:`STAYS` (0) where the user stays, else the code of the first reason that holds;
+        ``REASON_OF_CODE[code]`` is the reason. An ``int`` for Python scalars, an int64 array for arrays.
+    """
+    try:
+        own = _OWN_CODE[leave_rule]
+    except KeyError:
+        raise ValueError(f"`leave_rule` must be one of {sorted(_OWN_CODE)}, got {leave_rule!r}.") from None
+    low = rating < min_rating
+    # Each reason counts only where no earlier one holds; the sum picks the first (``^ True`` is ``not``).
+    return (repeated * _REPEAT + (low & (repeated ^ True)) * _LOW_RATING
+            + (fed_up & passes_first_checks(repeated, rating, min_rating)) * own)
+
+
 def billp_leave_reason(
     repeated: bool,
     rating: float,
@@ -156,28 +267,18 @@ def billp_leave_reason(
     min_rating: float,
     distance_threshold: float,
 ) -> str | None:
-    """The seed system's rule (BiLLP/ULRec, with the first-step rating bug fixed).
+    """The seed system's rule (BiLLP/ULRec, with the first-step rating bug fixed), for one user.
 
     The user leaves when the item was shown before in this session (``"repeat"``), when its rating is below
     ``min_rating`` (``"low_rating"``, checked at every step, the first included), or when it lies closer than
-    ``distance_threshold`` to any of the last ``window`` shown items (``"redundant"``). Checked in that order.
+    ``distance_threshold`` to any of the last ``window`` shown items (``"redundant"``). Checked in that order
+    (:func:`leave_decision`).
     """
-    if repeated:
-        return "repeat"
-    if rating < min_rating:
-        return "low_rating"
-    for d in window_distances:
-        if d < distance_threshold:
-            return "redundant"
-    return None
+    fed_up = too_close(window_distances, distance_threshold)
+    return REASON_OF_CODE[leave_decision(repeated, rating, min_rating, fed_up, "billp")]
 
 
 def satisfaction_leave_reason(repeated: bool, rating: float, min_rating: float, leaves_bored: bool) -> str | None:
-    """Leave decision of the satisfaction rule; ``leaves_bored`` comes from the floor or the hazard draw."""
-    if repeated:
-        return "repeat"
-    if rating < min_rating:
-        return "low_rating"
-    if leaves_bored:
-        return "bored"
-    return None
+    """Leave decision of the satisfaction rule for one user (:func:`leave_decision`); ``leaves_bored`` comes
+    from the floor or the hazard draw."""
+    return REASON_OF_CODE[leave_decision(repeated, rating, min_rating, leaves_bored, "satisfaction")]

@@ -11,13 +11,24 @@ from gymnasium.vector.utils import batch_space
 
 from ulrec_env.config import EnvConfig
 from ulrec_env.env import build_observation_space, default_world
-from ulrec_env.user_model import leave_hazard, redundancy, sample_user_traits, satisfaction_step
+from ulrec_env.user_model import (
+    REASON_OF_CODE,
+    STAYS,
+    UserPopulation,
+    UserTraits,
+    leave_decision,
+    leave_hazard,
+    passes_first_checks,
+    redundancy,
+    satisfaction_step,
+    too_close,
+)
 from ulrec_env.world import World
 
 __all__ = ["ULRecVectorEnv"]
 
-# Codes of the leave reasons in the batched step; index into _REASONS.
-_REASONS = np.array([None, "repeat", "low_rating", "redundant", "bored"], dtype=object)
+# The reason of each code of leave_decision, for indexing with an array of codes.
+_REASONS = np.array(REASON_OF_CODE, dtype=object)
 _FEEDBACK = np.array(["continue", "leave"], dtype=object)
 _MODES = {
     "next_step": AutoresetMode.NEXT_STEP,
@@ -87,10 +98,7 @@ class ULRecVectorEnv(VectorEnv):
         self._users = world.users(self.config.split)
         if self._users.size == 0:
             raise ValueError(f"world {world.name!r} has no {self.config.split} users; pass another `split`.")
-        self.traits = sample_user_traits(
-            world.n_users, np.random.default_rng(self.config.trait_seed),
-            self.config.tolerance, self.config.patience, self.config.recovery,
-        )
+        self.population = UserPopulation.of(world, self.config)
         self.single_observation_space = build_observation_space(world, self.config)
         self.single_action_space = spaces.Discrete(world.n_items)
         self.observation_space = batch_space(self.single_observation_space, self.num_envs)
@@ -166,9 +174,10 @@ class ULRecVectorEnv(VectorEnv):
         self._seen[rows] = False
         self._window[rows] = self._n_items
         self._hist[rows] = self._history_obs[users]
-        self._tau[rows] = self.traits.tolerance[users]
-        self._pi[rows] = self.traits.patience[users]
-        self._rho[rows] = self.traits.recovery[users]
+        traits = self.population.traits
+        self._tau[rows] = traits.tolerance[users]
+        self._pi[rows] = traits.patience[users]
+        self._rho[rows] = traits.recovery[users]
         self._rec[rows] = -1
         self._rew[rows] = 0.0
         self._done[rows] = False
@@ -202,13 +211,11 @@ class ULRecVectorEnv(VectorEnv):
         rating = self._ratings_flat[users * n_items + items]
         repeated = self._seen.reshape(-1)[arange * n_items + items]
         wd = self._dist_flat[(items * (n_items + 1))[:, None] + self._window]  # (n, window), inf if empty
-        code = repeated.astype(np.int64)
-        code[(rating < cfg.min_rating) & ~repeated] = 2
         red = None
         if self._billp:
-            code[(code == 0) & (wd.min(axis=1) < cfg.distance_threshold)] = 3
+            fed_up = too_close(wd, cfg.distance_threshold)
         else:
-            ok = code == 0
+            ok = passes_first_checks(repeated, rating, cfg.min_rating)
             red = redundancy(wd, cfg.distance_threshold)
             s, e = satisfaction_step(
                 self.satisfaction, self.exposure, red, (rating - self._lo) * (1.0 / (self._hi - self._lo)),
@@ -219,14 +226,14 @@ class ULRecVectorEnv(VectorEnv):
             self.exposure = np.where(upd, e, self.exposure)
             red[~upd] = 0.0
             if cfg.stochastic:
-                bored = self.np_random.random(n) < leave_hazard(s, cfg.satisfaction_floor, cfg.hazard_temperature)
+                fed_up = self.np_random.random(n) < leave_hazard(s, cfg.satisfaction_floor, cfg.hazard_temperature)
             else:
-                bored = s < cfg.satisfaction_floor
-            code[ok & bored] = 4
+                fed_up = s < cfg.satisfaction_floor
+        code = leave_decision(repeated, rating, cfg.min_rating, fed_up, cfg.leave_rule)
         if not full:
-            code[~active] = 0
+            code[~active] = STAYS
 
-        left = code > 0
+        left = code != STAYS
         reward = np.where(left, cfg.leave_penalty, rating).astype(np.float64)
         step_idx = self.steps
         if full:
@@ -299,7 +306,7 @@ class ULRecVectorEnv(VectorEnv):
         code_all = code
         red_all = red if red is not None else np.zeros(n)
         infos: dict[str, Any] = {
-            "feedback": _FEEDBACK[(code_all > 0).view(np.int8)],
+            "feedback": _FEEDBACK[(code_all != STAYS).view(np.int8)],
             "leave_reason": _REASONS[code_all],
             "item": item_all.copy(),
             "rating": rating_all,
@@ -321,6 +328,11 @@ class ULRecVectorEnv(VectorEnv):
             "rewards": self._rew.copy(),
             "step": self.steps[:, None].copy(),  # (num_envs, 1): the batch of the single space's (1,)
         }
+
+    @property
+    def traits(self) -> UserTraits:
+        """Every world row's traits (those of :attr:`population`)."""
+        return self.population.traits
 
     @property
     def done(self) -> np.ndarray:

@@ -111,6 +111,12 @@ def test_oracle_follows_its_plan_exactly(small_world):
         ret += r[0]
         if term[0] or trunc[0]:
             break
+    # The session ends exactly where the plan does (a leave on its last item, or the horizon), and earns the
+    # ratings of the items the user stayed for (plus the leave penalty if the plan ends in a leave).
+    assert t == len(plan) - 1 and (term[0] or trunc[0])
+    stayed = plan if trunc[0] else plan[:-1]
+    penalty = 0.0 if trunc[0] else venv.config.leave_penalty
+    assert ret == pytest.approx(small_world.ratings[5, stayed].sum() + penalty)
 
 
 def test_echo_chamber_on_the_default_world(default_world):

@@ -9,7 +9,7 @@ import gymnasium as gym
 import numpy as np
 import pytest
 
-from ulrec_env.billp_reference import BiLLPReference
+from tests.ulrec_env.billp_reference import BiLLPReference
 from ulrec_env.worlds import from_billp
 
 

@@ -15,9 +15,8 @@ from gymnasium.utils.env_checker import check_env
 
 import ulrec_env
 from ulrec_env import ULRecEnv
-from ulrec_env.billp_reference import BiLLPReference
-from ulrec_env.user_model import redundancy, satisfaction_step
 from tests.conftest import make_tiny_world
+from tests.ulrec_env.billp_reference import BiLLPReference
 
 SETTINGS = [
     {},
@@ -230,24 +229,51 @@ def test_billp_matches_the_authors_rule_step_for_step(small_world):
 
 
 # ---------------------------------------------------------------------- satisfaction rule
-def test_satisfaction_follows_the_documented_formula(small_world):
-    env = ULRecEnv(world=small_world, min_rating=-math.inf)
-    cfg, traits = env.config, env.traits
-    env.reset(options={"user": 4})
-    s, e, shown = 1.0, 0.0, []
-    lo, hi = small_world.rating_scale
-    for a in (3, 17, 3 + 1, 50, 51, 52, 53):
-        _, r, term, _, info = env.step(a)
-        d = [float(small_world.distance[a, h]) for h in shown[-cfg.window:]]
-        red = redundancy(d, cfg.distance_threshold)
-        q = (float(small_world.ratings[4, a]) - lo) / (hi - lo)
-        s, e = satisfaction_step(s, e, red, q, traits.tolerance[4], traits.patience[4], traits.recovery[4], cfg.exposure_decay)
-        assert info["satisfaction"] == pytest.approx(s) and info["exposure"] == pytest.approx(e)
-        assert term == (s < cfg.satisfaction_floor)
-        if term:
-            assert info["leave_reason"] == "bored"
-            break
-        shown.append(a)
+def test_satisfaction_follows_the_documented_formula():
+    """Seven steps worked by hand from the formula in ULRecEnv's docstring (not with the functions the env calls).
+
+    Items lie on a line 10 apart, d0 = 10, so sim = 2 ** -(d / 10) ** 2: 1/2 at d = 10, 1/16 at d = 20, and
+    below 2 ** -25 (about 3e-8) from d = 50 on. Every rating is 4 on the 1..5 scale: q = 3/4. W = 2,
+    lambda = 1/2, tau = 1/2, pi = 2, rho = 0.4, floor = 1/2. Step by step (r, E = E/2 + r,
+    gain = 0.4 * max(0, 1 - r) * 0.75 * (1 - s), loss = max(0, E - 0.5) / 2, s + gain - loss):
+
+    1. item 0, empty window: r = 0, E = 0, s = 1.
+    2. item 1 (10 from 0): r = 0.5, E = 0.5, gain = 0 (s = 1), loss = 0: s = 1.
+    3. item 2 (20, 10 from 0, 1): r = 0.5625, E = 0.25 + 0.5625 = 0.8125, loss = 0.3125 / 2 = 0.15625:
+       s = 0.84375.
+    4. item 3 (20, 10 from 1, 2): r = 0.5625, E = 0.40625 + 0.5625 = 0.96875,
+       gain = 0.4 * 0.4375 * 0.75 * 0.15625 = 0.0205078125, loss = 0.46875 / 2 = 0.234375: s = 0.6298828125.
+    5. item 9 (70, 60 from 2, 3): r ~ 0, E = 0.484375 (below tau: no loss),
+       gain = 0.3 * 0.3701171875 = 0.11103515625: s = 0.74091796875.
+    6. item 8 (50, 10 from 3, 9): r ~ 0.5, E = 0.2421875 + 0.5 = 0.7421875,
+       gain = 0.15 * 0.25908203125 = 0.0388623046875, loss = 0.2421875 / 2 = 0.12109375: s = 0.6586865234375.
+    7. item 7 (20, 10 from 9, 8): r = 0.5625, E = 0.37109375 + 0.5625 = 0.93359375,
+       gain = 0.13125 * 0.3413134765625 = 0.044797393798828125, loss = 0.43359375 / 2 = 0.216796875:
+       s = 0.486687042236328125 < 1/2: the user leaves, bored, and the step earns the leave penalty 0.
+    """
+    w = make_tiny_world(n_items=10)
+    ratings = np.array(w.ratings)
+    ratings[0] = 4.0
+    env = ULRecEnv(world=_with_ratings(w, ratings), distance_threshold=10.0, window=2, exposure_decay=0.5,
+                   tolerance=(0.5, 0.5), patience=(2.0, 2.0), recovery=(0.4, 0.4), satisfaction_floor=0.5)
+    env.reset(options={"user": 0})
+    expected = [  # (item, redundancy, exposure, satisfaction)
+        (0, 0.0, 0.0, 1.0),
+        (1, 0.5, 0.5, 1.0),
+        (2, 0.5625, 0.8125, 0.84375),
+        (3, 0.5625, 0.96875, 0.6298828125),
+        (9, 0.0, 0.484375, 0.74091796875),
+        (8, 0.5, 0.7421875, 0.6586865234375),
+        (7, 0.5625, 0.93359375, 0.486687042236328125),
+    ]
+    for t, (item, red, exposure, satisfaction) in enumerate(expected):
+        _, r, term, _, info = env.step(item)
+        assert info["redundancy"] == pytest.approx(red, abs=1e-7)
+        assert info["exposure"] == pytest.approx(exposure)
+        assert info["satisfaction"] == pytest.approx(satisfaction)
+        last = t == len(expected) - 1
+        assert term == last and info["leave_reason"] == ("bored" if last else None)
+        assert r == (0.0 if last else 4.0)
 
 
 def test_redundant_exposure_lowers_satisfaction_and_fresh_items_restore_it():

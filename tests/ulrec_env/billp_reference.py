@@ -1,6 +1,6 @@
 """The seed system's leave rule written the way its authors run it: pure Python, titles, one step at a time.
 
-This is a yardstick, not part of the simulator: tests check that ``ULRec-v0`` with ``leave_rule="billp"``
+This is a yardstick, not part of the simulator (it lives with the tests and is not installed): tests check that ``ULRec-v0`` with ``leave_rule="billp"``
 reproduces it step for step, and ``benchmarks/bench_env.py`` measures the environment's speed against it.
 It follows the published environment (titles looked up in ``item2id``, membership in the list of
 recommended titles, the reward and distance matrices indexed per step) with the first-step rating bug
