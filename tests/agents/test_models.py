@@ -135,3 +135,30 @@ def test_adapter_sidecar_sets_the_session_window(saved_tiny, tmp_path, tiny_mode
     assert a.prompt_format == PromptFormat(max_history=4, max_session=3, worked_example=False, session_window="block")
     (d / "ulrec_adapter.json").write_text(json.dumps({"prompt": {"max_history": 4, "max_session": 3}}))
     assert LLMRecommender.from_pretrained(saved_tiny, adapter=d, device="cpu").prompt_format.session_window == "sliding"
+
+
+def test_an_explicit_prompt_format_is_used_as_given(saved_tiny, tmp_path, tiny_model):
+    """An explicit max_history of 15 (the default's value) is kept, not replaced by the adapter's 4, with a
+    warning that the adapter saw other prompts; a dict lays its fields over the adapter's format."""
+    import json
+
+    from peft import LoraConfig, get_peft_model
+
+    from agents.llm import LLMRecommender, adapter_prompt_format
+    from agents.prompting import PromptFormat
+
+    d = tmp_path / "adapter"
+    get_peft_model(tiny_model, LoraConfig(r=2, target_modules=["q_proj"])).save_pretrained(d)
+    (d / "ulrec_adapter.json").write_text(json.dumps({"prompt": {"max_history": 4, "max_session": 3,
+                                                                 "worked_example": False}}))
+    trained = PromptFormat(max_history=4, max_session=3, worked_example=False)
+    assert adapter_prompt_format(d) == trained and adapter_prompt_format(tmp_path) is None
+    with pytest.warns(UserWarning, match="was trained on prompts written as"):
+        a = LLMRecommender.from_pretrained(saved_tiny, adapter=d, device="cpu",
+                                           prompt_format=PromptFormat(max_history=15))
+    assert a.prompt_format == PromptFormat(max_history=15)
+    with pytest.warns(UserWarning):
+        b = LLMRecommender.from_pretrained(saved_tiny, adapter=d, device="cpu", prompt_format={"max_history": 15})
+    assert b.prompt_format == trained.replace(max_history=15)
+    with pytest.raises(ValueError, match="unknown prompt option"):
+        LLMRecommender.from_pretrained(saved_tiny, adapter=d, device="cpu", prompt_format={"history": 3})

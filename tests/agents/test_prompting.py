@@ -102,3 +102,20 @@ def test_block_session_window_drops_lines_a_block_at_a_time(default_world):
         assert cur[1]["content"].startswith(prev[1]["content"].removesuffix("Next item?"))
     with pytest.raises(ValueError, match="session_window"):
         build_messages(default_world, [1], PromptFormat(session_window="tumbling"))
+
+
+def test_prompt_format_round_trip_and_validation():
+    default = PromptFormat()
+    assert default.to_dict() == {"max_history": 15, "max_session": None, "worked_example": True}
+    block = PromptFormat(max_history=6, max_session=4, worked_example=False, session_window="block")
+    assert PromptFormat.from_dict(block.to_dict()) == block
+    assert PromptFormat.from_dict(None) == PromptFormat.from_dict({}) == default == PromptFormat.coerce(None)
+    assert PromptFormat.coerce({"max_history": 6}) == PromptFormat(max_history=6)
+    with pytest.raises(ValueError, match="unknown prompt option"):
+        PromptFormat.from_dict({"max_histroy": 6})
+    for bad, match in (({"max_history": True}, "max_history"), ({"max_session": -1}, "max_session"),
+                       ({"worked_example": "yes"}, "worked_example"), ({"session_window": "x"}, "session_window")):
+        with pytest.raises(ValueError, match=match):
+            PromptFormat(**bad)
+    with pytest.raises(TypeError, match="prompt_format"):
+        PromptFormat.coerce(6)

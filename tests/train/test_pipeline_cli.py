@@ -43,8 +43,41 @@ def test_rollout_of_a_baseline_writes_prompts_for_the_model(tmp_path, tiny_model
     ro = str(tmp_path / "ro")
     assert main(["rollout", "--world", "synthetic:3", "--policy", "mmr", "--llm-model", tiny_model_dir,
                  "--episodes", "4", "--max-episode-steps", "5", "--out", ro, "--no-progress"]) == 0
-    records, _ = load_rollout(ro)
+    records, meta = load_rollout(ro)
     assert records and all("<|im_start|>assistant" in r.prompt for r in records)
+    assert meta["prompt"] == {"max_history": 15, "max_session": None, "worked_example": True}  # was null
+
+
+def test_rollout_of_a_baseline_takes_the_prompt_options_and_writes_what_the_agent_would(tmp_path, tiny_model_dir,
+                                                                                        small_world):
+    """The prompt options reach a baseline's prompts, are recorded, and the prompts equal the LLM agent's own."""
+    import numpy as np
+
+    from agents.models import load_model_and_tokenizer
+    from agents.llm import LLMRecommender
+    from agents.prompting import PromptFormat
+    from ulrec_env import ULRecVectorEnv
+
+    ro = str(tmp_path / "ro")
+    assert main(["rollout", "--world", "synthetic:3", "--policy", "greedy", "--llm-model", tiny_model_dir,
+                 "--episodes", "3", "--max-episode-steps", "4", "--out", ro, "--no-progress", "--max-history", "2",
+                 "--max-session", "none", "--no-worked-example", "--session-window", "block"]) == 0
+    records, meta = load_rollout(ro)
+    fmt = PromptFormat(max_history=2, max_session=None, worked_example=False, session_window="block")
+    assert meta["prompt"] == fmt.to_dict() and PromptFormat.from_dict(meta["prompt"]) == fmt
+    assert meta["dtype"] is None and meta["policy"] == "greedy"
+
+    # what the agent writes for the same observation, in the same format, with the same tokenizer
+    model, tok = load_model_and_tokenizer(tiny_model_dir, device="cpu")
+    agent = LLMRecommender(model, tok, prompt_format=fmt).bind(small_world)
+    env = ULRecVectorEnv(num_envs=2, world=small_world, autoreset_mode="disabled")
+    obs, _ = env.reset(seed=0)
+    obs, *_ = env.step(np.array([1, 2]))
+    from agents.prompting import prompt_of_observation
+
+    assert agent.prompts(obs) == [prompt_of_observation(small_world, {k: v[i] for k, v in obs.items()}, tok, fmt)
+                                  for i in range(2)]
+    assert "History:" in agent.prompts(obs)[0] and "Example:" not in agent.prompts(obs)[0]
 
 
 def test_label_and_tune_errors_are_named(tmp_path, capsys):
