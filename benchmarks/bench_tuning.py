@@ -17,6 +17,9 @@ examples. Time covers dataset preparation, reference precompute and training (mo
 * ``*-noshare``: the same without running the prompt prefix a batch shares once (``share_prompt_prefix=False``).
 
     python benchmarks/bench_tuning.py [--examples 16] [--epochs 2] [--prompts long|loop] [--rows sft,kto-trl-defaults,...]
+    python benchmarks/bench_tuning.py --whole-process ...   # each row its own process, timed from outside
+
+``--whole-process`` writes ``benchmarks/results/tuning-whole.json``.
 
 Prints a table and writes ``benchmarks/results/tuning.json``.
 """
@@ -135,7 +138,12 @@ def main() -> None:
     ap.add_argument("--rows", default=",".join(ROWS))
     ap.add_argument("--prompts", default="long", choices=sorted(PROMPT_STYLES), help="how prompts are written")
     ap.add_argument("--out", default=str(Path(__file__).resolve().parent / "results" / "tuning.json"))
+    ap.add_argument("--whole-process", action="store_true",
+                    help="run each row in its own Python process and also report examples/s over the process's whole "
+                         "wall time (interpreter start, imports, model loading, data, training), as a user runs it")
     a = ap.parse_args()
+    if a.whole_process:
+        return whole_process(a)
     try:
         import agents.models  # noqa: F401
         import agents.prompting  # noqa: F401
@@ -195,6 +203,39 @@ def main() -> None:
     }
     atomic_write_text(a.out, json.dumps(payload, indent=2) + "\n")
     print(f"\nwrote {a.out}")
+
+
+def whole_process(a: argparse.Namespace) -> None:
+    """Each row timed as a whole process (this script with one row); the rows' own figures come with it."""
+    import subprocess
+
+    from ulrec_env.storage import atomic_write_text
+
+    results, payload = [], None
+    with tempfile.TemporaryDirectory() as work:
+        for row in a.rows.split(","):
+            out = Path(work) / f"{row}.json"
+            cmd = [sys.executable, str(Path(__file__).resolve()), "--rows", row, "--examples", str(a.examples),
+                   "--epochs", str(a.epochs), "--batch", str(a.batch), "--prompts", a.prompts, "--out", str(out)]
+            t0 = time.perf_counter()
+            subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
+            wall = time.perf_counter() - t0
+            payload = json.loads(out.read_text())
+            r = payload["results"][0]
+            r.update(process_s=wall, process_examples_per_s=a.examples * a.epochs / wall)
+            results.append(r)
+            print(json.dumps(r), flush=True)
+    base = next((r for r in results if r["row"].startswith("kto-trl")), None)
+    print(f"\n| stage | whole-process s | examples/s (process) | examples/s (stage) | vs {base['row'] if base else 'TRL'} (process) |")
+    print("|---|---:|---:|---:|---:|")
+    for r in results:
+        rel = f"{r['process_examples_per_s'] / base['process_examples_per_s']:.2f}x" if base else ""
+        print(f"| {r['row']} | {r['process_s']:.1f} | {r['process_examples_per_s']:.3f} | {r['examples_per_s']:.3f} | {rel} |")
+    payload = {**(payload or {}), "benchmark": "tuning-whole-process", "results": results,
+               "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+    target = a.out if a.out.endswith("whole.json") else a.out.replace(".json", "-whole.json")
+    atomic_write_text(target, json.dumps(payload, indent=2) + "\n")
+    print(f"\nwrote {target}")
 
 
 if __name__ == "__main__":
