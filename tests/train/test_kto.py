@@ -11,14 +11,13 @@ pytest.importorskip("peft")
 from datasets import Dataset
 from peft import LoraConfig
 
-from train.kto import (
-    ULRecKTOConfig,
-    ULRecKTOTrainer,
-    _output_cache,
+from train.kto import ULRecKTOConfig, ULRecKTOTrainer
+from train.logprobs import (
     align_right,
     aligned_completion_logps,
     completion_logps,
     kl_logps_from_prompt_cache,
+    output_cache,
 )
 
 
@@ -115,7 +114,7 @@ def test_prompt_cache_path_gives_the_same_log_probs(tiny_model, tiny_tokenizer, 
             model, batch["KL_input_ids"], batch["KL_attention_mask"], batch["KL_completion_mask"], fused=False
         )
         kl_fast = kl_logps_from_prompt_cache(
-            model, _output_cache(out), aligned, batch["KL_input_ids"], batch["KL_attention_mask"],
+            model, output_cache(out), aligned, batch["KL_input_ids"], batch["KL_attention_mask"],
             batch["KL_completion_mask"], tiny_tokenizer.pad_token_id or 0,
         )  # fmt: skip
         assert torch.allclose(kl_fast, kl_full, atol=1e-4)
