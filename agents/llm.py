@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any, Mapping
 import numpy as np
 
 from agents.grounding import TitleGrounder
+from agents.models import ADAPTER_SIDECAR_FILE
 from agents.policy import Policy
 from agents.prompting import (
     COMPLETION_TERMINATOR,
@@ -722,7 +723,7 @@ def _adapter_prompt_options(adapter: Any) -> dict[str, Any]:
     """The prompt options in an adapter's ``ulrec_adapter.json`` (empty when absent)."""
     if adapter is None:
         return {}
-    sidecar = Path(adapter) / "ulrec_adapter.json"
+    sidecar = Path(adapter) / ADAPTER_SIDECAR_FILE
     if not sidecar.is_file():
         return {}
     try:
