@@ -3,8 +3,8 @@
 The agent and the trainer must agree on every character and every token: training scores exactly the
 token ids the agent decoded. Both sides therefore build text with :func:`build_prompt` /
 :func:`build_completion` and tokenize it with :func:`encode_prompt` / :func:`encode_completion` (prompt
-and completion tokenized separately, the completion without special tokens); :func:`encode_completions` is the batched form
-of :func:`encode_completion` (the one implementation both use). The agent's token trie is built from
+and completion tokenized separately, the completion without special tokens); :func:`encode_completions` is the
+batched form of :func:`encode_completion` (the one implementation both use). The agent's token trie is built from
 ``encode_completions(tokenizer, [build_completion(t) for t in titles])`` and it feeds the decoded completion
 tokens right after ``encode_prompt(tokenizer, prompt)``; the trainers' ``train.encoding`` calls the same two
 functions, so there is no second tokenization path.

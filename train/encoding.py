@@ -1,8 +1,8 @@
 """Tokenizing prompt/completion examples for the tuning stages, with left-side prompt truncation.
 
-The prompt and the completion are tokenized **separately**, by the agent's own
-:func:`agents.prompting.encode_prompt` and :func:`agents.prompting.encode_completion`, and concatenated, so the completion tokens (the item title the
-agent produced) are exactly the tokens the agent scored, whatever the tokenizer; nothing here hard-codes token ids.
+The prompt and the completion are tokenized **separately**, by the agent's own :func:`agents.prompting.encode_prompt`
+and :func:`agents.prompting.encode_completion`, and concatenated, so the completion tokens (the item title the agent
+produced) are exactly the tokens the agent scored, whatever the tokenizer; nothing here hard-codes token ids.
 Tokenizing ``prompt + completion`` in one go (as TRL does) can merge tokens across the boundary and shift the mask.
 
 A prompt too long for ``max_length`` is cut from its **left** (oldest history) side, keeping a leading BOS token,
