@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any, Mapping
 import numpy as np
 
 from agents.grounding import TitleGrounder
+from agents.models import ADAPTER_SIDECAR_FILE
 from agents.policy import Policy
 from agents.prompting import (
     COMPLETION_TERMINATOR,
@@ -704,7 +705,7 @@ def adapter_prompt_format(adapter: str | os.PathLike | None) -> PromptFormat | N
     has no sidecar or the sidecar records no prompt format, e.g. an adapter not trained by ulrec)."""
     if adapter is None:
         return None
-    sidecar = Path(adapter) / "ulrec_adapter.json"
+    sidecar = Path(adapter) / ADAPTER_SIDECAR_FILE
     if not sidecar.is_file():
         return None
     try:

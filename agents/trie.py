@@ -12,6 +12,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from agents.prompting import encode_completions
+
 __all__ = ["TitleTrie"]
 
 
@@ -113,14 +115,14 @@ class TitleTrie:
 
     @classmethod
     def from_tokenizer(cls, tokenizer: Any, completions: Sequence[str]) -> "TitleTrie":
-        """Build from completion texts, tokenized as training tokenizes them (no special tokens).
+        """Build from completion texts, tokenized as training tokenizes them
+        (:func:`agents.prompting.encode_completions`).
 
         Args:
             tokenizer: A Hugging Face tokenizer.
             completions: One completion per item (``agents.prompting.build_completion(title)``).
         """
-        ids = tokenizer(list(completions), add_special_tokens=False).input_ids
-        return cls(ids)
+        return cls(encode_completions(tokenizer, completions))
 
     # ------------------------------------------------------------------ queries
     def alive_counts(self, masked: np.ndarray | None) -> np.ndarray | None:

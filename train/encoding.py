@@ -1,8 +1,8 @@
 """Tokenizing prompt/completion examples for the tuning stages, with left-side prompt truncation.
 
-The prompt and the completion are tokenized **separately** (``tokenizer(prompt)`` and
-``tokenizer(completion, add_special_tokens=False)``) and concatenated, so the completion tokens (the item title the
-agent produced) are exactly the tokens the agent scored, whatever the tokenizer; nothing here hard-codes token ids.
+The prompt and the completion are tokenized **separately**, by the agent's own :func:`agents.prompting.encode_prompt`
+and :func:`agents.prompting.encode_completion`, and concatenated, so the completion tokens (the item title the agent
+produced) are exactly the tokens the agent scored, whatever the tokenizer; nothing here hard-codes token ids.
 Tokenizing ``prompt + completion`` in one go (as TRL does) can merge tokens across the boundary and shift the mask.
 
 A prompt too long for ``max_length`` is cut from its **left** (oldest history) side, keeping a leading BOS token,
@@ -13,6 +13,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
+
+from agents.prompting import encode_completion, encode_prompt
 
 __all__ = ["EncodingReport", "encode_pair", "encode_examples"]
 
@@ -67,9 +69,9 @@ def encode_pair(
 def _encode(
     tokenizer: Any, prompt: str, completion: str, max_length: int | None
 ) -> tuple[list[int], list[int], bool, int]:
-    prompt_ids = list(tokenizer(prompt)["input_ids"])
+    prompt_ids = encode_prompt(tokenizer, prompt)
     n_prompt = len(prompt_ids)
-    completion_ids = list(tokenizer(completion, add_special_tokens=False)["input_ids"])
+    completion_ids = encode_completion(tokenizer, completion)
     if not completion_ids:
         raise ValueError(f"completion {completion!r} tokenizes to nothing; every example needs a non-empty title.")
     truncated = False

@@ -15,7 +15,7 @@ from datasets import Dataset
 from trl import SFTConfig, SFTTrainer
 
 from train.encoding import EncodingReport, encode_examples
-from train.kto import align_right, aligned_completion_logps, split_shared_prefix, supports_logits_to_keep
+from train.logprobs import align_right, aligned_completion_logps, split_shared_prefix, supports_logits_to_keep
 
 __all__ = ["ULRecSFTTrainer", "sft_dataset", "build_sft_trainer"]
 
@@ -31,7 +31,7 @@ class ULRecSFTTrainer(SFTTrainer):
     without ``logits_to_keep``. The entropy and token-accuracy metrics are not logged on the fast path.
 
     On the fast path the prompt prefix that every row of a batch shares (the system instruction, at least) runs
-    once per batch (:func:`train.kto.split_shared_prefix`); ``share_prompt_prefix = False`` turns that off.
+    once per batch (:func:`train.logprobs.split_shared_prefix`); ``share_prompt_prefix = False`` turns that off.
     """
 
     share_prompt_prefix: bool = True

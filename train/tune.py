@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, Mapping, Sequence
 
+from agents.models import ADAPTER_SIDECAR_FILE
 from train.encoding import EncodingReport
 from train.labeling import LabelledData, label_counts, load_examples, recommend_weights
 from ulrec_env.storage import atomic_write_text
@@ -50,8 +51,8 @@ __all__ = [
     "tune",
 ]
 
-SIDECAR_FILE = "ulrec_adapter.json"
-"""Name of the JSON sidecar written next to the adapter."""
+SIDECAR_FILE = ADAPTER_SIDECAR_FILE
+"""Name of the JSON sidecar written next to the adapter (:data:`agents.models.ADAPTER_SIDECAR_FILE`)."""
 SIDECAR_VERSION = 1
 
 Stage = Literal["sft", "kto"]
@@ -399,39 +400,12 @@ def tune(
     """
     cfg = config or TuneConfig()
     out = Path(out)
-    if out.exists() and any(out.iterdir()) and not cfg.overwrite:
-        raise ValueError(f"`out` {out} exists and is not empty; choose another folder or overwrite it "
-                         "(CLI: --overwrite; Python: TuneConfig(overwrite=True)).")
-    if cfg.save_steps is not None and (isinstance(cfg.save_steps, bool) or not isinstance(cfg.save_steps, int)
-                                       or cfg.save_steps < 1):
-        raise ValueError(f"`save_steps` must be None or a positive integer, got {cfg.save_steps!r}.")
-    ckpt_dir = checkpoint_dir(out)
-    resume_from = last_checkpoint(ckpt_dir)
-    if resume_from is not None and not cfg.resume:
-        if not cfg.overwrite:
-            raise ValueError(f"{ckpt_dir} holds checkpoints of an interrupted run (step {_checkpoint_step(resume_from)}); "
-                             "continue it (CLI: --resume; Python: TuneConfig(resume=True)) or start over "
-                             "(--overwrite).")
-        shutil.rmtree(ckpt_dir, ignore_errors=True)
-        resume_from = None
+    ckpt_dir, resume_from = _check_out(out, cfg)
     labelled = _load_data(data)
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
     try:
-        args = cfg.trainer_args
-        if args is None:
-            args = default_trainer_args(stage, staging, lora=not cfg.full_finetune, seed=seed)
-        else:
-            args = dataclasses.replace(args, output_dir=os.fspath(staging))
-        _check_args_stage(stage, args)
-        if cfg.save_steps is not None:
-            # Checkpoints go to a folder of their own next to `out`, so that a later run can find them.
-            args = dataclasses.replace(args, output_dir=os.fspath(ckpt_dir), save_strategy="steps",
-                                       save_steps=cfg.save_steps, save_total_limit=1, save_only_model=False)
-        if max_steps is not None:
-            if max_steps < 1:
-                raise ValueError(f"`max_steps` must be >= 1, got {max_steps}.")
-            args = dataclasses.replace(args, max_steps=int(max_steps))
+        args = _resolve_args(stage, cfg, staging, ckpt_dir, max_steps, seed)
         n_des, n_und = check_examples(
             stage,
             labelled.examples,
@@ -439,101 +413,22 @@ def tune(
             data_fingerprint=labelled.world_fingerprint,
             world=world,
         )
-        if stage == "kto" and args.precompute_ref_log_probs and int(os.environ.get("WORLD_SIZE", "1")) > 1:
-            # TRL's precompute maps an in-memory dataset into a per-process temporary cache that the other
-            # processes cannot open; computing the reference on the fly costs the same over one epoch.
-            args = dataclasses.replace(args, precompute_ref_log_probs=False)
-        if stage == "kto" and cfg.balance_weights and args.desirable_weight == 1.0 and args.undesirable_weight == 1.0:
-            dw, uw = recommend_weights(n_des, n_und)
-            args = dataclasses.replace(args, desirable_weight=dw, undesirable_weight=uw)
-
+        args = _args_for_data(stage, args, cfg, n_des, n_und)
         lm, tok, base_id = _load_model(model, tokenizer, cfg, bool(args.bf16))
-        ctx = _context_length(lm)
-        if ctx is not None and (args.max_length is None or args.max_length > ctx):
-            args = dataclasses.replace(args, max_length=int(ctx))
+        args = _args_for_model(args, lm)
         named_base = base_id if isinstance(model, (str, os.PathLike)) or model is None else None  # checkable
-        ref_model = None
-        if stage == "kto" and cfg.reference_adapter is not None:
-            ref_model = _reference_model(copy.deepcopy(lm), cfg.reference_adapter, cfg, named_base)
-        lm, peft_config = _attach_adapter(lm, init_adapter, cfg, named_base, labelled.world_fingerprint)
+        lm, ref_model, peft_config = _models_for_stage(stage, lm, init_adapter, cfg, named_base,
+                                                       labelled.world_fingerprint)
 
         t0 = time.perf_counter()
-        if stage == "sft":
-            from train.sft import build_sft_trainer
-
-            trainer, encoding = build_sft_trainer(lm, tok, labelled.examples, args, peft_config=peft_config)
-            n_train = n_des
-        else:
-            from datasets import Dataset
-
-            from train.kto import ULRecKTOTrainer
-
-            keep = ("prompt", "completion", "label", "weight")
-            rows = [{k: e.get(k, 1.0) for k in keep} for e in labelled.examples]
-            trainer = ULRecKTOTrainer(
-                lm, ref_model=ref_model, args=args, train_dataset=Dataset.from_list(rows), processing_class=tok,
-                peft_config=peft_config,
-            )
-            encoding = trainer.encoding_report
-            n_train = len(rows)
-        if args.disable_tqdm:  # no bar, and no log lines printed in its place (they stay in log_history)
-            from transformers.trainer_callback import PrinterCallback
-
-            trainer.remove_callback(PrinterCallback)
+        trainer, encoding, n_train = _build_trainer(stage, lm, ref_model, peft_config, tok, args, labelled.examples,
+                                                    n_des)
         trainer.train(resume_from_checkpoint=os.fspath(resume_from) if resume_from is not None else None)
         train_seconds = time.perf_counter() - t0
 
-        sidecar = {
-            "format_version": SIDECAR_VERSION,
-            "stage": stage,
-            "base_model": base_id,
-            "adapter": not cfg.full_finetune,
-            "init_adapter": os.fspath(init_adapter) if init_adapter is not None else None,
-            **({"reference_adapter": os.fspath(cfg.reference_adapter)} if cfg.reference_adapter is not None else {}),
-            "prompt_format_version": _prompt_format_version(labelled.meta),
-            "prompt": labelled.meta.get("prompt"),
-            "world_fingerprint": labelled.world_fingerprint,
-            "label_counts": {"desirable": n_des, "undesirable": n_und},
-            "label_report": labelled.meta.get("report"),
-            "n_train_examples": n_train,
-            "prompts_truncated": encoding.n_truncated if encoding else 0,
-            "max_length": args.max_length,
-            "dtype": {"compute": "bfloat16" if args.bf16 else ("float16" if args.fp16 else "float32"),
-                      "weights": str(next(lm.parameters()).dtype).replace("torch.", "")},
-            "hyperparameters": {
-                "learning_rate": args.learning_rate,
-                "num_train_epochs": args.num_train_epochs,
-                "max_steps": args.max_steps,
-                "per_device_train_batch_size": args.per_device_train_batch_size,
-                "gradient_accumulation_steps": args.gradient_accumulation_steps,
-                "seed": args.seed,
-                **(
-                    {
-                        "beta": args.beta,
-                        "sft_alpha": getattr(args, "sft_alpha", 0.1),
-                        "desirable_weight": args.desirable_weight,
-                        "undesirable_weight": args.undesirable_weight,
-                        "loss_type": args.loss_type,
-                    }
-                    if stage == "kto"
-                    else {}
-                ),
-            },
-            "global_step": trainer.state.global_step,
-            "resumed_from_step": _checkpoint_step(resume_from) if resume_from is not None else None,
-            "num_processes": trainer.accelerator.num_processes,
-            "final_train_loss": next((h["train_loss"] for h in reversed(trainer.state.log_history) if "train_loss" in h), None),
-            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        }
-        # Under `accelerate launch` every process trains; only the main one writes the result.
-        acc = trainer.accelerator
-        if acc.is_main_process:
-            _save(trainer, tok, staging, sidecar)
-            _move_into_place(staging, out, cfg.overwrite)
-            shutil.rmtree(ckpt_dir, ignore_errors=True)
-        else:
-            shutil.rmtree(staging, ignore_errors=True)
-        acc.wait_for_everyone()
+        sidecar = _sidecar(stage, args, cfg, trainer, lm, labelled, base_id, init_adapter, encoding,
+                           (n_des, n_und, n_train), resume_from)
+        _publish(trainer, tok, sidecar, staging, out, ckpt_dir, cfg.overwrite)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
@@ -551,6 +446,180 @@ def tune(
         log_history=list(trainer.state.log_history),
         sidecar=sidecar,
     )
+
+
+def _check_out(out: Path, cfg: TuneConfig) -> tuple[Path, Path | None]:
+    """Checks that ``out`` may be written; returns its checkpoint folder and the checkpoint to resume from, if any.
+
+    Raises:
+        ValueError: ``out`` is not empty without ``overwrite``, ``save_steps`` is not a positive integer, or an
+            interrupted run left checkpoints and neither ``resume`` nor ``overwrite`` is set.
+    """
+    if out.exists() and any(out.iterdir()) and not cfg.overwrite:
+        raise ValueError(f"`out` {out} exists and is not empty; choose another folder or overwrite it "
+                         "(CLI: --overwrite; Python: TuneConfig(overwrite=True)).")
+    if cfg.save_steps is not None and (isinstance(cfg.save_steps, bool) or not isinstance(cfg.save_steps, int)
+                                       or cfg.save_steps < 1):
+        raise ValueError(f"`save_steps` must be None or a positive integer, got {cfg.save_steps!r}.")
+    ckpt_dir = checkpoint_dir(out)
+    resume_from = last_checkpoint(ckpt_dir)
+    if resume_from is not None and not cfg.resume:
+        if not cfg.overwrite:
+            raise ValueError(f"{ckpt_dir} holds checkpoints of an interrupted run (step {_checkpoint_step(resume_from)}); "
+                             "continue it (CLI: --resume; Python: TuneConfig(resume=True)) or start over "
+                             "(--overwrite).")
+        shutil.rmtree(ckpt_dir, ignore_errors=True)
+        resume_from = None
+    return ckpt_dir, resume_from
+
+
+def _resolve_args(stage: Stage, cfg: TuneConfig, staging: Path, ckpt_dir: Path, max_steps: int | None,
+                  seed: int) -> Any:
+    """The stage's trainer arguments, writing into ``staging`` (checkpoints: ``ckpt_dir``), with ``max_steps``.
+
+    Raises:
+        ValueError: The arguments are not of the stage's type, or ``max_steps`` is below 1.
+    """
+    args = cfg.trainer_args
+    if args is None:
+        args = default_trainer_args(stage, staging, lora=not cfg.full_finetune, seed=seed)
+    else:
+        args = dataclasses.replace(args, output_dir=os.fspath(staging))
+    _check_args_stage(stage, args)
+    changes: dict[str, Any] = {}
+    if cfg.save_steps is not None:
+        # Checkpoints go to a folder of their own next to `out`, so that a later run can find them.
+        changes.update(output_dir=os.fspath(ckpt_dir), save_strategy="steps", save_steps=cfg.save_steps,
+                       save_total_limit=1, save_only_model=False)
+    if max_steps is not None:
+        if max_steps < 1:
+            raise ValueError(f"`max_steps` must be >= 1, got {max_steps}.")
+        changes["max_steps"] = int(max_steps)
+    return dataclasses.replace(args, **changes) if changes else args
+
+
+def _args_for_data(stage: Stage, args: Any, cfg: TuneConfig, n_des: int, n_und: int) -> Any:
+    """KTO's settings that depend on the data and the launch: the label weights and the reference precompute."""
+    if stage != "kto":
+        return args
+    changes: dict[str, Any] = {}
+    if args.precompute_ref_log_probs and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        # TRL's precompute maps an in-memory dataset into a per-process temporary cache that the other
+        # processes cannot open; computing the reference on the fly costs the same over one epoch.
+        changes["precompute_ref_log_probs"] = False
+    if cfg.balance_weights and args.desirable_weight == 1.0 and args.undesirable_weight == 1.0:
+        changes["desirable_weight"], changes["undesirable_weight"] = recommend_weights(n_des, n_und)
+    return dataclasses.replace(args, **changes) if changes else args
+
+
+def _args_for_model(args: Any, lm: Any) -> Any:
+    """``max_length`` capped at the model's context length."""
+    ctx = _context_length(lm)
+    if ctx is not None and (args.max_length is None or args.max_length > ctx):
+        return dataclasses.replace(args, max_length=int(ctx))
+    return args
+
+
+def _models_for_stage(stage: Stage, lm: Any, init_adapter: Any, cfg: TuneConfig, named_base: str | None,
+                      world_fp: str | None) -> tuple[Any, Any, Any]:
+    """``(model, ref_model, peft_config)``: the model with its adapter, and KTO's frozen reference when one is set."""
+    ref_model = None
+    if stage == "kto" and cfg.reference_adapter is not None:
+        ref_model = _reference_model(copy.deepcopy(lm), cfg.reference_adapter, cfg, named_base)
+    lm, peft_config = _attach_adapter(lm, init_adapter, cfg, named_base, world_fp)
+    return lm, ref_model, peft_config
+
+
+def _build_trainer(stage: Stage, lm: Any, ref_model: Any, peft_config: Any, tok: Any, args: Any,
+                   examples: Sequence[Mapping[str, Any]], n_des: int) -> tuple[Any, EncodingReport | None, int]:
+    """``(trainer, encoding_report, n_train_examples)`` of the stage (SFT trains on the desirable examples only)."""
+    if stage == "sft":
+        from train.sft import build_sft_trainer
+
+        trainer, encoding = build_sft_trainer(lm, tok, examples, args, peft_config=peft_config)
+        n_train = n_des
+    else:
+        from datasets import Dataset
+
+        from train.kto import ULRecKTOTrainer
+
+        keep = ("prompt", "completion", "label", "weight")
+        rows = [{k: e.get(k, 1.0) for k in keep} for e in examples]
+        trainer = ULRecKTOTrainer(
+            lm, ref_model=ref_model, args=args, train_dataset=Dataset.from_list(rows), processing_class=tok,
+            peft_config=peft_config,
+        )
+        encoding = trainer.encoding_report
+        n_train = len(rows)
+    if args.disable_tqdm:  # no bar, and no log lines printed in its place (they stay in log_history)
+        from transformers.trainer_callback import PrinterCallback
+
+        trainer.remove_callback(PrinterCallback)
+    return trainer, encoding, n_train
+
+
+def _hyperparameters(stage: Stage, args: Any) -> dict[str, Any]:
+    """The sidecar's ``"hyperparameters"``: the trainer settings that shaped the adapter."""
+    hyper = {
+        "learning_rate": args.learning_rate,
+        "num_train_epochs": args.num_train_epochs,
+        "max_steps": args.max_steps,
+        "per_device_train_batch_size": args.per_device_train_batch_size,
+        "gradient_accumulation_steps": args.gradient_accumulation_steps,
+        "seed": args.seed,
+    }
+    if stage == "kto":
+        hyper.update(beta=args.beta, sft_alpha=getattr(args, "sft_alpha", 0.1), desirable_weight=args.desirable_weight,
+                     undesirable_weight=args.undesirable_weight, loss_type=args.loss_type)
+    return hyper
+
+
+def _sidecar(stage: Stage, args: Any, cfg: TuneConfig, trainer: Any, lm: Any, labelled: LabelledData, base_id: str,
+             init_adapter: Any, encoding: EncodingReport | None, counts: tuple[int, int, int],
+             resume_from: Path | None) -> dict[str, Any]:
+    """The content of :data:`SIDECAR_FILE`: what was trained, on what, and how.
+
+    Args:
+        counts: ``(desirable, undesirable, trained on)`` example counts.
+    """
+    n_des, n_und, n_train = counts
+    return {
+        "format_version": SIDECAR_VERSION,
+        "stage": stage,
+        "base_model": base_id,
+        "adapter": not cfg.full_finetune,
+        "init_adapter": os.fspath(init_adapter) if init_adapter is not None else None,
+        **({"reference_adapter": os.fspath(cfg.reference_adapter)} if cfg.reference_adapter is not None else {}),
+        "prompt_format_version": _prompt_format_version(labelled.meta),
+        "prompt": labelled.meta.get("prompt"),
+        "world_fingerprint": labelled.world_fingerprint,
+        "label_counts": {"desirable": n_des, "undesirable": n_und},
+        "label_report": labelled.meta.get("report"),
+        "n_train_examples": n_train,
+        "prompts_truncated": encoding.n_truncated if encoding else 0,
+        "max_length": args.max_length,
+        "dtype": {"compute": "bfloat16" if args.bf16 else ("float16" if args.fp16 else "float32"),
+                  "weights": str(next(lm.parameters()).dtype).replace("torch.", "")},
+        "hyperparameters": _hyperparameters(stage, args),
+        "global_step": trainer.state.global_step,
+        "resumed_from_step": _checkpoint_step(resume_from) if resume_from is not None else None,
+        "num_processes": trainer.accelerator.num_processes,
+        "final_train_loss": next((h["train_loss"] for h in reversed(trainer.state.log_history) if "train_loss" in h), None),
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+
+
+def _publish(trainer: Any, tok: Any, sidecar: Mapping[str, Any], staging: Path, out: Path, ckpt_dir: Path,
+             overwrite: bool) -> None:
+    """Writes the result into ``staging`` and moves it to ``out`` (only the main process under ``accelerate``)."""
+    acc = trainer.accelerator
+    if acc.is_main_process:
+        _save(trainer, tok, staging, sidecar)
+        _move_into_place(staging, out, overwrite)
+        shutil.rmtree(ckpt_dir, ignore_errors=True)
+    else:
+        shutil.rmtree(staging, ignore_errors=True)
+    acc.wait_for_everyone()
 
 
 def checkpoint_dir(out: str | os.PathLike) -> Path:

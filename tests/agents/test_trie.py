@@ -71,3 +71,12 @@ def test_from_tokenizer_covers_every_title(tiny_tokenizer, default_world):
     for item in range(0, default_world.n_items, 37):
         assert trie.leaf_item[trie.walk(ids[item])] == item
     assert sorted(trie.order.tolist()) == list(range(default_world.n_items))
+
+
+def test_title_tokens_are_the_completions_tokens(tiny_tokenizer, default_world):
+    """The trie holds exactly ``encode_completion`` of each item's completion: the tokens training scores."""
+    from agents.prompting import encode_completion
+
+    comps = [build_completion(t) for t in default_world.titles]
+    trie = TitleTrie.from_tokenizer(tiny_tokenizer, comps)
+    assert trie.sequences == [encode_completion(tiny_tokenizer, c) for c in comps]

@@ -61,15 +61,16 @@ def test_adapter_folder_without_weights_or_config(tmp_path, tiny_model):
 
 
 def test_tune_refuses_a_pickled_init_adapter(tmp_path, tiny_model, tiny_tokenizer):
-    from train.tune import TuneConfig, _attach_adapter
+    from train.tune import tune
 
     d = _adapter_dir(tmp_path, tiny_model)
     (d / "adapter_model.safetensors").unlink()
     marker = tmp_path / "pwned"
     (d / "adapter_model.bin").write_bytes(pickle.dumps(_Gadget(marker)))
+    examples = [{"prompt": "History: a. Recommended:", "completion": " Item", "label": True}]
     with pytest.raises(UnsafeFileError, match="adapter_model.bin"):
-        _attach_adapter(tiny_model, d, TuneConfig())
-    assert not marker.exists()
+        tune("sft", examples, tiny_model, tokenizer=tiny_tokenizer, out=tmp_path / "out", init_adapter=d)
+    assert not marker.exists() and not (tmp_path / "out").exists()
 
 
 def _pickled_model_dir(tmp_path, tiny_model_dir):

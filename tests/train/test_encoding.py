@@ -38,3 +38,34 @@ def test_completion_too_long_or_empty_raises(tiny_tokenizer, default_world):
         encode_pair(tiny_tokenizer, "p", " " + default_world.titles[0] * 5, max_length=3)
     with pytest.raises(ValueError, match="example 0.*non-empty"):
         encode_examples([{"prompt": "p", "completion": ""}], tiny_tokenizer)
+
+
+def test_trainers_see_the_agents_tokens(tiny_tokenizer, tiny_model, small_world, tmp_path):
+    """What both trainers train on is ``encode_prompt + encode_completion`` of the agent's own text."""
+    pytest.importorskip("trl")
+    from datasets import Dataset
+    from peft import LoraConfig
+
+    from agents.prompting import build_completion, build_prompt, encode_completion, encode_prompt
+    from train.kto import ULRecKTOConfig, ULRecKTOTrainer
+    from train.sft import sft_dataset
+
+    examples = [
+        {"prompt": build_prompt(small_world, [i, i + 1], [i + 2], [3.5], tokenizer=tiny_tokenizer),
+         "completion": build_completion(small_world.titles[i + 3]), "label": i % 2 == 0}
+        for i in range(4)
+    ]
+    expected = [encode_prompt(tiny_tokenizer, e["prompt"]) + encode_completion(tiny_tokenizer, e["completion"])
+                for e in examples]
+    rows, _ = encode_examples(examples, tiny_tokenizer)
+    assert [r["prompt_ids"] + r["completion_ids"] for r in rows] == expected
+    sft, _ = sft_dataset(examples, tiny_tokenizer, None)
+    assert sft["input_ids"] == [ids for ids, e in zip(expected, examples) if e["label"]]
+    args = ULRecKTOConfig(output_dir=str(tmp_path / "kto"), per_device_train_batch_size=2, report_to=[], use_cpu=True,
+                          bf16=False)
+    kto = ULRecKTOTrainer(tiny_model, ref_model=None, args=args, train_dataset=Dataset.from_list(examples),
+                          processing_class=tiny_tokenizer,
+                          peft_config=LoraConfig(r=2, target_modules=["q_proj"], task_type="CAUSAL_LM"))
+    seen = [p + c for p, c in zip(kto.train_dataset["prompt_ids"], kto.train_dataset["completion_ids"])]
+    assert seen == expected
+    assert kto.train_dataset["completion_ids"] == [encode_completion(tiny_tokenizer, e["completion"]) for e in examples]

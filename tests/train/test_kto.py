@@ -1,4 +1,5 @@
-"""ULRec's KTO stage on a tiny offline model: masking, the SFT term, and that training moves the adapter."""
+"""ULRec's KTO stage on a tiny offline model: masking, the SFT term, TRL's loss at alpha 0, and that training moves
+the adapter."""
 
 from __future__ import annotations
 
@@ -11,14 +12,13 @@ pytest.importorskip("peft")
 from datasets import Dataset
 from peft import LoraConfig
 
-from train.kto import (
-    ULRecKTOConfig,
-    ULRecKTOTrainer,
-    _output_cache,
+from train.kto import ULRecKTOConfig, ULRecKTOTrainer
+from train.logprobs import (
     align_right,
     aligned_completion_logps,
     completion_logps,
     kl_logps_from_prompt_cache,
+    output_cache,
 )
 
 
@@ -115,7 +115,7 @@ def test_prompt_cache_path_gives_the_same_log_probs(tiny_model, tiny_tokenizer, 
             model, batch["KL_input_ids"], batch["KL_attention_mask"], batch["KL_completion_mask"], fused=False
         )
         kl_fast = kl_logps_from_prompt_cache(
-            model, _output_cache(out), aligned, batch["KL_input_ids"], batch["KL_attention_mask"],
+            model, output_cache(out), aligned, batch["KL_input_ids"], batch["KL_attention_mask"],
             batch["KL_completion_mask"], tiny_tokenizer.pad_token_id or 0,
         )  # fmt: skip
         assert torch.allclose(kl_fast, kl_full, atol=1e-4)
@@ -182,3 +182,43 @@ def test_precomputed_reference_gives_same_loss(tiny_model_factory, tiny_tokenize
 def test_kto_batch_size_one_raises(tiny_model, tiny_tokenizer, default_world, tmp_path):
     with pytest.raises(ValueError, match="batch size"):
         make_trainer(tiny_model, tiny_tokenizer, make_examples(default_world), tmp_path, batch_size=1)
+
+
+@pytest.mark.parametrize("prompt_cache", [True, False])
+def test_loss_at_alpha_zero_equals_trl_kto_trainer(tiny_model_factory, tiny_tokenizer, default_world, tmp_path,
+                                                  prompt_cache):
+    """With ``sft_alpha=0`` ULRec's loss is TRL's stock ``KTOTrainer`` loss: same batch, same KL term, same number.
+
+    TRL appends EOS to every completion and tokenizes prompt + completion in one go; ULRec tokenizes them separately
+    and adds nothing. Completions that already end in EOS and start on a token boundary make the two token streams
+    the same (asserted), so what is compared is the loss, the KL reference point and the masking.
+    """
+    from trl import KTOConfig, KTOTrainer
+
+    eos = tiny_tokenizer.eos_token
+    examples = [{**e, "completion": e["completion"] + eos} for e in uneven_examples(default_world, 6)]
+    common = dict(per_device_train_batch_size=6, beta=0.5, desirable_weight=1.25, undesirable_weight=1.0,
+                  report_to=[], activation_checkpointing=False, bf16=False, use_cpu=True, save_strategy="no", seed=0)
+    ours = ULRecKTOTrainer(
+        tiny_model_factory(1), ref_model=tiny_model_factory(0), processing_class=tiny_tokenizer,
+        args=ULRecKTOConfig(output_dir=str(tmp_path / "ours"), sft_alpha=0.0, prompt_cache=prompt_cache, **common),
+        train_dataset=Dataset.from_list(examples),
+    )
+    stock = KTOTrainer(
+        tiny_model_factory(1), ref_model=tiny_model_factory(0), processing_class=tiny_tokenizer,
+        args=KTOConfig(output_dir=str(tmp_path / "trl"), **common), train_dataset=Dataset.from_list(examples),
+    )
+    b_ours, b_trl = first_batch(ours), first_batch(stock)
+    for key in ("input_ids", "attention_mask", "completion_mask", "KL_input_ids", "KL_attention_mask",
+                "KL_completion_mask", "label"):
+        assert torch.equal(b_ours[key], b_trl[key]), key
+    assert 0 < int(b_trl["label"].sum()) < len(examples)
+    losses, kls = [], []
+    for trainer, batch in ((ours, b_ours), (stock, b_trl)):
+        trainer.model.eval()
+        with torch.no_grad():
+            losses.append(trainer.compute_loss(trainer.model, batch).item())
+        kls.append(trainer._metrics["eval"]["kl"][-1])
+    assert kls[1] > 0  # the reference point is not clamped away: the KL term takes part
+    assert kls[0] == pytest.approx(kls[1], rel=1e-4)
+    assert losses[0] == pytest.approx(losses[1], rel=1e-4)

@@ -173,4 +173,5 @@ def test_load_errors_name_file_and_line(tmp_path):
         load_examples(tmp_path)
     with pytest.raises(ValueError, match="label"):
         save_examples([{"prompt": "p", "completion": "c", "label": 1}], tmp_path / "x")
-    json.loads((tmp_path / "meta.json").read_text())
+    assert not (tmp_path / "x").exists()  # a refused save writes nothing
+    assert json.loads((tmp_path / "meta.json").read_text())["n_examples"] == len(ex)

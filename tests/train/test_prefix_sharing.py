@@ -11,7 +11,7 @@ pytest.importorskip("peft")
 from peft import LoraConfig
 
 from tests.train.test_kto import first_batch, make_trainer
-from train.kto import align_right, split_shared_prefix
+from train.logprobs import align_right, split_shared_prefix
 from train.sft import build_sft_trainer
 from train.tune import default_trainer_args
 

