@@ -10,7 +10,7 @@ from typing import Any, Sequence
 
 from train.options import parse_episodes
 
-__all__ = ["main", "build_parser", "parse_command", "loop_settings_from_args"]
+__all__ = ["main", "build_parser", "parse_command", "loop_settings_from_args", "settings_for_command"]
 
 
 _WORLD_HELP = ("synthetic | synthetic:SEED | ml-100k | ml-100k:PATH | billp:PATH:DATASET:SPLIT | "
@@ -246,7 +246,7 @@ def _print_evals(doc: dict) -> None:
         "env": {"leave_rule": s["env"].get("leave_rule", "satisfaction")}, "max_episode_steps": s["max_episode_steps"]}}))
 
 
-def _settings_for(args: argparse.Namespace):
+def settings_for_command(args: argparse.Namespace):
     """The loop settings of this command: a preset's (``--preset``) or the defaults, with the typed options laid
     over them; resuming a run, the saved ones with the typed options laid over them (so `--resume` alone
     continues a run as it was)."""
@@ -291,7 +291,7 @@ def _confirm_saved_specs(saved, typed, out: str) -> None:
 def _cmd_loop(args: argparse.Namespace) -> int:
     from train.loop import run_loop
 
-    doc = run_loop(_settings_for(args), args.out, resume=args.resume, progress=not args.no_progress,
+    doc = run_loop(settings_for_command(args), args.out, resume=args.resume, progress=not args.no_progress,
                    allow_unsafe_pickle=args.allow_unsafe_pickle, trust_remote_code=args.trust_remote_code)
     _print_evals(doc)
     print(f"run folder: {args.out} (metrics.json, metrics.csv, learning_curve.png)")
@@ -310,7 +310,7 @@ def _cmd_compare(args: argparse.Namespace) -> int:
     from agents.benchmark import format_table, plot_results, write_json
     from train.loop import run_compare
 
-    doc = run_compare(_settings_for(args), args.out, resume=True, progress=not args.no_progress,
+    doc = run_compare(settings_for_command(args), args.out, resume=True, progress=not args.no_progress,
                       allow_unsafe_pickle=args.allow_unsafe_pickle, trust_remote_code=args.trust_remote_code)
     print(format_table(doc))
     if args.json:

@@ -37,7 +37,7 @@ from ulrec_env.safe_io import read_text_bounded
 from ulrec_env.storage import atomic_write_text
 
 __all__ = ["LoopSettings", "Manifest", "run_loop", "run_compare", "evaluate_llm", "REFERENCE_POLICIES", "PRESETS",
-           "describe_settings"]
+           "describe_settings", "resume_settings", "settings_diff", "RESUMABLE_CHANGES"]
 
 REFERENCE_POLICIES = ("random", "greedy", "mmr", "oracle")
 REFERENCE_CHOICES = ("init", "ulrec-p")
@@ -294,7 +294,7 @@ def settings_diff(old: LoopSettings, new: LoopSettings) -> dict[str, tuple[Any, 
             if getattr(old, f.name) != getattr(new, f.name)}
 
 
-def _resume_settings(out: Path, saved: LoopSettings, given: LoopSettings, log: Callable[[str], None]) -> LoopSettings:
+def resume_settings(out: Path, saved: LoopSettings, given: LoopSettings, log: Callable[[str], None]) -> LoopSettings:
     """The settings a resumed run continues with: the saved ones, with changes from the allow-list applied
     (and recorded in ``settings_history.json``); any other difference stops the run, listed."""
     diff = settings_diff(saved, given)
@@ -329,7 +329,7 @@ class _Run:
             if not resume:
                 raise ValueError(f"{self.out} already holds a run; pass --resume to continue it or choose another --out.")
             if saved != settings:
-                settings = _resume_settings(self.out, saved, settings, log)
+                settings = resume_settings(self.out, saved, settings, log)
             else:
                 settings = saved
         else:

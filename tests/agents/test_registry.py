@@ -140,7 +140,7 @@ def test_loop_teacher_and_references_take_specs(plugin_file):
 def test_a_resumed_run_folder_imports_no_code_by_itself(plugin_file, tmp_path):
     import json
 
-    from train.cli import _settings_for, parse_command
+    from train.cli import settings_for_command, parse_command
     from train.loop import LoopSettings
 
     out = tmp_path / "run"
@@ -148,5 +148,5 @@ def test_a_resumed_run_folder_imports_no_code_by_itself(plugin_file, tmp_path):
     spec = f"{plugin_file}:LowestUnseen"
     (out / "settings.json").write_text(json.dumps(LoopSettings(teacher=spec).to_dict()))
     with pytest.raises(ValueError, match="names code to run as its teacher.*Type it again to confirm: --teacher"):
-        _settings_for(parse_command(["loop", "--out", str(out), "--resume"]))
-    assert _settings_for(parse_command(["loop", "--out", str(out), "--resume", "--teacher", spec])).teacher == spec
+        settings_for_command(parse_command(["loop", "--out", str(out), "--resume"]))
+    assert settings_for_command(parse_command(["loop", "--out", str(out), "--resume", "--teacher", spec])).teacher == spec

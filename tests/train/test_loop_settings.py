@@ -79,17 +79,17 @@ def test_dtype_setting_is_validated_and_reaches_the_trainer(monkeypatch):
 def test_resume_with_other_settings_lists_them_or_records_allowed_changes(tmp_path):
     import json
 
-    from train.loop import _resume_settings
+    from train.loop import resume_settings
 
     saved = LoopSettings(iterations=2, teacher="genre-cycle", max_history=6)
     logs = []
     with pytest.raises(ValueError) as e:
-        _resume_settings(tmp_path, saved, LoopSettings(iterations=2, teacher=None, max_history=8), logs.append)
+        resume_settings(tmp_path, saved, LoopSettings(iterations=2, teacher=None, max_history=8), logs.append)
     msg = str(e.value)
     assert "teacher: 'genre-cycle' (saved) -> None" in msg and "max_history: 6 (saved) -> 8" in msg
     assert "iterations" in msg.split("only ")[1]  # the allow-list is named
     assert not (tmp_path / "settings_history.json").exists()
-    grown = _resume_settings(tmp_path, saved, LoopSettings(iterations=4, teacher="genre-cycle", max_history=6,
+    grown = resume_settings(tmp_path, saved, LoopSettings(iterations=4, teacher="genre-cycle", max_history=6,
                                                            kto_max_steps=7), logs.append)
     assert grown.iterations == 4 and grown.kto_max_steps == 7 and grown.teacher == "genre-cycle"
     history = json.loads((tmp_path / "settings_history.json").read_text())
@@ -101,22 +101,22 @@ def test_resume_with_other_settings_lists_them_or_records_allowed_changes(tmp_pa
 def test_cli_resume_lays_typed_options_over_the_saved_settings(tmp_path):
     import json
 
-    from train.cli import _settings_for
+    from train.cli import settings_for_command
 
     out = tmp_path / "run"
     out.mkdir()
     saved = LoopSettings(teacher="genre-cycle", max_history=6, kto_learning_rate=5e-4)
     (out / "settings.json").write_text(json.dumps(saved.to_dict()))
     parse = build_parser().parse_args
-    assert _settings_for(parse(["loop", "--out", str(out), "--resume"])) == saved
-    more = _settings_for(parse(["loop", "--out", str(out), "--resume", "--iterations", "5"]))
+    assert settings_for_command(parse(["loop", "--out", str(out), "--resume"])) == saved
+    more = settings_for_command(parse(["loop", "--out", str(out), "--resume", "--iterations", "5"]))
     assert more.iterations == 5 and more.teacher == "genre-cycle"
-    other = _settings_for(parse(["loop", "--out", str(out), "--resume", "--teacher", "mmr"]))
+    other = settings_for_command(parse(["loop", "--out", str(out), "--resume", "--teacher", "mmr"]))
     assert other.teacher == "mmr"  # then the loop refuses it, listing the difference
     with pytest.raises(ValueError, match="teacher: 'genre-cycle' \\(saved\\) -> 'mmr'"):
-        from train.loop import _resume_settings
+        from train.loop import resume_settings
 
-        _resume_settings(out, saved, other, print)
+        resume_settings(out, saved, other, print)
 
 
 def test_session_window_setting_and_what_prompts_record():
@@ -129,17 +129,17 @@ def test_session_window_setting_and_what_prompts_record():
 
 
 def test_preset_with_typed_options_over_it(tmp_path):
-    from train.cli import _settings_for, parse_command
+    from train.cli import settings_for_command, parse_command
     from train.loop import HEADLINE_SETTINGS, describe_settings
 
     out = str(tmp_path / "run")
-    plain = _settings_for(parse_command(["loop", "--preset", "headline", "--out", out]))
+    plain = settings_for_command(parse_command(["loop", "--preset", "headline", "--out", out]))
     assert plain == HEADLINE_SETTINGS and plain.preset == "headline" and plain.preset_overrides == ()
     # the README's recipe: SmolLM2 with LoRA, the default world, horizon 20, all test users, greedy evaluation
     assert (plain.model, plain.world, plain.max_episode_steps, plain.eval_episodes) == (None, "synthetic", 20, "all")
     assert plain.iterations >= 3 and plain.lora_layers is not None
     # typed options win, even one typed with the default's value (1.0 is LoopSettings' default temperature)
-    typed = _settings_for(parse_command(["loop", "--preset", "headline", "--out", out, "--temperature", "1.0",
+    typed = settings_for_command(parse_command(["loop", "--preset", "headline", "--out", out, "--temperature", "1.0",
                                          "--window", "3", "--no-teacher-replay"]))
     assert (typed.temperature, typed.env, typed.teacher_replay) == (1.0, {"window": 3}, False)
     assert typed.preset_overrides == ("env", "teacher_replay", "temperature")
@@ -155,16 +155,16 @@ def test_preset_with_typed_options_over_it(tmp_path):
 def test_resume_takes_typed_options_and_checks_the_preset(tmp_path):
     import json
 
-    from train.cli import _settings_for, parse_command
+    from train.cli import settings_for_command, parse_command
     from train.loop import HEADLINE_SETTINGS
 
     out = tmp_path / "run"
     out.mkdir()
     (out / "settings.json").write_text(json.dumps(HEADLINE_SETTINGS.to_dict()))
-    assert _settings_for(parse_command(["loop", "--out", str(out), "--resume"])) == HEADLINE_SETTINGS
-    assert _settings_for(parse_command(["loop", "--preset", "headline", "--out", str(out), "--resume"])) == HEADLINE_SETTINGS
+    assert settings_for_command(parse_command(["loop", "--out", str(out), "--resume"])) == HEADLINE_SETTINGS
+    assert settings_for_command(parse_command(["loop", "--preset", "headline", "--out", str(out), "--resume"])) == HEADLINE_SETTINGS
     # an option typed with the default's value is still a change (then the loop refuses it, listing it)
-    assert _settings_for(parse_command(["loop", "--out", str(out), "--resume", "--temperature", "1.0"])).temperature == 1.0
+    assert settings_for_command(parse_command(["loop", "--out", str(out), "--resume", "--temperature", "1.0"])).temperature == 1.0
     (out / "settings.json").write_text(json.dumps(LoopSettings().to_dict()))
     with pytest.raises(ValueError, match="holds a run of no preset, not --preset headline"):
-        _settings_for(parse_command(["loop", "--preset", "headline", "--out", str(out), "--resume"]))
+        settings_for_command(parse_command(["loop", "--preset", "headline", "--out", str(out), "--resume"]))
