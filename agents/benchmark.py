@@ -87,23 +87,22 @@ def benchmark(
             raise ValueError(f"two policies would share the row name {', '.join(dup)}; name LLM rows llm:NAME=ADAPTER.")
     user_sets = {s: choose_users(world, split, episodes, s) for s in seed_list}
     rows = []
-    with Progress(None, "bench", unit="user-step", enabled=progress) as bar:  # moves with every step
-        for name, policy in named.items():
-            bar.set_description(f"bench {name}")
-            sessions = None
+    for name, policy in named.items():
+        sessions = None
+        with Progress(None, f"bench {name}", unit="user-step", enabled=progress) as bar:  # moves with every step
             for s in seed_list:
                 result = run_policy(policy, world, user_sets[s], seed=s, env_settings=settings,
                                     max_episode_steps=max_episode_steps, batch_size=batch_size, on_step=bar.update)
                 sessions = result if sessions is None else sessions.extend(result)
-            row = summarize(name, sessions, world, peeks=policy.peeks, max_episode_steps=max_episode_steps)
-            if hasattr(policy, "dtype_name"):  # LLM rows say what model, adapter, dtype and prompts they ran
-                row["dtype"] = policy.dtype_name
-                row["model"] = getattr(policy, "model_id", None)
-                row["adapter"] = getattr(policy, "adapter_path", None)
-                row["prompt"] = policy.prompt_options()
-            if per_session:
-                row["sessions"] = session_records(sessions, world)
-            rows.append(row)
+        row = summarize(name, sessions, world, peeks=policy.peeks, max_episode_steps=max_episode_steps)
+        if hasattr(policy, "dtype_name"):  # LLM rows say what model, adapter, dtype and prompts they ran
+            row["dtype"] = policy.dtype_name
+            row["model"] = getattr(policy, "model_id", None)
+            row["adapter"] = getattr(policy, "adapter_path", None)
+            row["prompt"] = policy.prompt_options()
+        if per_session:
+            row["sessions"] = session_records(sessions, world)
+        rows.append(row)
     return {
         "world": world.name,
         "world_fingerprint": world.fingerprint(),
