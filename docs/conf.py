@@ -6,6 +6,7 @@ parts import torch when a model is made, not on import), so the build needs no G
 
 from __future__ import annotations
 
+import doctest
 import re
 import sys
 from pathlib import Path
@@ -43,6 +44,8 @@ napoleon_numpy_docstring = False
 
 # Doctests (``python3 -m sphinx -W -b doctest docs docs/_build/doctest``) run from the repository root.
 doctest_global_setup = "import os; os.chdir(%r)" % str(ROOT)
+# Exception messages are compared too (Sphinx ignores their detail by default): the guides show the errors' text.
+doctest_default_flags = doctest.ELLIPSIS | doctest.DONT_ACCEPT_TRUE_FOR_1
 
 
 _FENCE = re.compile(r"^(\s*)```(\w*)\s*$")
