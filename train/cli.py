@@ -23,6 +23,25 @@ def _episodes(value: str) -> int | str:
     return n
 
 
+class _HelpFormatter(argparse.HelpFormatter):
+    """argparse's help layout, wrapping lines only at spaces: names with hyphens (``genre-cycle-words``) stay whole,
+    so that ``--help`` lists each registered policy name as it is typed."""
+
+    def _split_lines(self, text: str, width: int) -> list[str]:
+        import re
+        import textwrap
+
+        return textwrap.wrap(re.sub(r"\s+", " ", text).strip(), width, break_on_hyphens=False)
+
+
+class _Parser(argparse.ArgumentParser):
+    """An ``ArgumentParser`` with :class:`_HelpFormatter`; its sub-commands' parsers are of this class too."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("formatter_class", _HelpFormatter)
+        super().__init__(*args, **kwargs)
+
+
 def _add_env_options(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("environment (ULRec-v0 settings; defaults come from the world)")
     g.add_argument("--world", default="synthetic", help="synthetic | synthetic:SEED | ml-100k | ml-100k:PATH | billp:PATH:DATASET:SPLIT | "
@@ -66,7 +85,7 @@ def _policy_help() -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="ulrec", description="Long-term LLM recommendation: simulate, benchmark, tune.")
+    parser = _Parser(prog="ulrec", description="Long-term LLM recommendation: simulate, benchmark, tune.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     parser.loop_parsers = {}  # type: ignore[attr-defined]  # `loop` and `compare`, for parse_command
 
