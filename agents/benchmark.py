@@ -134,7 +134,13 @@ def session_records(sessions: Any, world: World) -> list[dict[str, Any]]:
 
 
 def format_rate(x: float) -> str:
-    """A rate for a table: whole numbers from 100 on (``1,234``), else two significant digits (``0.11``, ``3.2``)."""
+    """A rate for a table: whole numbers from 100 on (``1,234``), else two significant digits (``0.11``, ``3.2``).
+
+    Examples:
+        >>> from agents.benchmark import format_rate
+        >>> format_rate(1234.5), format_rate(3.21), format_rate(0.114), format_rate(float("nan"))
+        ('1,234', '3.2', '0.11', '-')
+    """
     if x is None or not math.isfinite(x):
         return "-"
     if abs(float(f"{x:.2g}")) >= 100:
