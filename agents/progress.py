@@ -12,7 +12,8 @@ class Progress:
 
     While the stage runs, a terminal (or a notebook) shows tqdm's bar when tqdm is installed; any other stream (a
     log file, a pipe, CI) gets a plain ``desc: n units`` line at most every ``interval`` seconds instead of a bar
-    redrawn with carriage returns. When the stage ends, the bar is cleared and one final line is printed, once:
+    redrawn with carriage returns (each with the count reached before the update that prints it, so that no plain line
+    shows the final count). When the stage ends, the bar is cleared and one final line is printed, once:
     ``desc: n units in t s``. A stage that ends by an exception prints no final line (it did not finish).
 
     Args:
@@ -50,15 +51,25 @@ class Progress:
         """Count ``n`` more units."""
         if self._closed:
             return
-        self._n += n
         if self._bar is not None:
+            self._n += n
             self._bar.update(n)
             return
         now = time.monotonic()
-        if now - self._last >= self.interval:
+        if self._n and now - self._last >= self.interval:
+            # The count reached before this update: the count after the last update is the final line's alone.
             self._last = now
             total = f"/{self.total}" if self.total else ""
             print(f"{self.desc}: {self._n}{total} {_plural(self.unit, self._n)}", file=self.file, flush=True)
+        self._n += n
+
+    def write(self, message: str, file: IO[str] | None = None) -> None:
+        """Print one line (to ``file``, default ``sys.stdout``) without breaking the bar: it stays below the line."""
+        out = sys.stdout if file is None else file
+        if self._bar is not None:
+            self._bar.write(message, file=out)
+        else:
+            print(message, file=out, flush=True)
 
     def set_description(self, desc: str) -> None:
         """Rename the stage (the bar and the final line)."""

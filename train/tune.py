@@ -480,6 +480,13 @@ def tune(
             from transformers.trainer_callback import PrinterCallback
 
             trainer.remove_callback(PrinterCallback)
+        else:  # one bar and one final line, as every stage shows (the Trainer's own bar repeats its final state)
+            from transformers.trainer_callback import ProgressCallback
+
+            from train.trainer_progress import StageProgress
+
+            trainer.remove_callback(ProgressCallback)
+            trainer.add_callback(StageProgress(f"tune {stage}"))
         trainer.train(resume_from_checkpoint=os.fspath(resume_from) if resume_from is not None else None)
         train_seconds = time.perf_counter() - t0
 
