@@ -87,16 +87,15 @@ def benchmark(
             raise ValueError(f"two policies would share the row name {', '.join(dup)}; name LLM rows llm:NAME=ADAPTER.")
     user_sets = {s: choose_users(world, split, episodes, s) for s in seed_list}
     rows = []
-    with Progress(None, "bench", unit="user-step", enabled=progress) as bar:  # moves with every step
-        for name, policy in named.items():
-            bar.set_description(f"bench {name}")
-            sessions = None
+    for name, policy in named.items():
+        sessions = None
+        with Progress(None, f"bench {name}", unit="user-step", enabled=progress) as bar:  # moves with every step
             for s in seed_list:
                 result = run_policy(policy, world, user_sets[s], seed=s, env_settings=settings,
                                     max_episode_steps=max_episode_steps, batch_size=batch_size, on_step=bar.update)
                 sessions = result if sessions is None else sessions.extend(result)
-            rows.append(policy_row(name, policy, sessions, world, max_episode_steps=max_episode_steps,
-                                   per_session=per_session))
+        rows.append(policy_row(name, policy, sessions, world, max_episode_steps=max_episode_steps,
+                               per_session=per_session))
     return bench_document(world, rows, split=split, episodes=episodes, seeds=seed_list,
                           max_episode_steps=max_episode_steps, env=config)
 
@@ -147,7 +146,13 @@ def session_records(sessions: Any, world: World) -> list[dict[str, Any]]:
 
 
 def format_rate(x: float) -> str:
-    """A rate for a table: whole numbers from 100 on (``1,234``), else two significant digits (``0.11``, ``3.2``)."""
+    """A rate for a table: whole numbers from 100 on (``1,234``), else two significant digits (``0.11``, ``3.2``).
+
+    Examples:
+        >>> from agents.benchmark import format_rate
+        >>> format_rate(1234.5), format_rate(3.21), format_rate(0.114), format_rate(float("nan"))
+        ('1,234', '3.2', '0.11', '-')
+    """
     if x is None or not math.isfinite(x):
         return "-"
     if abs(float(f"{x:.2g}")) >= 100:

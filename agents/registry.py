@@ -107,6 +107,15 @@ def parse_spec(spec: str) -> tuple[str, str | None, dict[str, Any]]:
     """``(target, attribute, options)`` of a spec: ``("greedy", None, {})``, ``("pkg.mod", "Class", {...})``,
     ``("path/file.py", "Class", {...})``.
 
+    Examples:
+        >>> from agents.registry import parse_spec
+        >>> parse_spec("greedy")
+        ('greedy', None, {})
+        >>> parse_spec("examples/my_policy.py:MyPolicy:window=3:mode=soft")
+        ('examples/my_policy.py', 'MyPolicy', {'window': 3, 'mode': 'soft'})
+        >>> parse_spec("genre-cycle:window=2")
+        ('genre-cycle', None, {'window': 2})
+
     Raises:
         ValueError: The spec is empty or an option is not ``key=value``.
     """

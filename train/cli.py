@@ -17,6 +17,25 @@ _WORLD_HELP = ("synthetic | synthetic:SEED | ml-100k | ml-100k:PATH | billp:PATH
                "ratings:RATINGS.csv[:ITEMS.csv][:key=value...] (from_ratings' options, e.g. user_col=uid)")
 
 
+class _HelpFormatter(argparse.HelpFormatter):
+    """argparse's help layout, wrapping lines only at spaces: names with hyphens (``genre-cycle-words``) stay whole,
+    so that ``--help`` lists each registered policy name as it is typed."""
+
+    def _split_lines(self, text: str, width: int) -> list[str]:
+        import re
+        import textwrap
+
+        return textwrap.wrap(re.sub(r"\s+", " ", text).strip(), width, break_on_hyphens=False)
+
+
+class _Parser(argparse.ArgumentParser):
+    """An ``ArgumentParser`` with :class:`_HelpFormatter`; its sub-commands' parsers are of this class too."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("formatter_class", _HelpFormatter)
+        super().__init__(*args, **kwargs)
+
+
 def _add_env_options(p: argparse.ArgumentParser, *, world_and_horizon: bool = True) -> None:
     """``ULRec-v0``'s settings, one option per :class:`~ulrec_env.config.EnvConfig` field (not ``split``: the
     commands choose their users themselves), with ``--world`` and ``--max-episode-steps`` unless the command's
@@ -80,7 +99,7 @@ def _policy_help() -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="ulrec", description="Long-term LLM recommendation: simulate, benchmark, tune.")
+    parser = _Parser(prog="ulrec", description="Long-term LLM recommendation: simulate, benchmark, tune.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     parser.loop_parsers = {}  # type: ignore[attr-defined]  # `loop` and `compare`, for parse_command
 

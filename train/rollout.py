@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import time
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
@@ -73,12 +72,10 @@ def collect_rollouts(
     """
     users = choose_users(world, split, episodes, seed)
     wrapped = _PromptingPolicy(policy, world, prompt_builder) if prompt_builder is not None else policy
-    with Progress(None, f"rollout {policy.name}", unit="user-step", enabled=progress) as bar:
-        t0 = time.perf_counter()
+    with Progress(None, f"rollout {policy.name}", unit="user-step", enabled=progress) as bar:  # its final line
         sessions = run_policy(wrapped, world, users, seed=seed, env_settings=env_settings,
                               max_episode_steps=max_episode_steps, batch_size=batch_size, keep_records=True,
                               on_step=bar.update, journal=journal, journal_tag=journal_tag)
-    elapsed = time.perf_counter() - t0
     out: list[StepRecord] = []
     for r in sessions.records:
         e = r["episode"]
@@ -106,8 +103,6 @@ def collect_rollouts(
             logprob=_field(rec, "logprob"),
         ))
     out.sort(key=lambda s: (s.episode, s.step))
-    if progress:
-        print(f"rollout {policy.name}: {len(users)} episodes, {len(out)} steps in {elapsed:.1f}s")
     return out
 
 

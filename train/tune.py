@@ -555,6 +555,13 @@ def _build_trainer(stage: Stage, lm: Any, ref_model: Any, peft_config: Any, tok:
         from transformers.trainer_callback import PrinterCallback
 
         trainer.remove_callback(PrinterCallback)
+    else:  # one bar and one final line, as every stage shows (the Trainer's own bar repeats its final state)
+        from transformers.trainer_callback import ProgressCallback
+
+        from train.trainer_progress import StageProgress
+
+        trainer.remove_callback(ProgressCallback)
+        trainer.add_callback(StageProgress(f"tune {stage}"))
     return trainer, encoding, n_train
 
 

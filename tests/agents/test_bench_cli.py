@@ -57,3 +57,21 @@ def test_bench_rejects_bad_episodes(capsys):
     with pytest.raises(SystemExit):
         main(["bench", "--episodes", "many"])
     assert "--episodes takes a positive integer or 'all'" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("command", ["bench", "rollout", "loop", "compare"])
+def test_help_lists_every_registered_policy_name_whole(command, capsys, monkeypatch):
+    import re
+
+    from agents.registry import registered
+
+    monkeypatch.setenv("COLUMNS", "80")  # a narrow terminal: long help lines wrap
+    with pytest.raises(SystemExit):
+        main([command, "--help"])
+    options = re.split(r"\n  (?=-)", capsys.readouterr().out)  # one block per option
+    takes_specs = [block for block in options if "policy spec" in block]  # --policies, --policy, --teacher, ...
+    assert takes_specs
+    for block in takes_specs:
+        words = set(re.split(r"[\s,;:]+", block))
+        missing = [name for name in registered() if name not in words]
+        assert not missing, f"{command} --help: {block.split()[0]} splits or omits {missing}"
