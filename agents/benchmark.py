@@ -33,7 +33,8 @@ def make_policy(name: str, **options: Any) -> Policy:
 
     ``options`` are the command's context, given to the built-ins: the ``genre-cycle`` rules read ``max_history``,
     ``window`` and ``seed``; ``llm`` reads ``llm_model``, ``llm_adapter``, ``llm_batch_size``, ``temperature``,
-    ``top_p``, ``seed``, ``dtype``, ``trust_remote_code`` and ``allow_unsafe_pickle`` (all optional); the other
+    ``top_p``, ``seed``, ``dtype``, ``prompt_format`` (see :func:`agents.llm.resolve_prompt_format`),
+    ``trust_remote_code`` and ``allow_unsafe_pickle`` (all optional); the other
     baselines ignore them. Plug-in classes get only their spec's options.
     """
     return make(name, context=options)

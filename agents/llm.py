@@ -16,6 +16,7 @@ from __future__ import annotations
 import inspect
 import json
 import math
+import dataclasses
 import os
 import warnings
 from dataclasses import dataclass
@@ -43,7 +44,7 @@ from ulrec_env.safe_io import read_text_bounded
 if TYPE_CHECKING:  # pragma: no cover
     import torch
 
-__all__ = ["DecodeRecord", "LLMRecommender", "adapter_prompt_format"]
+__all__ = ["DecodeRecord", "LLMRecommender", "adapter_prompt_format", "resolve_prompt_format"]
 
 _GROUNDINGS = ("constrained", "free")
 
@@ -239,11 +240,7 @@ class LLMRecommender(Policy):
 
         # An adapter trained by ulrec records how its prompts were written; match them unless told otherwise.
         trained = adapter_prompt_format(adapter)
-        if prompt_format is None or isinstance(prompt_format, Mapping):
-            PromptFormat.from_dict(prompt_format)  # names an unknown option
-            fmt = (trained or PromptFormat()).replace(**dict(prompt_format or {}))
-        else:
-            fmt = PromptFormat.coerce(prompt_format)
+        fmt = resolve_prompt_format(adapter, prompt_format)
         if trained is not None and fmt != trained:
             warnings.warn(f"adapter {os.fspath(adapter)} was trained on prompts written as {trained}; this agent "
                           f"writes them as {fmt} (pass prompt_format=None to match the adapter).", stacklevel=2)
@@ -712,7 +709,26 @@ def adapter_prompt_format(adapter: str | os.PathLike | None) -> PromptFormat | N
         recorded = json.loads(read_text_bounded(sidecar, "an adapter sidecar")).get("prompt")
     except (OSError, ValueError):
         return None
-    return PromptFormat.from_dict(recorded) if recorded else None
+    if not isinstance(recorded, Mapping) or not recorded:
+        return None
+    known = {f.name for f in dataclasses.fields(PromptFormat)}
+    unknown = sorted(set(recorded) - known)
+    if unknown:  # written by a later version: use what this one knows, and say what it does not
+        warnings.warn(f"{sidecar}: prompt option(s) {unknown} are unknown to this version of ulrec and are ignored.",
+                      stacklevel=2)
+    return PromptFormat(**{k: v for k, v in recorded.items() if k in known})
+
+
+def resolve_prompt_format(adapter: str | os.PathLike | None,
+                          prompt_format: PromptFormat | Mapping[str, Any] | None = None) -> PromptFormat:
+    """The prompt format of an agent with ``adapter``: a :class:`~agents.prompting.PromptFormat` as given; a dict
+    of some of its fields laid over the adapter's format (or the default one); ``None``: the adapter's format, or
+    the default one for an adapter that records none (or no adapter). Rollouts of baselines write their prompts
+    in the format this gives for the adapter that will train on them."""
+    if prompt_format is None or isinstance(prompt_format, Mapping):
+        PromptFormat.from_dict(prompt_format)  # names an unknown option
+        return (adapter_prompt_format(adapter) or PromptFormat()).replace(**dict(prompt_format or {}))
+    return PromptFormat.coerce(prompt_format)
 
 
 def torch_log_softmax(logits: "torch.Tensor") -> "torch.Tensor":

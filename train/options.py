@@ -5,7 +5,7 @@ Each field of a frozen settings dataclass (:class:`ulrec_env.config.EnvConfig`,
 line cannot drift from the settings: ``--field-name`` parses the field's type, its help is the field's
 ``metadata["help"]`` or its entry in the class docstring's ``Attributes:`` section, and its default is the
 field's. A field's metadata may set ``flag`` (the option's name), ``type`` (a parser of the text), ``choices`` and
-``metavar``; ``cli=False`` leaves the field out.
+``metavar``, and ``shown_default`` (how ``--help`` shows the default); ``cli=False`` leaves the field out.
 
 Options are added with ``default=argparse.SUPPRESS``: the parsed namespace holds exactly the options that were
 typed (:func:`typed_values`), which is what a preset or a resumed run lays over its own values.
@@ -151,7 +151,7 @@ def add_dataclass_options(parser: Any, cls: type, *, skip: Iterable[str] = (), f
             f.default_factory() if f.default_factory is not dataclasses.MISSING else None)  # type: ignore[misc]
         text = (md.get("help") or docs.get(f.name, "")).replace("%", "%%")
         kw: dict[str, Any] = {"dest": f.name, "default": argparse.SUPPRESS,
-                              "help": f"{text} ({default_text.format(_default_text(default))})".strip()}
+                              "help": f"{text} ({default_text.format(md.get('shown_default', _default_text(default)))})".strip()}
         kind, parse = _spec(hints[f.name])
         if kind == "bool" and "type" not in md:
             parser.add_argument(flag, action=argparse.BooleanOptionalAction, **kw)

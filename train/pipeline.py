@@ -17,13 +17,21 @@ from agents.progress import Progress
 from agents.prompting import PROMPT_FORMAT_VERSION, PromptFormat, build_completion, prompt_of_observation
 from ulrec_env import World
 
-__all__ = ["rollout_to_folder", "label_folder", "stage_trainer_args", "evaluate_policy", "writes_own_prompts"]
+__all__ = ["rollout_to_folder", "label_folder", "stage_trainer_args", "evaluate_policy", "writes_own_prompts",
+           "rule_options"]
 
 
 def writes_own_prompts(policy: Policy) -> bool:
     """Whether a policy's decisions come with the prompt it read (the LLM recommender); for the others a rollout
     writes the prompt the LLM would have been shown."""
     return isinstance(getattr(policy, "prompt_format", None), PromptFormat) and hasattr(policy, "tokenizer")
+
+
+def rule_options(prompt_format: PromptFormat) -> dict[str, Any]:
+    """The context for the prompt-reading rules (``genre-cycle``, ``genre-cycle-words``) that makes them read no more
+    history and session than prompts in ``prompt_format`` show (``max_history``, a ``window`` of at most 2)."""
+    window = 2 if prompt_format.max_session is None else min(2, prompt_format.max_session)
+    return {"max_history": prompt_format.max_history, "window": window}
 
 
 def rollout_to_folder(
@@ -104,8 +112,7 @@ def stage_trainer_args(stage: str, out: str | os.PathLike, *, seed: int = 0, dty
     from train.tune import default_trainer_args
 
     fields = {k: v for k, v in given.items() if v is not None}
-    if not progress:
-        fields["disable_tqdm"] = True
+    fields["disable_tqdm"] = not progress
     return default_trainer_args(stage, os.fspath(out) + ".staging", lora=lora, seed=seed, dtype=dtype, **fields)
 
 

@@ -13,7 +13,7 @@ from ulrec_env.user_model import (
     UserPopulation,
     UserTraits,
     billp_leave_reason,
-    leave_hazard,
+    is_bored,
     passes_first_checks,
     redundancy,
     satisfaction_leave_reason,
@@ -262,10 +262,8 @@ class ULRecEnv(gym.Env):
                     self.satisfaction, self.exposure, red, (rating - self._lo) / (self._hi - self._lo),
                     tau, pi, rho, cfg.exposure_decay,
                 )
-                if cfg.stochastic:
-                    bored = self.np_random.random() < leave_hazard(self.satisfaction, cfg.satisfaction_floor, cfg.hazard_temperature)
-                else:
-                    bored = self.satisfaction < cfg.satisfaction_floor
+                bored = is_bored(self.satisfaction, cfg.satisfaction_floor, cfg.hazard_temperature,
+                                 self.np_random.random() if cfg.stochastic else None)
             reason = satisfaction_leave_reason(repeated, rating, cfg.min_rating, bored)
 
         terminated = reason is not None

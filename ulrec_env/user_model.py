@@ -36,6 +36,7 @@ __all__ = [
     "UserTraits",
     "UserPopulation",
     "sample_user_traits",
+    "is_bored",
     "similarity",
     "redundancy",
     "satisfaction_step",
@@ -206,6 +207,18 @@ def leave_hazard(satisfaction: Number, floor: float, temperature: float) -> Numb
     if isinstance(z, np.ndarray):
         return 0.5 * (1.0 + np.tanh(0.5 * z))
     return 0.5 * (1.0 + math.tanh(0.5 * z))
+
+
+def is_bored(satisfaction: Number, floor: float, hazard_temperature: float | None = None,
+             uniform: Number | None = None) -> Flag:
+    """The satisfaction rule's own test: deterministic users are bored below ``floor``; stochastic users (pass the
+    ``uniform`` draw(s) in [0, 1) from the env's generator, and ``hazard_temperature``) when the draw falls below
+    :func:`leave_hazard`. For one user or arrays of users."""
+    if uniform is None:
+        return satisfaction < floor
+    if hazard_temperature is None:
+        raise ValueError("`hazard_temperature` is needed with a `uniform` draw (stochastic users).")
+    return uniform < leave_hazard(satisfaction, floor, hazard_temperature)
 
 
 def passes_first_checks(repeated: Flag, rating: Number, min_rating: float) -> Flag:

@@ -16,8 +16,8 @@ from ulrec_env.user_model import (
     STAYS,
     UserPopulation,
     UserTraits,
+    is_bored,
     leave_decision,
-    leave_hazard,
     passes_first_checks,
     redundancy,
     satisfaction_step,
@@ -225,10 +225,8 @@ class ULRecVectorEnv(VectorEnv):
             self.satisfaction = np.where(upd, s, self.satisfaction)
             self.exposure = np.where(upd, e, self.exposure)
             red[~upd] = 0.0
-            if cfg.stochastic:
-                fed_up = self.np_random.random(n) < leave_hazard(s, cfg.satisfaction_floor, cfg.hazard_temperature)
-            else:
-                fed_up = s < cfg.satisfaction_floor
+            fed_up = is_bored(s, cfg.satisfaction_floor, cfg.hazard_temperature,
+                              self.np_random.random(n) if cfg.stochastic else None)
         code = leave_decision(repeated, rating, cfg.min_rating, fed_up, cfg.leave_rule)
         if not full:
             code[~active] = STAYS

@@ -149,10 +149,10 @@ def test_teacher_sessions_seed_the_first_iteration(tmp_path, tiny_model_dir):
 
 
 def test_prompt_rules_read_no_more_than_the_prompt(tiny_model_dir):
-    from train.loop import _rule_options
+    from train.pipeline import rule_options
 
-    assert _rule_options(_settings(tiny_model_dir, max_history=6, max_session=1)) == {"max_history": 6, "window": 1}
-    assert _rule_options(_settings(tiny_model_dir, max_history=3, max_session=None)) == {"max_history": 3, "window": 2}
+    assert rule_options(_settings(tiny_model_dir, max_history=6, max_session=1).prompt_format) == {"max_history": 6, "window": 1}
+    assert rule_options(_settings(tiny_model_dir, max_history=3, max_session=None).prompt_format) == {"max_history": 3, "window": 2}
 
 
 def test_kill_9_inside_a_tuning_stage_resumes_from_its_checkpoint(tmp_path, tiny_model_dir):

@@ -168,3 +168,33 @@ def test_resume_takes_typed_options_and_checks_the_preset(tmp_path):
     (out / "settings.json").write_text(json.dumps(LoopSettings().to_dict()))
     with pytest.raises(ValueError, match="holds a run of no preset, not --preset headline"):
         settings_for_command(parse_command(["loop", "--preset", "headline", "--out", str(out), "--resume"]))
+
+
+def test_prompt_fields_of_the_loop_are_those_of_the_prompt_format():
+    """LoopSettings keeps the prompt format's fields flat (settings.json's layout); they match PromptFormat's."""
+    import typing
+
+    from agents.prompting import PromptFormat
+
+    loop, fmt = typing.get_type_hints(LoopSettings), typing.get_type_hints(PromptFormat)
+    for f in dataclasses.fields(PromptFormat):
+        assert loop[f.name] == fmt[f.name], f.name
+        assert LoopSettings.__dataclass_fields__[f.name].metadata.get("choices") == f.metadata.get("choices"), f.name
+    s = LoopSettings(max_history=3, max_session=None, worked_example=True, session_window="block")
+    assert s.prompt_format == PromptFormat(max_history=3, max_session=None, worked_example=True, session_window="block")
+
+
+def test_env_pairs_typed_again_on_resume_compare_equal(tmp_path):
+    """A (low, high) pair typed on the command line equals the same pair read back from settings.json."""
+    import json
+
+    from train.cli import parse_command, settings_for_command
+
+    out = tmp_path / "run"
+    argv = ["compare", "--out", str(out), "--tolerance", "0.5,1.0", "--window", "3"]
+    first = settings_for_command(parse_command(argv))
+    assert first.env == {"tolerance": [0.5, 1.0], "window": 3}
+    out.mkdir()
+    (out / "settings.json").write_text(json.dumps(first.to_dict()))
+    again = settings_for_command(parse_command(argv))  # compare always resumes its folder
+    assert again == first and LoopSettings.from_dict(json.loads((out / "settings.json").read_text())) == again

@@ -47,7 +47,7 @@ def test_typed_options_parse_to_the_field_types():
     s = loop_settings_from_args(args)
     assert (s.max_session, s.sft_first, s.references, s.eval_episodes) == (None, False, (), 7)
     assert (s.model, s.lora_layers, s.top_p, s.teacher) == (None, 4, 0.9, "mmr")
-    assert s.env == {"tolerance": (0.5, 1.0), "stochastic": False, "trait_seed": 3}
+    assert s.env == {"tolerance": [0.5, 1.0], "stochastic": False, "trait_seed": 3}  # settings.json's form
     assert args.typed == ["env", "eval_episodes", "lora_layers", "max_session", "model", "references", "sft_first",
                           "teacher", "top_p"]
     # nothing typed: the dataclass's defaults
