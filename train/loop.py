@@ -38,7 +38,7 @@ from ulrec_env.safe_io import read_text_bounded
 from ulrec_env.storage import atomic_write_text
 
 __all__ = ["LoopSettings", "Manifest", "run_loop", "run_compare", "evaluate_llm", "REFERENCE_POLICIES", "PRESETS",
-           "describe_settings", "resume_settings", "settings_diff", "RESUMABLE_CHANGES"]
+           "describe_settings", "resume_settings", "settings_diff"]
 
 REFERENCE_POLICIES = ("random", "greedy", "mmr", "oracle")
 REFERENCE_CHOICES = ("init", "ulrec-p")
