@@ -81,6 +81,12 @@ def _check_prob(name: str, value: Any) -> float:
     return float(value)
 
 
+def _check_vllm_grounding(grounding: str) -> None:
+    if grounding != "constrained":
+        raise ValueError(f"`grounding` must be 'constrained' with engine='vllm' (the vLLM engine decodes titles through "
+                         f"the title trie only), got {grounding!r}; use engine='transformers' for free text.")
+
+
 class LLMRecommender(Policy):
     """A language model that recommends one catalog item per step, from what it sees in the observation.
 
@@ -169,9 +175,8 @@ class LLMRecommender(Policy):
             raise ValueError(f"`session_cache_tokens` must be None or an integer >= 0, got {session_cache_tokens!r}.")
         if not isinstance(seed, (int, np.integer)) or isinstance(seed, bool):
             raise TypeError(f"`seed` must be an integer, got {seed!r}.")
-        if backend is not None and grounding != "constrained":
-            raise ValueError(f"`grounding` must be 'constrained' with engine='vllm' (the vLLM engine decodes titles "
-                             f"through the title trie only), got {grounding!r}; use engine='transformers' for free text.")
+        if backend is not None:
+            _check_vllm_grounding(grounding)
         if backend is None and model is None:
             raise TypeError("`model` is None; pass a causal LM (or use LLMRecommender.from_pretrained).")
         if not callable(getattr(tokenizer, "__call__", None)) or not hasattr(tokenizer, "decode"):
@@ -267,6 +272,8 @@ class LLMRecommender(Policy):
             raise ValueError(f"`engine` must be one of {ENGINES}, got {engine!r}.")
         if engine_options is not None and engine != "vllm":
             raise ValueError(f"`engine_options` are vLLM's; pass engine='vllm' with them (got engine={engine!r}).")
+        if engine == "vllm":
+            _check_vllm_grounding(grounding)  # before an engine starts
         # An adapter trained by ulrec records how its prompts were written; match them unless told otherwise.
         trained = adapter_prompt_format(adapter)
         if prompt_format is None or isinstance(prompt_format, Mapping):
@@ -283,8 +290,7 @@ class LLMRecommender(Policy):
 
             lm = None
             tok, backend = load_vllm_decoder(model, adapter, dtype, trust_remote_code=trust_remote_code,
-                                             allow_unsafe_pickle=allow_unsafe_pickle, options=engine_options,
-                                             seed=int(kwargs.get("seed", 0)))
+                                             allow_unsafe_pickle=allow_unsafe_pickle, options=engine_options)
             kwargs["backend"] = backend
         else:
             lm, tok = load_model_and_tokenizer(model, device=device, dtype=dtype, adapter=adapter,

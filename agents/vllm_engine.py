@@ -123,15 +123,14 @@ def _on_cpu() -> bool:
     return bool(current_platform.is_cpu())
 
 
-def get_engine(model_path: str, dtype: str, options: Mapping[str, Any] | None = None, seed: int = 0,
-               log: Any = None) -> Any:
+def get_engine(model_path: str, dtype: str, options: Mapping[str, Any] | None = None, log: Any = None) -> Any:
     """The process's ``vllm.LLM`` for ``model_path`` in ``dtype`` with ``options`` (started on first use).
 
     Args:
         model_path: A local model folder (or a Hugging Face id).
         dtype: ``"float32"``, ``"bfloat16"`` or ``"float16"``.
-        options: ``vllm.LLM`` arguments (see :func:`engine_options`); ``enable_lora`` is always on.
-        seed: The engine's seed (requests carry their own seeds; this one only seeds what they do not).
+        options: ``vllm.LLM`` arguments (see :func:`engine_options`); ``enable_lora`` is always on. Requests carry
+            their own sampling seeds, so agents with different seeds share one engine.
         log: Where the start time is written (default: stderr).
 
     Returns:
@@ -141,12 +140,13 @@ def get_engine(model_path: str, dtype: str, options: Mapping[str, Any] | None = 
     opts = engine_options(options)
     from agents.vllm_processor import TitleTrieLogitsProcessor
 
-    opts.update(enable_lora=True, logits_processors=[TitleTrieLogitsProcessor], dtype=dtype, seed=int(seed),
+    opts.update(enable_lora=True, logits_processors=[TitleTrieLogitsProcessor], dtype=dtype,
                 logprobs_mode="raw_logprobs")
     if _on_cpu() and "gpu_memory_utilization" not in opts and not os.environ.get("VLLM_CPU_KVCACHE_SPACE"):
         # On a CPU this is the share of host memory reserved for the KV cache (vLLM's default 0.92 fails whenever
-        # anything else holds memory); 1 GiB holds ~20k SmolLM2 tokens in float32.
-        opts["kv_cache_memory_bytes"] = opts.get("kv_cache_memory_bytes", 1 << 30)
+        # anything else holds memory). 2 GiB hold about 46k SmolLM2-135M tokens in float32 (46 KB each): 64
+        # prompts of the default format with room for the prefix cache.
+        opts["kv_cache_memory_bytes"] = opts.get("kv_cache_memory_bytes", 2 << 30)
     key = json.dumps({"model": model_path, **{k: v for k, v in opts.items() if k != "logits_processors"}},
                      sort_keys=True, default=str)
     with _LOCK:
@@ -405,7 +405,7 @@ def _child(trie: TitleTrie, node: int, tok: int) -> int:
 
 def load_vllm_decoder(model: str | os.PathLike | None = None, adapter: str | os.PathLike | None = None,
                       dtype: Any = None, *, trust_remote_code: bool = False, allow_unsafe_pickle: bool = False,
-                      options: Mapping[str, Any] | None = None, seed: int = 0) -> tuple[Any, VLLMDecoder]:
+                      options: Mapping[str, Any] | None = None) -> tuple[Any, VLLMDecoder]:
     """The tokenizer and a :class:`VLLMDecoder` on the process's engine for ``model`` (started on first use).
 
     Args:
@@ -414,7 +414,6 @@ def load_vllm_decoder(model: str | os.PathLike | None = None, adapter: str | os.
         dtype: ``"auto"``/``None`` (see :func:`agents.models.resolve_dtype`; on a GPU when vLLM runs on one),
             ``"float32"``, ``"bfloat16"``, ``"float16"`` or a torch dtype.
         options: ``vllm.LLM`` arguments (see :func:`engine_options`).
-        seed: The engine's seed.
 
     Raises:
         ImportError: vllm is not installed (with how to install it).
@@ -443,5 +442,5 @@ def load_vllm_decoder(model: str | os.PathLike | None = None, adapter: str | os.
         rank = adapter_rank(adapter_path)
         if rank > engine_options(opts)["max_lora_rank"]:
             opts["max_lora_rank"] = rank
-    engine = get_engine(path, name, opts, seed=seed)
+    engine = get_engine(path, name, opts)
     return tokenizer, VLLMDecoder(engine, tokenizer.eos_token_id, name, adapter_path)

@@ -142,3 +142,10 @@ def test_nothing_imports_vllm_or_torch_before_an_engine_is_made():
 def test_walk_reads_masks_as_numpy_ids(trie_path):
     walk = TitleWalk.of_request({"ulrec_trie": trie_path, "ulrec_stop": STOP, "ulrec_masked": np.array([3])}, [])
     assert walk.allowed() == [1]
+
+
+def test_free_grounding_on_vllm_is_refused_before_an_engine_starts():
+    from agents.llm import LLMRecommender
+
+    with pytest.raises(ValueError, match="`grounding` must be 'constrained' with engine='vllm'"):
+        LLMRecommender.from_pretrained("no/such/model", engine="vllm", grounding="free")
