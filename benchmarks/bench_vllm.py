@@ -26,7 +26,7 @@ On a CPU, vLLM's worker takes the cores minus one (``VLLM_CPU_NUM_OF_RESERVED_CP
 
 Run: ``python benchmarks/bench_vllm.py --loop-eval`` (SmolLM2-135M-Instruct). Prints a table and writes
 ``benchmarks/results/vllm.json``. Smoke run: ``python benchmarks/bench_vllm.py --batches 2 --horizon 2
---loop-eval --eval-users 2 --out /tmp/vllm_smoke.json``.
+--loop-eval --eval-users 2 --mechanisms --mechanism-prompts 2 --out /tmp/vllm_smoke.json``.
 """
 
 from __future__ import annotations
@@ -56,6 +56,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--temperature", type=float, default=1.0, help="Sampling temperature of the scored runs.")
     parser.add_argument("--dtype", default="float32", help="Compute dtype of both engines.")
     parser.add_argument("--mechanisms", action="store_true", help="Also time structured-output choices (vLLM).")
+    parser.add_argument("--mechanism-prompts", type=int, default=16, help="First-step prompts of --mechanisms.")
     parser.add_argument("--loop-eval", action="store_true", help="Also time one loop evaluation on each engine.")
     parser.add_argument("--eval-users", type=int, default=0, help="Users of --loop-eval (0: all test users).")
     parser.add_argument("--threads", type=int, default=0, help="torch threads of the transformers agent (0: torch's).")
@@ -124,7 +125,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     mechanisms = None
     if args.mechanisms and "vllm" in engines:
-        mechanisms = _mechanisms(agents["vllm"]["unscored"], world, repeats=3)
+        mechanisms = _mechanisms(agents["vllm"]["unscored"], world, repeats=3, n=args.mechanism_prompts)
         print("mechanisms: " + json.dumps(mechanisms), flush=True)
 
     loop_eval = {}

