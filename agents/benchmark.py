@@ -104,14 +104,15 @@ def benchmark(
 def policy_row(name: str, policy: Policy, sessions: Any, world: World, max_episode_steps: int = 100,
                per_session: bool = False) -> dict[str, Any]:
     """A policy's row of the table (see :func:`agents.evaluation.summarize`); an LLM's row also says what model,
-    adapter, dtype and prompt format it ran (``model``, ``adapter``, ``dtype``, ``prompt``), and with
-    ``per_session`` the row lists its sessions (:func:`session_records`)."""
+    adapter, dtype, prompt format and engine it ran (``model``, ``adapter``, ``dtype``, ``prompt``, ``engine``),
+    and with ``per_session`` the row lists its sessions (:func:`session_records`)."""
     row = summarize(name, sessions, world, peeks=policy.peeks, max_episode_steps=max_episode_steps)
     if hasattr(policy, "dtype_name"):
         row["dtype"] = policy.dtype_name
         row["model"] = getattr(policy, "model_id", None)
         row["adapter"] = getattr(policy, "adapter_path", None)
         row["prompt"] = policy.prompt_format.to_dict()
+        row["engine"] = getattr(policy, "engine", "transformers")
     if per_session:
         row["sessions"] = session_records(sessions, world)
     return row

@@ -9,6 +9,9 @@ prefix is unique, its remaining tokens are fed in one forward pass instead of on
 Prompts and completions come from :mod:`agents.prompting` and are tokenized the way training tokenizes
 them (prompt and completion separately), so each record's completion tokens are exactly the decoded ones
 and its log-probability is what training recomputes.
+
+The decoding runs on ``transformers`` (the model in this process, above) or on vLLM
+(``from_pretrained(..., engine="vllm")``, :mod:`agents.vllm_engine`): the same prompts, trie, masking and records.
 """
 
 from __future__ import annotations
@@ -80,6 +83,12 @@ def _check_prob(name: str, value: Any) -> float:
     return float(value)
 
 
+def _check_vllm_grounding(grounding: str) -> None:
+    if grounding != "constrained":
+        raise ValueError(f"`grounding` must be 'constrained' with engine='vllm' (the vLLM engine decodes titles through "
+                         f"the title trie only), got {grounding!r}; use engine='transformers' for free text.")
+
+
 class LLMRecommender(Policy):
     """A language model that recommends one catalog item per step, from what it sees in the observation.
 
@@ -117,6 +126,9 @@ class LLMRecommender(Policy):
             passes that only score the tokens after which a title is already determined (evaluation, which keeps
             no records): the same decisions, fewer passes, and records with ``logprob`` NaN.
         name: Name in tables.
+        backend: Decode on this engine instead of ``model`` (``model`` is then ``None``): a
+            :class:`agents.vllm_engine.VLLMDecoder`, as ``from_pretrained(engine="vllm")`` makes. Constrained
+            grounding only; ``batch_size`` still bounds the sessions per call, the engine schedules the rest.
     """
 
     name = "llm"
@@ -140,6 +152,7 @@ class LLMRecommender(Policy):
         session_cache_tokens: int | None = 65536,
         score_completions: bool = True,
         name: str = "llm",
+        backend: Any = None,
     ) -> None:
         super().__init__()
         import torch
@@ -164,6 +177,10 @@ class LLMRecommender(Policy):
             raise ValueError(f"`session_cache_tokens` must be None or an integer >= 0, got {session_cache_tokens!r}.")
         if not isinstance(seed, (int, np.integer)) or isinstance(seed, bool):
             raise TypeError(f"`seed` must be an integer, got {seed!r}.")
+        if backend is not None:
+            _check_vllm_grounding(grounding)
+        if backend is None and model is None:
+            raise TypeError("`model` is None; pass a causal LM (or use LLMRecommender.from_pretrained).")
         if not callable(getattr(tokenizer, "__call__", None)) or not hasattr(tokenizer, "decode"):
             raise TypeError(f"`tokenizer` must be a Hugging Face tokenizer, got {type(tokenizer).__name__}.")
         self.model = model
@@ -180,14 +197,21 @@ class LLMRecommender(Policy):
         self.score_completions = bool(score_completions)
         self.name = name
         self.prompt_format_version = PROMPT_FORMAT_VERSION
-        self.device = next(model.parameters()).device
+        self.backend = backend
+        self.engine = "transformers" if backend is None else "vllm"
         self._seed = int(seed)
         self._generator = torch.Generator(device="cpu")
         self._generator.manual_seed(self._seed)
-        base = model.get_base_model() if hasattr(model, "get_base_model") else model
-        params = inspect.signature(type(base).forward).parameters
-        self._cache_kw = "cache" if "cache" in params else "past_key_values"
-        self._keep_kw = "logits_to_keep" if "logits_to_keep" in params else None
+        # Per-request sampling seeds of the vLLM engine, drawn in order like the transformers generator's draws.
+        self._request_seeds = np.random.default_rng(self._seed)
+        if backend is None:
+            self.device = next(model.parameters()).device
+            base = model.get_base_model() if hasattr(model, "get_base_model") else model
+            params = inspect.signature(type(base).forward).parameters
+            self._cache_kw = "cache" if "cache" in params else "past_key_values"
+            self._keep_kw = "logits_to_keep" if "logits_to_keep" in params else None
+        else:
+            self.device = "vllm"
         self.trie: TitleTrie | None = None
         self.grounder: TitleGrounder | None = None
         self._prefix_ids: tuple[int, ...] = ()
@@ -215,6 +239,8 @@ class LLMRecommender(Policy):
         dtype: Any = None,
         trust_remote_code: bool = False,
         allow_unsafe_pickle: bool = False,
+        engine: str = "transformers",
+        engine_options: Mapping[str, Any] | None = None,
         **kwargs: Any,
     ) -> "LLMRecommender":
         """Load a model (default: the packaged SmolLM2-135M-Instruct) and wrap it as a recommender.
@@ -234,18 +260,39 @@ class LLMRecommender(Policy):
                 see :func:`agents.models.resolve_dtype`), ``"float32"``, ``"bfloat16"``, or a torch dtype.
             trust_remote_code, allow_unsafe_pickle: See :func:`agents.models.load_model_and_tokenizer`; both off:
                 no code shipped with the model runs and only safetensors weights are read.
+            engine: ``"transformers"`` (the model in this process) or ``"vllm"`` (decoding on the process's vLLM
+                engine for this model and dtype, started on first use and shared by every agent made after it;
+                the adapter is a per-request LoRA; ``device`` is vLLM's choice). See :mod:`agents.vllm_engine`.
+            engine_options: ``vllm.LLM`` arguments for ``engine="vllm"`` (``tensor_parallel_size``,
+                ``gpu_memory_utilization``, ...), over ``$ULREC_VLLM_OPTIONS`` and the module's defaults.
             **kwargs: Other constructor arguments (``seed``, ``max_new_tokens``, ``name``, ...).
         """
         from agents.models import load_model_and_tokenizer
+        from agents.vllm_engine import ENGINES
 
+        if engine not in ENGINES:
+            raise ValueError(f"`engine` must be one of {ENGINES}, got {engine!r}.")
+        if engine_options is not None and engine != "vllm":
+            raise ValueError(f"`engine_options` are vLLM's; pass engine='vllm' with them (got engine={engine!r}).")
+        if engine == "vllm":
+            _check_vllm_grounding(grounding)  # before an engine starts
         # An adapter trained by ulrec records how its prompts were written; match them unless told otherwise.
         trained = adapter_prompt_format(adapter)
         fmt = resolve_prompt_format(adapter, prompt_format)
         if trained is not None and fmt != trained:
             warnings.warn(f"adapter {os.fspath(adapter)} was trained on prompts written as {trained}; this agent "
                           f"writes them as {fmt} (pass prompt_format=None to match the adapter).", stacklevel=2)
-        lm, tok = load_model_and_tokenizer(model, device=device, dtype=dtype, adapter=adapter,
-                                           trust_remote_code=trust_remote_code, allow_unsafe_pickle=allow_unsafe_pickle)
+        backend = None
+        if engine == "vllm":
+            from agents.vllm_engine import load_vllm_decoder
+
+            lm = None
+            tok, backend = load_vllm_decoder(model, adapter, dtype, trust_remote_code=trust_remote_code,
+                                             allow_unsafe_pickle=allow_unsafe_pickle, options=engine_options)
+            kwargs["backend"] = backend
+        else:
+            lm, tok = load_model_and_tokenizer(model, device=device, dtype=dtype, adapter=adapter,
+                                               trust_remote_code=trust_remote_code, allow_unsafe_pickle=allow_unsafe_pickle)
         agent = cls(
             lm, tok, temperature=temperature, top_p=top_p, prompt_format=fmt, grounding=grounding,
             mask_recommended=mask_recommended, batch_size=batch_size, **kwargs,
@@ -267,15 +314,20 @@ class LLMRecommender(Policy):
         b = encode_prompt(self.tokenizer, build_prompt(world, [1], tokenizer=self.tokenizer, prompt_format=self.prompt_format))
         self._prefix_ids = tuple(a[: _common_prefix_len([a, b])])
         self._prefix_kv = None
+        if self.backend is not None:
+            self.backend.bind(self.trie)
 
     def reset(self, seed: int | None = None) -> None:
         """Reseed the sampling generator (``None``: back to the constructor's seed) and empty the session cache."""
         self._generator.manual_seed(self._seed if seed is None else int(seed))
+        self._request_seeds = np.random.default_rng(self._seed if seed is None else int(seed))
         self._sessions.clear()
 
     @property
     def dtype_name(self) -> str:
         """The dtype the model computes in (``"float32"``, ``"bfloat16"``): recorded with rollouts and bench rows."""
+        if self.backend is not None:
+            return self.backend.dtype
         return str(next(self.model.parameters()).dtype).replace("torch.", "")
 
 
@@ -314,7 +366,8 @@ class LLMRecommender(Policy):
         prompt_ids = [encode_prompt(self.tokenizer, p) for p in prompts]
         keys = [int(u) for u in np.asarray(obs["user"]).reshape(n)] if "user" in obs else None
         records: list[DecodeRecord] = []
-        for sl in self._passes([len(x) for x in prompt_ids]):
+        passes = self._passes([len(x) for x in prompt_ids]) if self.backend is None else self._backend_passes(n)
+        for sl in passes:
             records.extend(self.decode(prompts[sl], masked[sl], prompt_ids=prompt_ids[sl],
                                        session_keys=None if keys is None else keys[sl]))
         self.stats["decisions"] += n
@@ -333,6 +386,11 @@ class LLMRecommender(Policy):
         size = -(-n // n_pass)
         self.stats["passes"] += n_pass
         return [slice(i, min(n, i + size)) for i in range(0, n, size)]
+
+    def _backend_passes(self, n: int) -> list[slice]:
+        """``batch_size`` rows per call to the engine (which bounds its memory itself)."""
+        self.stats["passes"] += -(-n // self.batch_size)
+        return [slice(i, min(n, i + self.batch_size)) for i in range(0, n, self.batch_size)]
 
     def _act_batch(self, obs: Mapping[str, np.ndarray]) -> np.ndarray:
         return self._decode_batch(obs)[0]
@@ -369,6 +427,8 @@ class LLMRecommender(Policy):
             return []
         if prompt_ids is None:
             prompt_ids = [encode_prompt(self.tokenizer, p) for p in prompts]
+        if self.backend is not None:
+            return self._decode_on_backend(prompts, prompt_ids, masked)
         with torch.inference_mode():
             if self.grounding == "constrained":
                 return self._decode_constrained(prompts, prompt_ids, masked, session_keys)
@@ -611,6 +671,28 @@ class LLMRecommender(Policy):
             )
         return records
 
+    def _decode_on_backend(self, prompts: list[str], prompt_ids: list[list[int]], masked: np.ndarray | None
+                           ) -> list[DecodeRecord]:
+        """Constrained decoding on the engine (``backend``): the same masking, seeding and records."""
+        trie = self.trie
+        assert trie is not None and self.world is not None
+        rows: list[np.ndarray | None] = []
+        for i in range(len(prompts)):
+            m = masked[i] if masked is not None else None
+            if m is not None and not trie.has_items(trie.alive_counts(m)):  # every item shown: allow repeats
+                self.stats["mask_exhausted"] += 1
+                m = None
+            rows.append(m)
+        seeds = self._request_seeds.integers(0, 2**31 - 1, size=len(prompts))
+        out = self.backend.decode(prompt_ids, rows, temperature=self.temperature, top_p=self.top_p,
+                                  seeds=seeds.tolist(), score=self.score_completions)
+        records = []
+        for prompt, d in zip(prompts, out):
+            title = self.world.titles[d.item]
+            records.append(DecodeRecord(prompt, build_completion(title), d.item, title, d.logprob, len(d.tokens),
+                                        "constrained"))
+        return records
+
     def _decode_free(self, prompts: list[str], prompt_ids: list[list[int]], masked: np.ndarray | None,
                      session_keys: list[int] | None = None) -> list[DecodeRecord]:
         import torch
@@ -684,6 +766,8 @@ class LLMRecommender(Policy):
 
         p = encode_prompt(self.tokenizer, prompt)
         c = encode_completion(self.tokenizer, completion)
+        if self.backend is not None:
+            return self.backend.completion_logprob(p, c)
         ids = torch.tensor([p + c], dtype=torch.long, device=self.device)
         with torch.inference_mode():
             logits = self.model(input_ids=ids).logits[0].float()
@@ -693,7 +777,7 @@ class LLMRecommender(Policy):
     def __repr__(self) -> str:
         return (
             f"<LLMRecommender {self.name!r} grounding={self.grounding!r} temperature={self.temperature} "
-            f"top_p={self.top_p} device={self.device}>"
+            f"top_p={self.top_p} engine={self.engine!r} device={self.device}>"
         )
 
 

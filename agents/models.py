@@ -30,6 +30,7 @@ __all__ = [
     "DEFAULT_MODEL",
     "SMOLLM2_GGUF_FILE",
     "load_model_and_tokenizer",
+    "load_tokenizer",
     "check_adapter_folder",
     "cpu_supports_bf16",
     "dtype_name",
@@ -337,6 +338,22 @@ def check_model_folder(path: str | os.PathLike, allow_unsafe_pickle: bool = Fals
         raise UnsafeFileError(_unsafe_message(folder, "model folder", pickled))
 
 
+def load_tokenizer(path: str, trust_remote_code: bool = False) -> "PreTrainedTokenizerBase":
+    """The tokenizer of the model folder (or hub id) ``path``, with a pad token (the EOS token when it had none).
+
+    Raises:
+        ValueError: the tokenizer has neither a pad nor an EOS token.
+    """
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+    if tokenizer.pad_token_id is None:
+        if tokenizer.eos_token is None:
+            raise ValueError(f"the tokenizer of {path!r} has neither a pad nor an EOS token; set `tokenizer.pad_token`.")
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
 def load_model_and_tokenizer(
     model: str | os.PathLike | None = None,
     device: "str | torch.device" = "auto",
@@ -373,7 +390,7 @@ def load_model_and_tokenizer(
         UnsafeFileError: the model or adapter folder holds only pickled weights and ``allow_unsafe_pickle`` is off.
     """
     try:
-        from transformers import AutoModelForCausalLM, AutoTokenizer
+        from transformers import AutoModelForCausalLM
     except ImportError as e:  # pragma: no cover - exercised only without the extra
         raise ImportError("the LLM recommender needs transformers and torch; install them with `pip install ulrec[llm]`.") from e
 
@@ -384,11 +401,7 @@ def load_model_and_tokenizer(
     adapter_path = None if adapter is None else check_adapter_folder(adapter, allow_unsafe_pickle)
     if adapter_path is not None:
         check_adapter_base(adapter_path, model)
-    tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
-    if tokenizer.pad_token_id is None:
-        if tokenizer.eos_token is None:
-            raise ValueError(f"the tokenizer of {path!r} has neither a pad nor an EOS token; set `tokenizer.pad_token`.")
-        tokenizer.pad_token = tokenizer.eos_token
+    tokenizer = load_tokenizer(path, trust_remote_code=trust_remote_code)
     if not allow_unsafe_pickle:
         model_kwargs.setdefault("use_safetensors", True)  # never fall back to pickled weights
     lm = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype, trust_remote_code=trust_remote_code, **model_kwargs)

@@ -245,7 +245,7 @@ def make(spec: str, context: Mapping[str, Any] | None = None, **kwargs: Any) -> 
 
 #: Options of the ``llm`` spec (``llm:adapter=PATH:temperature=0.5``); ``llm:NAME=ADAPTER`` is short for
 #: ``llm:name=NAME:adapter=ADAPTER``.
-LLM_OPTIONS = ("name", "model", "adapter", "temperature", "top_p", "batch_size", "dtype", "seed")
+LLM_OPTIONS = ("name", "model", "adapter", "temperature", "top_p", "batch_size", "dtype", "seed", "engine")
 
 
 def _llm_options(options: dict[str, Any], spec: str) -> dict[str, Any]:
@@ -268,7 +268,9 @@ def _own_name(policy: Policy, fallback: str) -> str:
 # ----------------------------------------------------------------------------------------- built-in policies
 def _llm(**kw: Any) -> Policy:
     """The LLM recommender from the command's context (``llm_model``, ``llm_adapter``, ``prompt_format``, ...; a
-    ``prompt_format`` of ``None`` is the adapter's) and the spec's own options (``model``, ``adapter``, ``temperature``, ``top_p``, ``batch_size``, ``dtype``, ``seed``), which win."""
+    ``prompt_format`` of ``None`` is the adapter's; ``engine``: ``transformers`` or ``vllm``) and the spec's own
+    options (``model``, ``adapter``, ``temperature``, ``top_p``, ``batch_size``, ``dtype``, ``seed``, ``engine``),
+    which win."""
     from agents.llm import LLMRecommender  # torch: only when an LLM is made
 
     def pick(own: str, ctx: str | None = None, default: Any = None) -> Any:
@@ -283,6 +285,7 @@ def _llm(**kw: Any) -> Policy:
         top_p=float(pick("top_p", None, 1.0)), seed=int(pick("seed", None, 0)),
         trust_remote_code=bool(kw.get("trust_remote_code")), allow_unsafe_pickle=bool(kw.get("allow_unsafe_pickle")),
         dtype=pick("dtype", None, "auto"), prompt_format=kw.get("prompt_format"),
+        engine=str(pick("engine", None, "transformers")),
     )
 
 

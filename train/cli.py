@@ -75,6 +75,14 @@ def _add_dtype_option(p: Any) -> None:
                         "else float32")
 
 
+def _add_engine_option(p: Any) -> None:
+    from agents.vllm_engine import ENGINES
+
+    p.add_argument("--engine", default="transformers", choices=ENGINES,
+                   help="where the llm policy decodes: transformers (default, in this process) or vllm (needs "
+                        "`pip install 'ulrec[vllm]'`; engine arguments from $ULREC_VLLM_OPTIONS, a JSON object)")
+
+
 def _add_trust_options(g: Any) -> None:
     g.add_argument("--allow-unsafe-pickle", action="store_true",
                    help="trust pickles in the world's folder, model or adapter (a pickle can run code; "
@@ -115,6 +123,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--llm-model", default=None, help="model of the llm policy (default SmolLM2-135M-Instruct)")
     b.add_argument("--llm-adapter", default=None, help="LoRA adapter folder for the llm policy")
     _add_dtype_option(b)
+    _add_engine_option(b)
     _add_prompt_options(b)
     b.add_argument("--json", default=None, help="write the results here")
     b.add_argument("--plot", default=None, help="write a PNG plot here")
@@ -127,6 +136,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--llm-model", default=None, help="model of the llm policy, and tokenizer of prompts written for baselines")
     r.add_argument("--llm-adapter", default=None, help="LoRA adapter folder for the llm policy")
     _add_dtype_option(r)
+    _add_engine_option(r)
     r.add_argument("--episodes", type=parse_episodes(), default=256, help="sessions, or 'all' users of the split")
     r.add_argument("--split", default="train", choices=["train", "test", "all"])
     r.add_argument("--temperature", type=float, default=1.0, help="llm sampling temperature (exploration)")
@@ -392,7 +402,7 @@ def _cmd_rollout(args: argparse.Namespace) -> int:
     policy = make_policy(args.policy, llm_model=args.llm_model, llm_adapter=args.llm_adapter,
                          llm_batch_size=args.batch_size, temperature=args.temperature, top_p=args.top_p, seed=args.seed,
                          trust_remote_code=args.trust_remote_code, allow_unsafe_pickle=args.allow_unsafe_pickle,
-                         dtype=args.dtype, prompt_format=fmt, **rule_options(fmt))
+                         dtype=args.dtype, prompt_format=fmt, engine=args.engine, **rule_options(fmt))
     tokenizer = None
     if not writes_own_prompts(policy):  # a baseline: its steps get the prompts the LLM would have been shown
         from transformers import AutoTokenizer
@@ -489,7 +499,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
                     batch_size=args.batch_size, progress=not args.no_progress,
                     policy_options={"llm_model": args.llm_model, "llm_adapter": args.llm_adapter,
                                     "trust_remote_code": args.trust_remote_code, "dtype": args.dtype,
-                                    "allow_unsafe_pickle": args.allow_unsafe_pickle,
+                                    "engine": args.engine, "allow_unsafe_pickle": args.allow_unsafe_pickle,
                                     "prompt_format": _prompt_options(args), **_bench_rule_options(args)},
                     per_session=args.per_session)
     print(format_table(doc))

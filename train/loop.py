@@ -32,6 +32,7 @@ import numpy as np
 
 from agents.models import DTYPE_CHOICES
 from agents.prompting import SESSION_WINDOWS
+from agents.vllm_engine import ENGINES
 from train.options import parse_episodes
 from train.pipeline import rule_options
 from ulrec_env.safe_io import read_text_bounded
@@ -97,6 +98,9 @@ class LoopSettings:
         dtype: Compute dtype of rollouts, evaluations and tuning: ``"auto"`` (bfloat16 on a GPU or on a CPU with
             AMX/AVX512-BF16, float32 elsewhere), ``"float32"`` or ``"bfloat16"``. Tuning keeps float32 weights on
             the CPU and computes under bf16 autocast.
+        engine: Where rollouts and evaluations decode: ``"transformers"`` (in this process) or ``"vllm"`` (one vLLM
+            engine started at the first rollout or evaluation and kept for the whole run; each adapter is a
+            per-request LoRA on it; see ``agents.vllm_engine``). Tuning always runs on transformers.
         save_steps: Tuning stages write a checkpoint every N optimizer steps (about two minutes of work at the
             loop's default sizes on 2 CPU cores); ``--resume`` continues an interrupted stage from its newest one.
             ``None``: no checkpoints inside stages (an interrupted stage starts over).
@@ -146,6 +150,7 @@ class LoopSettings:
     teacher: str | None = field(default=None, metadata={"metavar": "SPEC"})
     seed: int = 0
     dtype: str = field(default="auto", metadata={"choices": DTYPE_CHOICES})
+    engine: str = field(default="transformers", metadata={"choices": ENGINES})
     save_steps: int | None = field(default=25, metadata={"metavar": "N|none"})
     reference: str = field(default="init", metadata={"choices": REFERENCE_CHOICES})
     replay: int = 0
@@ -159,6 +164,8 @@ class LoopSettings:
         self.prompt_format  # validates max_history, max_session, worked_example, session_window
         if self.dtype not in DTYPE_CHOICES:
             raise ValueError(f"`dtype` must be one of {', '.join(DTYPE_CHOICES)}, got {self.dtype!r}.")
+        if self.engine not in ENGINES:
+            raise ValueError(f"`engine` must be one of {', '.join(ENGINES)}, got {self.engine!r}.")
         if self.save_steps is not None and (isinstance(self.save_steps, bool) or not isinstance(self.save_steps, int)
                                             or self.save_steps < 1):
             raise ValueError(f"`save_steps` must be None or a positive integer, got {self.save_steps!r}.")
@@ -274,7 +281,7 @@ def evaluate_llm(world, settings: LoopSettings, users: np.ndarray, adapter: str 
     policy = LLMRecommender.from_pretrained(settings.model, adapter=adapter, temperature=0.0,
                                             batch_size=settings.gen_batch_size, seed=settings.seed, name=name,
                                             prompt_format=settings.prompt_format, dtype=settings.dtype,
-                                            score_completions=False,
+                                            score_completions=False, engine=settings.engine,
                                             allow_unsafe_pickle=allow_unsafe_pickle, trust_remote_code=trust_remote_code)
     return evaluate_policy(policy, world, users, seed=settings.seed, env_settings=settings.env,
                            max_episode_steps=settings.max_episode_steps, batch_size=settings.gen_batch_size,
@@ -381,7 +388,7 @@ class _Run:
             s = self.settings
             policy = LLMRecommender.from_pretrained(s.model, adapter=adapter, temperature=s.temperature, top_p=s.top_p,
                                                     batch_size=s.gen_batch_size, seed=s.seed + k,
-                                                    prompt_format=s.prompt_format, dtype=s.dtype,
+                                                    prompt_format=s.prompt_format, dtype=s.dtype, engine=s.engine,
                                                     allow_unsafe_pickle=self.allow_unsafe_pickle,
                                                     trust_remote_code=self.trust_remote_code)
             tokenizer = None

@@ -80,6 +80,7 @@ def rollout_to_folder(
         "world": world.name, "world_fingerprint": world.fingerprint(), **dict(meta or {}),
         "prompt_format_version": PROMPT_FORMAT_VERSION, "prompt": fmt.to_dict(),
         "dtype": getattr(policy, "dtype_name", None),
+        **({"engine": policy.engine} if isinstance(getattr(policy, "engine", None), str) else {}),
     })
 
 

@@ -20,6 +20,7 @@ from train.logprobs import (
     kl_logps_from_prompt_cache,
     output_cache,
 )
+from train.tune import _checkpointing_field
 
 
 def make_examples(world, n=8):
@@ -40,7 +41,7 @@ def make_trainer(model, tokenizer, examples, tmp_path, **kw):
         max_steps=kw.pop("max_steps", 3),
         learning_rate=kw.pop("learning_rate", 1e-2),
         report_to=[],
-        activation_checkpointing=False,
+        **{_checkpointing_field(): False},  # activation_checkpointing from transformers 5.20 on (vLLM's venv: 5.19)
         bf16=False,
         use_cpu=True,
         logging_steps=1,
