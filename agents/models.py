@@ -354,6 +354,19 @@ def load_tokenizer(path: str, trust_remote_code: bool = False) -> "PreTrainedTok
     return tokenizer
 
 
+def checked_model_files(model: str | os.PathLike | None, adapter: str | os.PathLike | None, trust_remote_code: bool,
+                        allow_unsafe_pickle: bool) -> tuple[str, Path | None, Any]:
+    """``(model path, adapter folder or None, tokenizer)`` after the checks every engine makes before loading: the
+    model and adapter folders hold no weights that would run code (unless ``allow_unsafe_pickle``), and the adapter
+    was trained on this base model."""
+    path = resolve_model_path(model)
+    check_model_folder(path, allow_unsafe_pickle)
+    adapter_path = None if adapter is None else check_adapter_folder(adapter, allow_unsafe_pickle)
+    if adapter_path is not None:
+        check_adapter_base(adapter_path, model)
+    return path, adapter_path, load_tokenizer(path, trust_remote_code=trust_remote_code)
+
+
 def load_model_and_tokenizer(
     model: str | os.PathLike | None = None,
     device: "str | torch.device" = "auto",
@@ -396,12 +409,7 @@ def load_model_and_tokenizer(
 
     dev = resolve_device(device)
     torch_dtype = resolve_dtype(dtype, dev)
-    path = resolve_model_path(model)
-    check_model_folder(path, allow_unsafe_pickle)
-    adapter_path = None if adapter is None else check_adapter_folder(adapter, allow_unsafe_pickle)
-    if adapter_path is not None:
-        check_adapter_base(adapter_path, model)
-    tokenizer = load_tokenizer(path, trust_remote_code=trust_remote_code)
+    path, adapter_path, tokenizer = checked_model_files(model, adapter, trust_remote_code, allow_unsafe_pickle)
     if not allow_unsafe_pickle:
         model_kwargs.setdefault("use_safetensors", True)  # never fall back to pickled weights
     lm = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype, trust_remote_code=trust_remote_code, **model_kwargs)

@@ -449,15 +449,9 @@ def load_vllm_decoder(model: str | os.PathLike | None = None, adapter: str | os.
     require_vllm()
     import torch
 
-    from agents.models import (check_adapter_base, check_adapter_folder, check_model_folder, dtype_name,
-                               load_tokenizer, resolve_dtype, resolve_model_path)
+    from agents.models import checked_model_files, dtype_name, resolve_dtype
 
-    path = resolve_model_path(model)
-    check_model_folder(path, allow_unsafe_pickle)
-    adapter_path = None if adapter is None else check_adapter_folder(adapter, allow_unsafe_pickle)
-    if adapter_path is not None:
-        check_adapter_base(adapter_path, model)
-    tokenizer = load_tokenizer(path, trust_remote_code=trust_remote_code)
+    path, adapter_path, tokenizer = checked_model_files(model, adapter, trust_remote_code, allow_unsafe_pickle)
     if tokenizer.eos_token_id is None:
         raise ValueError(f"the tokenizer of {path!r} has no EOS token; engine='vllm' ends each title with it.")
     device = torch.device("cpu" if _on_cpu() else "cuda")
