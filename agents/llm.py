@@ -278,7 +278,7 @@ class LLMRecommender(Policy):
             _check_vllm_grounding(grounding)  # before an engine starts
         # An adapter trained by ulrec records how its prompts were written; match them unless told otherwise.
         trained = adapter_prompt_format(adapter)
-        fmt = resolve_prompt_format(adapter, prompt_format)
+        fmt = _resolve_format(trained, prompt_format)
         if trained is not None and fmt != trained:
             warnings.warn(f"adapter {os.fspath(adapter)} was trained on prompts written as {trained}; this agent "
                           f"writes them as {fmt} (pass prompt_format=None to match the adapter).", stacklevel=2)
@@ -809,9 +809,14 @@ def resolve_prompt_format(adapter: str | os.PathLike | None,
     of some of its fields laid over the adapter's format (or the default one); ``None``: the adapter's format, or
     the default one for an adapter that records none (or no adapter). Rollouts of baselines write their prompts
     in the format this gives for the adapter that will train on them."""
+    return _resolve_format(adapter_prompt_format(adapter), prompt_format)
+
+
+def _resolve_format(trained: PromptFormat | None, prompt_format: PromptFormat | Mapping[str, Any] | None) -> PromptFormat:
+    """:func:`resolve_prompt_format` given the adapter's format (``trained``), already read."""
     if prompt_format is None or isinstance(prompt_format, Mapping):
         PromptFormat.from_dict(prompt_format)  # names an unknown option
-        return (adapter_prompt_format(adapter) or PromptFormat()).replace(**dict(prompt_format or {}))
+        return (trained or PromptFormat()).replace(**dict(prompt_format or {}))
     return PromptFormat.coerce(prompt_format)
 
 

@@ -354,6 +354,12 @@ def load_tokenizer(path: str, trust_remote_code: bool = False) -> "PreTrainedTok
     return tokenizer
 
 
+def model_tokenizer(model: str | os.PathLike | None = None, trust_remote_code: bool = False) -> "PreTrainedTokenizerBase":
+    """The tokenizer of a model spec (``None``: the packaged SmolLM2), as :func:`load_model_and_tokenizer` loads it,
+    without the weights: what prompts written for a model's training need."""
+    return load_tokenizer(resolve_model_path(model), trust_remote_code=trust_remote_code)
+
+
 def checked_model_files(model: str | os.PathLike | None, adapter: str | os.PathLike | None, trust_remote_code: bool,
                         allow_unsafe_pickle: bool) -> tuple[str, Path | None, Any]:
     """``(model path, adapter folder or None, tokenizer)`` after the checks every engine makes before loading: the

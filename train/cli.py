@@ -405,19 +405,17 @@ def _cmd_rollout(args: argparse.Namespace) -> int:
                          dtype=args.dtype, prompt_format=fmt, engine=args.engine, **rule_options(fmt))
     tokenizer = None
     if not writes_own_prompts(policy):  # a baseline: its steps get the prompts the LLM would have been shown
-        from transformers import AutoTokenizer
+        from agents.models import model_tokenizer
 
-        from agents.models import resolve_model_path
-
-        tokenizer = AutoTokenizer.from_pretrained(resolve_model_path(args.llm_model),
-                                                  trust_remote_code=args.trust_remote_code)
+        tokenizer = model_tokenizer(args.llm_model, trust_remote_code=args.trust_remote_code)
+    env = _env_settings(args)
     summary = rollout_to_folder(policy, world, args.out, episodes=args.episodes, split=args.split, seed=args.seed,
-                                env_settings=_env_settings(args), max_episode_steps=args.max_episode_steps,
+                                env_settings=env, max_episode_steps=args.max_episode_steps,
                                 batch_size=args.batch_size, prompt_format=fmt, tokenizer=tokenizer,
                                 progress=not args.no_progress, meta={
                                     "policy": args.policy, "llm_model": args.llm_model, "llm_adapter": args.llm_adapter,
                                     "temperature": args.temperature, "seed": args.seed, "split": args.split,
-                                    "env": _env_settings(args), "max_episode_steps": args.max_episode_steps})
+                                    "env": env, "max_episode_steps": args.max_episode_steps})
     print(f"{summary['episodes']} episodes, {summary['steps']} steps, Len {summary['len_mean']:.2f}, "
           f"return {summary['return_mean']:.1f}, leave reasons {summary['leave_reasons']} -> {args.out}")
     return 0

@@ -386,16 +386,18 @@ class _Run:
             from train.pipeline import rollout_to_folder
 
             s = self.settings
-            policy = LLMRecommender.from_pretrained(s.model, adapter=adapter, temperature=s.temperature, top_p=s.top_p,
-                                                    batch_size=s.gen_batch_size, seed=s.seed + k,
-                                                    prompt_format=s.prompt_format, dtype=s.dtype, engine=s.engine,
-                                                    allow_unsafe_pickle=self.allow_unsafe_pickle,
-                                                    trust_remote_code=self.trust_remote_code)
             tokenizer = None
-            if teacher:  # the teacher acts; its steps get the prompts this LLM would have been shown
+            if teacher:  # the teacher acts; its steps get the prompts the LLM would have been shown (no model loaded)
                 from agents.benchmark import make_policy
+                from agents.models import model_tokenizer
 
-                tokenizer, policy = policy.tokenizer, make_policy(s.teacher, **rule_options(s.prompt_format))
+                tokenizer = model_tokenizer(s.model, trust_remote_code=self.trust_remote_code)
+                policy = make_policy(s.teacher, **rule_options(s.prompt_format))
+            else:
+                policy = LLMRecommender.from_pretrained(
+                    s.model, adapter=adapter, temperature=s.temperature, top_p=s.top_p, batch_size=s.gen_batch_size,
+                    seed=s.seed + k, prompt_format=s.prompt_format, dtype=s.dtype, engine=s.engine,
+                    allow_unsafe_pickle=self.allow_unsafe_pickle, trust_remote_code=self.trust_remote_code)
             summary = rollout_to_folder(policy, self.world, folder, episodes=s.episodes, split="train", seed=s.seed + k,
                                         env_settings=s.env, max_episode_steps=s.max_episode_steps,
                                         batch_size=s.gen_batch_size, prompt_format=s.prompt_format,
