@@ -59,6 +59,7 @@ class SessionModel:
             # A small candidate set: similarities once, gathered at every step instead of recomputed.
             self.sim = similarity(self.dist.astype(np.float64), config.distance_threshold)
         self.tau, self.pi, self.rho = population.traits_of(user)
+        self.min_rating = population.min_rating_of(user)
 
     def start(self, prefix: np.ndarray) -> tuple[_Beams, bool]:
         """Replay ``prefix`` from a fresh session; returns the single beam and whether the user is still there."""
@@ -105,7 +106,7 @@ class SessionModel:
                 self.tau, self.pi, self.rho, cfg.exposure_decay,
             )
             fed_up = is_bored(s, cfg.satisfaction_floor)  # plans for the floor, also for stochastic users
-        code = leave_decision(beams.seen, self.rating[None, :], cfg.min_rating, fed_up, cfg.leave_rule)
+        code = leave_decision(beams.seen, self.rating[None, :], self.min_rating, fed_up, cfg.leave_rule)
         return s, e, code, red
 
     @staticmethod
@@ -207,7 +208,7 @@ class OraclePolicy(Policy):
         candidates = [self._rollout(full, start, "greedy"), self._rollout(full, start, "mmr")]
         # The beam searches the best-rated items only (and those already shown): the others never pay.
         order = np.argsort(-full.rating, kind="stable")
-        top = order[full.rating[order] >= self.cfg.min_rating][: self.candidates]
+        top = order[full.rating[order] >= full.min_rating][: self.candidates]
         pool = np.union1d(top, prefix)
         sub = SessionModel(self.world, self.cfg, self.population, int(user), candidates=pool)
         sub_start, _ = sub.start(np.searchsorted(pool, prefix))

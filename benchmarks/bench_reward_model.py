@@ -37,12 +37,12 @@ def greedy_action(env: ULRecEnv) -> int:
 
 def simple_planner_action(env: ULRecEnv) -> int:
     """The best-rated unshown item whose redundancy with the recent window is lowest-but-tolerable:
-    among items rated >= min_rating with redundancy <= 0.5, the best-rated; else the least redundant."""
+    among items rated at or above the user's dislike threshold with redundancy <= 0.5, the best-rated; else the least redundant."""
     w, cfg = env.world, env.config
     rating = w.ratings[env.user].astype(np.float64)
     win = list(env.shown[-cfg.window:])
     red = redundancy(w.distance[:, win].astype(np.float64), cfg.distance_threshold) if win else np.zeros(w.n_items)
-    ok = rating >= cfg.min_rating
+    ok = rating >= env.population.min_rating_of(env.user)
     ok[list(env.shown)] = False
     score = np.where(ok & (red <= 0.5), rating, -np.inf)
     if np.isfinite(score).any():

@@ -36,6 +36,12 @@ class EnvConfig:
         metadata={"help": "billp: leave when closer than this to a window item; satisfaction: distance of half similarity."},
     )
     min_rating: float = field(default=2.0, metadata={"help": "Leave at once on a rating below this (-inf disables)."})
+    dislike_quantile: float | None = field(
+        default=None,
+        metadata={"help": "Per-user dislike threshold: leave at once on an item rated below this quantile of the "
+                          "user's own ratings of the catalogue (at least min_rating); None: min_rating alone.",
+                  "metavar": "Q"},
+    )
     leave_penalty: float = field(default=0.0, metadata={"help": "Reward of the step on which the user leaves."})
     stochastic: bool = field(default=False, metadata={"help": "satisfaction: leave through a smooth hazard instead of a floor."})
     satisfaction_floor: float = field(default=0.3, metadata={"help": "satisfaction: leave below this (or hazard 1/2 here)."})
@@ -74,6 +80,15 @@ class EnvConfig:
             raise ValueError(f"`distance_threshold` must be a finite number > 0, got {self.distance_threshold}.")
         if self.min_rating == math.inf:
             raise ValueError("`min_rating` = inf would end every session; use -inf to disable the rule.")
+        if self.dislike_quantile is not None:
+            q = self.dislike_quantile
+            if isinstance(q, bool) or not isinstance(q, (int, float)) and not hasattr(q, "__float__"):
+                raise TypeError(f"`dislike_quantile` must be a number in [0, 1) or None, got {q!r}.")
+            q = float(q)
+            if not 0.0 <= q < 1.0:
+                raise ValueError(f"`dislike_quantile` must be in [0, 1) (a quantile of each user's ratings) or None "
+                                 f"to use min_rating alone, got {q}.")
+            set_(self, "dislike_quantile", q)
         if not math.isfinite(self.leave_penalty):
             raise ValueError(f"`leave_penalty` must be finite, got {self.leave_penalty}.")
         if not 0.0 <= self.satisfaction_floor < 1.0:

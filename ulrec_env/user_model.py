@@ -36,6 +36,7 @@ __all__ = [
     "UserTraits",
     "UserPopulation",
     "sample_user_traits",
+    "dislike_thresholds",
     "is_bored",
     "similarity",
     "redundancy",
@@ -101,28 +102,40 @@ class UserTraits:
 
 @dataclass(frozen=True)
 class UserPopulation:
-    """The simulated users of a world: every row's traits, drawn once from a config's ranges and ``trait_seed``.
+    """The simulated users of a world: every row's traits, drawn once from a config's ranges and ``trait_seed``,
+    and every row's dislike threshold.
 
     The single environment, the vector environment and the oracle's model take their users from here, so one
     world and one config give the same users everywhere (and the same user in every session).
 
     Attributes:
         traits: One entry per world row.
+        min_ratings: Per world row, the rating below which the user leaves at once (``"low_rating"``):
+            ``config.min_rating``, or with ``config.dislike_quantile`` set, the larger of ``min_rating`` and
+            that quantile of the user's own ratings of the catalogue (:func:`dislike_thresholds`).
     """
 
     traits: UserTraits
+    min_ratings: np.ndarray
 
     def __post_init__(self) -> None:
         if not isinstance(self.traits, UserTraits):
             raise TypeError(f"`traits` must be a UserTraits, got {type(self.traits).__name__}; "
                             "build a population with UserPopulation.of(world, config).")
+        m = np.asarray(self.min_ratings, dtype=np.float64)
+        if m.shape != (len(self.traits),):
+            raise ValueError(f"`min_ratings` must hold one threshold per user ({len(self.traits)}), got shape {m.shape}; "
+                             "build a population with UserPopulation.of(world, config).")
+        m.setflags(write=False)
+        object.__setattr__(self, "min_ratings", m)
 
     @classmethod
     def of(cls, world: World, config: EnvConfig) -> UserPopulation:
         """The users of ``world`` under ``config``: traits drawn with ``default_rng(config.trait_seed)``."""
-        return cls(sample_user_traits(
+        traits = sample_user_traits(
             world.n_users, np.random.default_rng(config.trait_seed), config.tolerance, config.patience, config.recovery,
-        ))
+        )
+        return cls(traits, dislike_thresholds(world.ratings, config.min_rating, config.dislike_quantile))
 
     def __len__(self) -> int:
         return len(self.traits)
@@ -131,6 +144,32 @@ class UserPopulation:
         """``(tolerance, patience, recovery)`` of world row ``user``, as Python floats."""
         t = self.traits
         return float(t.tolerance[user]), float(t.patience[user]), float(t.recovery[user])
+
+    def min_rating_of(self, user: int) -> float:
+        """The dislike threshold of world row ``user``, as a Python float."""
+        return float(self.min_ratings[user])
+
+
+def dislike_thresholds(ratings: np.ndarray, min_rating: float, dislike_quantile: float | None) -> np.ndarray:
+    """Each user's dislike threshold: ``min_rating``, raised to the ``dislike_quantile`` of the user's row.
+
+    A fixed threshold fits a world whose ratings spread over the scale; in a ratings log where most users rate
+    most items 3 or more (MovieLens), a threshold of 2 almost never fires and random items make good sessions.
+    A quantile makes each user reject the same share of the catalogue, whatever their own rating habits.
+
+    Args:
+        ratings: ``(n_users, n_items)`` ratings (the world's).
+        min_rating: The absolute floor (``-inf``: none).
+        dislike_quantile: In ``[0, 1)``, or ``None`` for ``min_rating`` alone.
+
+    Returns:
+        ``float64`` thresholds, one per user (row of ``ratings``).
+    """
+    n_users = int(np.shape(ratings)[0])
+    if dislike_quantile is None:
+        return np.full(n_users, float(min_rating))
+    q = np.quantile(np.asarray(ratings, dtype=np.float64), float(dislike_quantile), axis=1)
+    return np.maximum(q, float(min_rating))
 
 
 def sample_user_traits(

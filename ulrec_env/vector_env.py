@@ -121,6 +121,7 @@ class ULRecVectorEnv(VectorEnv):
         self._tau = np.ones(n)
         self._pi = np.ones(n)
         self._rho = np.zeros(n)
+        self._min_rating = np.full(n, self.config.min_rating)
         self.user = np.zeros(n, np.int64)
         self.steps = np.zeros(n, np.int64)
         self.satisfaction = np.ones(n)
@@ -178,6 +179,7 @@ class ULRecVectorEnv(VectorEnv):
         self._tau[rows] = traits.tolerance[users]
         self._pi[rows] = traits.patience[users]
         self._rho[rows] = traits.recovery[users]
+        self._min_rating[rows] = self.population.min_ratings[users]
         self._rec[rows] = -1
         self._rew[rows] = 0.0
         self._done[rows] = False
@@ -215,7 +217,7 @@ class ULRecVectorEnv(VectorEnv):
         if self._billp:
             fed_up = too_close(wd, cfg.distance_threshold)
         else:
-            ok = passes_first_checks(repeated, rating, cfg.min_rating)
+            ok = passes_first_checks(repeated, rating, self._min_rating)
             red = redundancy(wd, cfg.distance_threshold)
             s, e = satisfaction_step(
                 self.satisfaction, self.exposure, red, (rating - self._lo) * (1.0 / (self._hi - self._lo)),
@@ -227,7 +229,7 @@ class ULRecVectorEnv(VectorEnv):
             red[~upd] = 0.0
             fed_up = is_bored(s, cfg.satisfaction_floor, cfg.hazard_temperature,
                               self.np_random.random(n) if cfg.stochastic else None)
-        code = leave_decision(repeated, rating, cfg.min_rating, fed_up, cfg.leave_rule)
+        code = leave_decision(repeated, rating, self._min_rating, fed_up, cfg.leave_rule)
         if not full:
             code[~active] = STAYS
 

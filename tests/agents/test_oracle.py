@@ -13,15 +13,17 @@ from ulrec_env.user_model import REASON_OF_CODE, STAYS
 EXPECTED_REASONS = {"billp": {"repeat", "low_rating", "redundant"}, "satisfaction": {"repeat", "low_rating", "bored"}}
 
 
+@pytest.mark.parametrize("dislike_quantile", [None, 0.3])
 @pytest.mark.parametrize("leave_rule", ["billp", "satisfaction"])
-def test_single_env_vector_env_and_oracle_model_agree_on_every_leave(small_world, leave_rule):
+def test_single_env_vector_env_and_oracle_model_agree_on_every_leave(small_world, leave_rule, dislike_quantile):
     """Seeded random actions, mostly among a dozen nearby well-rated items (so that near items, repeats and low
     ratings all occur): at every step the three give the same decision, the same reason and (satisfaction
-    rule) the same state."""
+    rule) the same state; with the absolute dislike threshold and with a per-user one."""
     n, horizon = 24, 25
     venv = ULRecVectorEnv(num_envs=n, world=small_world, autoreset_mode="disabled", max_episode_steps=horizon,
-                          leave_rule=leave_rule)
-    single = gym.make("ULRec-v0", world=small_world, max_episode_steps=horizon, leave_rule=leave_rule)
+                          leave_rule=leave_rule, dislike_quantile=dislike_quantile)
+    single = gym.make("ULRec-v0", world=small_world, max_episode_steps=horizon, leave_rule=leave_rule,
+                      dislike_quantile=dislike_quantile)
     oracle = OraclePolicy().bind(small_world, venv)
     # The oracle's users are the vector env's; the single env draws the same ones from the same settings.
     assert oracle.population is venv.population
@@ -29,12 +31,13 @@ def test_single_env_vector_env_and_oracle_model_agree_on_every_leave(small_world
     for name in ("tolerance", "patience", "recovery"):
         assert np.array_equal(getattr(own.traits, name), getattr(venv.population.traits, name))
         assert np.array_equal(getattr(single.unwrapped.traits, name), getattr(venv.population.traits, name))
+    assert np.array_equal(own.min_ratings, venv.population.min_ratings)
 
     rng = np.random.default_rng(4)
     users = rng.choice(small_world.n_users, size=n, replace=False)
     actions = np.empty((horizon, n), np.int64)
     for i, u in enumerate(users):
-        liked = np.flatnonzero(small_world.ratings[u] >= venv.config.min_rating)
+        liked = np.flatnonzero(small_world.ratings[u] >= venv.population.min_ratings[u])
         near = liked[np.argsort(small_world.distance[int(rng.choice(liked)), liked])[:12]]
         # The pool once in some order, then draws from it; one step in ten any item of the catalog.
         planned = np.concatenate([rng.permutation(near), rng.choice(near, size=horizon)])[:horizon]

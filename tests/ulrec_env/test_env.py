@@ -23,6 +23,7 @@ SETTINGS = [
     {"leave_rule": "billp"},
     {"stochastic": True},
     {"leave_rule": "billp", "window": 2, "min_rating": 3.0, "leave_penalty": -1.0},
+    {"dislike_quantile": 0.2},
 ]
 
 
@@ -148,6 +149,9 @@ def test_invalid_action_range_and_finished_session():
         ({"patience": (0.0, 1.0)}, "`patience` must be > 0"),
         ({"tolerance": (2.0, 1.0)}, "`tolerance` must satisfy"),
         ({"split": "dev"}, "`split` must be"),
+        ({"dislike_quantile": 1.0}, r"`dislike_quantile` must be in \[0, 1\)"),
+        ({"dislike_quantile": -0.1}, r"`dislike_quantile` must be in \[0, 1\)"),
+        ({"dislike_quantile": "low"}, "`dislike_quantile` must be a number"),
         ({"windw": 3}, "unknown ULRec-v0 setting"),
     ],
 )
@@ -274,6 +278,29 @@ def test_satisfaction_follows_the_documented_formula():
         last = t == len(expected) - 1
         assert term == last and info["leave_reason"] == ("bored" if last else None)
         assert r == (0.0 if last else 4.0)
+
+
+@pytest.mark.parametrize("leave_rule", ["satisfaction", "billp"])
+def test_per_user_dislike_threshold_leaves_below_the_users_own_quantile(leave_rule):
+    """With ``dislike_quantile``, a user leaves at once ("low_rating") on an item below that quantile of their own
+    ratings, and stays on one above it, although both are above ``min_rating``; without it, on neither."""
+    w = make_tiny_world(n_items=40)
+    ratings = np.array(w.ratings)
+    ratings[0] = np.linspace(3.0, 5.0, 40)  # user 0 rates everything 3 or more
+    w = _with_ratings(w, ratings)
+    per_user = ULRecEnv(world=w, leave_rule=leave_rule, min_rating=2.0, dislike_quantile=0.25)
+    threshold = float(np.quantile(ratings[0], 0.25))
+    assert per_user.population.min_rating_of(0) == pytest.approx(threshold)
+    below = int(np.flatnonzero(ratings[0] < threshold)[-1])
+    above = int(np.flatnonzero(ratings[0] >= threshold)[-1])
+    for item, leaves in ((below, True), (above, False)):
+        per_user.reset(options={"user": 0})
+        _, _, term, _, info = per_user.step(item)
+        assert term == leaves and info["leave_reason"] == ("low_rating" if leaves else None)
+        assert per_user.user_state()["min_rating"] == pytest.approx(threshold)
+    absolute = ULRecEnv(world=w, leave_rule=leave_rule, min_rating=2.0)
+    absolute.reset(options={"user": 0})
+    assert absolute.step(below)[2] is False
 
 
 def test_redundant_exposure_lowers_satisfaction_and_fresh_items_restore_it():

@@ -1,4 +1,4 @@
-"""MovieLens-100k: the three layouts, the errors, ULRec-ML100K-v0, and the real data from recbole's copy (which CI
+"""MovieLens-100k: the three layouts, the errors, ULRec-ML100K-v1 (and v0), and the real data from recbole's copy (which CI
 installs: without it those tests fail, they do not skip)."""
 
 from __future__ import annotations
@@ -74,7 +74,7 @@ def test_bad_grouplens_rows(tmp_path):
 def test_gym_make_with_a_path(tmp_path, monkeypatch):
     monkeypatch.setenv("ULREC_CACHE_DIR", str(tmp_path / "cache"))
     folder = write_grouplens(tmp_path / "gl")
-    env = gym.make("ULRec-ML100K-v0", path=folder)
+    env = gym.make("ULRec-ML100K-v1", path=folder)
     assert env.spec.max_episode_steps == 100
     obs, _ = env.reset(seed=0)
     obs, reward, terminated, truncated, info = env.step(0)
@@ -82,8 +82,8 @@ def test_gym_make_with_a_path(tmp_path, monkeypatch):
     assert env.unwrapped.world.name == "ml-100k"
     from gymnasium.utils.env_checker import check_env
 
-    check_env(gym.make("ULRec-ML100K-v0", path=folder).unwrapped, skip_render_check=True)
-    venv = gym.make_vec("ULRec-ML100K-v0", num_envs=3, vectorization_mode="vector_entry_point", path=folder)
+    check_env(gym.make("ULRec-ML100K-v1", path=folder).unwrapped, skip_render_check=True)
+    venv = gym.make_vec("ULRec-ML100K-v1", num_envs=3, vectorization_mode="vector_entry_point", path=folder)
     obs, _ = venv.reset(seed=0)
     assert obs["user"].shape == (3,)
     venv.close()
@@ -93,15 +93,15 @@ def test_gym_make_with_a_path(tmp_path, monkeypatch):
 def test_gym_make_without_data_is_a_clear_error(tmp_path, monkeypatch):
     monkeypatch.setattr(ml, "_recbole_copy", lambda: None)
     with pytest.raises(FileNotFoundError, match="MovieLens-100k can come three ways"):
-        gym.make("ULRec-ML100K-v0")
+        gym.make("ULRec-ML100K-v1")
     with pytest.raises(FileNotFoundError, match="no such file"):
-        gym.make("ULRec-ML100K-v0", path=tmp_path / "missing")
+        gym.make("ULRec-ML100K-v1", path=tmp_path / "missing")
 
 
 def test_register_envs_is_idempotent():
     ulrec_env.register_envs()
     ulrec_env.register_envs()
-    assert "ULRec-ML100K-v0" in gym.registry and "ULRec-v0" in gym.registry
+    assert {"ULRec-v0", "ULRec-ML100K-v1", "ULRec-ML100K-v0"} <= set(gym.registry)
 
 
 def test_import_is_light():
@@ -143,7 +143,7 @@ def test_real_gym_make_uses_the_cache(real_cache, monkeypatch):
 
     monkeypatch.setattr(ratings_mod, "build_world", no_fit)
     monkeypatch.setattr(ml, "build_world", no_fit)
-    env = gym.make("ULRec-ML100K-v0")
+    env = gym.make("ULRec-ML100K-v1")
     assert env.unwrapped.world.fingerprint() == w.fingerprint()
     obs, _ = env.reset(seed=0)
     assert obs["history"].shape == (15,)
@@ -166,3 +166,28 @@ def test_real_echo_chamber_greedy_ends_sooner(real_cache):
             n += 1
         lengths.append(n)
     assert np.mean(lengths) < 40
+
+
+def test_real_v1_dislike_threshold_shortens_random_sessions(real_cache, monkeypatch):
+    """v1's calibration: each user rejects the share of the catalogue that MovieLens users rated 1 or 2 (17.5%),
+    so random films no longer make long sessions; v0 keeps the absolute threshold of 2, which rarely fires."""
+    root, w = real_cache
+    monkeypatch.setenv("ULREC_CACHE_DIR", str(root))
+    assert w.env_defaults["dislike_quantile"] == pytest.approx(0.175, abs=0.01)
+    v1, v0 = gym.make("ULRec-ML100K-v1").unwrapped, gym.make("ULRec-ML100K-v0").unwrapped
+    assert v1.config.dislike_quantile == w.env_defaults["dislike_quantile"] and v0.config.dislike_quantile is None
+    assert np.all(v0.population.min_ratings == 2.0) and np.median(v1.population.min_ratings) > 2.5
+
+    def random_len(env, users):
+        rng, total = np.random.default_rng(0), 0
+        for u in users:
+            env.reset(seed=0, options={"user": int(u)})
+            for _ in range(20):
+                _, _, term, _, _ = env.step(int(rng.integers(w.n_items)))
+                if term:
+                    break
+                total += 1
+        return total / len(users)
+
+    users = w.test_users[:60]
+    assert random_len(v1, users) < 0.6 * random_len(v0, users)

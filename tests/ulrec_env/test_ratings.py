@@ -161,6 +161,29 @@ def test_bad_arguments(csv_files):
         from_ratings(r, i, cache=False, rating_scale=(1, 4))
     with pytest.raises(ValueError, match="on_bad_rows"):
         from_ratings(r, i, cache=False, on_bad_rows="ignore")
+    for bad in (1.0, "often", True):
+        with pytest.raises(ValueError, match="`dislike_quantile` must be 'auto'"):
+            from_ratings(r, i, cache=False, dislike_quantile=bad)
+
+
+def test_dislike_quantile_is_the_logs_share_of_low_ratings(csv_files):
+    """``auto``: the share of training ratings of 1 or 2 (of 5) becomes the world's ``dislike_quantile``; a number
+    is taken as given; ``None`` leaves the absolute ``min_rating`` alone (no per-user threshold)."""
+    r, i = csv_files
+    log = make_log()
+    w = from_ratings(r, i, cache=False)
+    train_pos, _ = split_ratings(len(log), 0.2, 0)
+    share = float(np.mean(np.array([row[2] for row in log], dtype=float)[train_pos] <= 2.0))
+    assert 0 < share < 1
+    assert w.env_defaults["dislike_quantile"] == pytest.approx(share, abs=1e-4)
+    env = ULRecEnv(world=w)
+    assert env.config.dislike_quantile == w.env_defaults["dislike_quantile"]
+    assert np.array_equal(env.population.min_ratings,
+                          np.maximum(np.quantile(w.ratings.astype(np.float64), env.config.dislike_quantile, axis=1), 2.0))
+    assert from_ratings(r, i, cache=False, dislike_quantile=0.3).env_defaults["dislike_quantile"] == 0.3
+    off = from_ratings(r, i, cache=False, dislike_quantile=None)
+    assert "dislike_quantile" not in off.env_defaults
+    assert ULRecEnv(world=off).config.dislike_quantile is None
 
 
 # ------------------------------------------------------------------------------------------- cache

@@ -16,7 +16,8 @@ def make_vec(n, **kw):
     return gym.make_vec("ULRec-v0", num_envs=n, vectorization_mode="vector_entry_point", **kw)
 
 
-@pytest.mark.parametrize("settings", [{}, {"leave_rule": "billp"}, {"leave_rule": "billp", "window": 1, "leave_penalty": -2.0}])
+@pytest.mark.parametrize("settings", [{}, {"leave_rule": "billp"}, {"leave_rule": "billp", "window": 1, "leave_penalty": -2.0},
+                                      {"dislike_quantile": 0.3}, {"leave_rule": "billp", "dislike_quantile": 0.3}])
 def test_matches_single_env_step_for_step(small_world, settings):
     n = 16
     venv = ULRecVectorEnv(num_envs=n, world=small_world, autoreset_mode="disabled", max_episode_steps=30, **settings)

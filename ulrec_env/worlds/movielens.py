@@ -1,4 +1,4 @@
-"""MovieLens-100k as a world (943 users, 1,682 movies, 19 genres), and the ``ULRec-ML100K-v0`` entry points.
+"""MovieLens-100k as a world (943 users, 1,682 movies, 19 genres), and the ``ULRec-ML100K-v1`` entry points.
 
 The data is never shipped with ulrec (its licence forbids redistribution). :func:`movielens_100k` reads it
 from, in this order:
@@ -42,7 +42,7 @@ def _ways(problem: str) -> str:
     return (
         f"{problem} MovieLens-100k can come three ways: (1) a GroupLens folder with u.data and u.item, or "
         f"ml-100k.zip from {_GROUPLENS_URL}; (2) a folder of RecBole atomic files ml-100k.inter and ml-100k.item "
-        "(pass either as movielens_100k(path=...) or gym.make('ULRec-ML100K-v0', path=...)); (3) with no path, "
+        "(pass either as movielens_100k(path=...) or gym.make('ULRec-ML100K-v1', path=...)); (3) with no path, "
         "the copy bundled in the recbole package: `pip install --no-deps recbole`."
     )
 
@@ -207,9 +207,11 @@ def movielens_100k(
 
 
 def make_env(path: str | Path | None = None, cache: bool | str | Path = True, **kwargs: Any):
-    """Entry point of ``ULRec-ML100K-v0``: a :class:`ulrec_env.ULRecEnv` on :func:`movielens_100k`.
+    """Entry point of ``ULRec-ML100K-v1`` (and ``-v0``): a :class:`ulrec_env.ULRecEnv` on :func:`movielens_100k`.
 
-    ``path`` and ``cache`` go to :func:`movielens_100k`; every other keyword goes to ``ULRecEnv``.
+    ``path`` and ``cache`` go to :func:`movielens_100k`; every other keyword goes to ``ULRecEnv``. ``-v1`` takes
+    the world's calibrated per-user dislike threshold (``dislike_quantile``); ``-v0``, registered with
+    ``dislike_quantile=None``, keeps the first version's absolute ``min_rating`` alone.
     """
     from ulrec_env.env import ULRecEnv
 
@@ -217,7 +219,7 @@ def make_env(path: str | Path | None = None, cache: bool | str | Path = True, **
 
 
 def make_vector_env(num_envs: int = 1, path: str | Path | None = None, cache: bool | str | Path = True, **kwargs: Any):
-    """Vector entry point of ``ULRec-ML100K-v0``: a :class:`ulrec_env.ULRecVectorEnv` on :func:`movielens_100k`."""
+    """Vector entry point of ``ULRec-ML100K-v1`` (and ``-v0``): a :class:`ulrec_env.ULRecVectorEnv` on :func:`movielens_100k`."""
     from ulrec_env.vector_env import ULRecVectorEnv
 
     return ULRecVectorEnv(num_envs=num_envs, world=movielens_100k(path, cache=cache), **kwargs)
