@@ -1,7 +1,7 @@
 """The LLM agent in live sessions: the fast path against the agent as it was and against plain ``generate``.
 
 For each batch size B, B test users of the default world play one session each (horizon ``--horizon``, the
-loop's prompts: 6 history items, 4 session steps, no worked example), in one process, timed one after another:
+headline preset's prompts: 6 history items, 4 session steps, no worked example), in one process, timed one after another:
 
 * ``agent-before``: ``LLMRecommender`` in float32 without session reuse (``session_cache_tokens=0``), scoring
   every completion: the agent as this repository had it before the fast path (shared system prefix only).
