@@ -49,7 +49,9 @@ def test_baselines_never_repeat_and_act_on_single_envs(small_world, cls):
 def test_greedy_takes_the_best_rated_unseen_item(small_world):
     p = GreedyPolicy().bind(small_world)
     u = 7
-    best = np.argsort(-small_world.ratings[u])
+    # stable: tied ratings (several items at the 5.0 cap) in index order, the order argmax breaks ties in
+    # (the default sort orders ties differently in numpy 1.x and 2.x)
+    best = np.argsort(-small_world.ratings[u], kind="stable")
     obs = {"user": np.array([u]), "recommended": np.array([[best[0], -1, -1]]), "step": np.array([1])}
     assert p.act_batch(obs)[0] == best[1]
 

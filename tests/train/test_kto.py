@@ -199,7 +199,7 @@ def test_loss_at_alpha_zero_equals_trl_kto_trainer(tiny_model_factory, tiny_toke
     eos = tiny_tokenizer.eos_token
     examples = [{**e, "completion": e["completion"] + eos} for e in uneven_examples(default_world, 6)]
     common = dict(per_device_train_batch_size=6, beta=0.5, desirable_weight=1.25, undesirable_weight=1.0,
-                  report_to=[], activation_checkpointing=False, bf16=False, use_cpu=True, save_strategy="no", seed=0)
+                  report_to=[], bf16=False, use_cpu=True, save_strategy="no", seed=0, **{_checkpointing_field(): False})
     ours = ULRecKTOTrainer(
         tiny_model_factory(1), ref_model=tiny_model_factory(0), processing_class=tiny_tokenizer,
         args=ULRecKTOConfig(output_dir=str(tmp_path / "ours"), sft_alpha=0.0, prompt_cache=prompt_cache, **common),
