@@ -20,34 +20,21 @@ def register_envs() -> None:
     """Register ``ULRec-v0``, ``ULRec-ML100K-v1`` and ``ULRec-ML100K-v0`` with Gymnasium; calling it again changes
     nothing.
 
-    ``ULRec-ML100K-v1`` (and ``-v0``, its first version, without the per-user dislike threshold) loads MovieLens-100k only when made (see ``ulrec_env.worlds.movielens_100k``); making
-    it without the data raises ``FileNotFoundError`` that names the ways to provide it.
+    ``ULRec-ML100K-v1`` (and ``-v0``, its first version, without the per-user dislike threshold) loads
+    MovieLens-100k only when made (see ``ulrec_env.worlds.movielens_100k``); making it without the data raises ``FileNotFoundError`` that names the ways to provide it.
     """
     from gymnasium.envs.registration import register, registry
 
-    if "ULRec-v0" not in registry:
-        register(
-            id="ULRec-v0",
-            entry_point="ulrec_env.env:ULRecEnv",
-            vector_entry_point="ulrec_env.vector_env:ULRecVectorEnv",
-            max_episode_steps=100,
-        )
-    if "ULRec-ML100K-v1" not in registry:
-        register(
-            id="ULRec-ML100K-v1",
-            entry_point="ulrec_env.worlds.movielens:make_env",
-            vector_entry_point="ulrec_env.worlds.movielens:make_vector_env",
-            max_episode_steps=100,
-        )
-    if "ULRec-ML100K-v0" not in registry:
+    single, vector = "ulrec_env.worlds.movielens:make_env", "ulrec_env.worlds.movielens:make_vector_env"
+    specs = (
+        ("ULRec-v0", "ulrec_env.env:ULRecEnv", "ulrec_env.vector_env:ULRecVectorEnv", {}),
+        ("ULRec-ML100K-v1", single, vector, {}),
         # v0: before the per-user dislike threshold (kept so that v0 results can be rerun).
-        register(
-            id="ULRec-ML100K-v0",
-            entry_point="ulrec_env.worlds.movielens:make_env",
-            vector_entry_point="ulrec_env.worlds.movielens:make_vector_env",
-            max_episode_steps=100,
-            kwargs={"dislike_quantile": None},
-        )
-
+        ("ULRec-ML100K-v0", single, vector, {"dislike_quantile": None}),
+    )
+    for env_id, entry_point, vector_entry_point, kwargs in specs:
+        if env_id not in registry:
+            register(id=env_id, entry_point=entry_point, vector_entry_point=vector_entry_point,
+                     max_episode_steps=100, kwargs=kwargs)
 
 register_envs()
