@@ -186,6 +186,13 @@ def build_parser() -> argparse.ArgumentParser:
                           ("compare", "the paper's table: base, ULRec-P, ULRec, ablations, baselines (trains what it needs)")):
         lp = sub.add_parser(cmd, help=helptext)
         _add_loop_options(lp)
+        if cmd == "loop":
+            lp.add_argument("--fork-from", default=None, metavar="RUN",
+                            help="start as a copy of run folder RUN up to iteration --fork-at, with RUN's settings "
+                                 "and the options typed here (those acting from that iteration on: a variant of "
+                                 "one setting costs only the iterations it changes); writes fork.json")
+            lp.add_argument("--fork-at", default=None, type=int, metavar="K",
+                            help="the first iteration the fork runs itself (with --fork-from)")
         if cmd == "compare":
             lp.add_argument("--json", default=None, help="write the table in the `ulrec bench` JSON format")
             lp.add_argument("--plot", default=None, help="write a PNG plot of the table")
@@ -288,6 +295,21 @@ def settings_for_command(args: argparse.Namespace):
     resuming = path.is_file() and (args.command == "compare" or args.resume)
     preset = getattr(args, "preset", None)
     typed = sorted(_typed_settings(args))
+    fork_from = getattr(args, "fork_from", None)
+    if (fork_from is None) != (getattr(args, "fork_at", None) is None):
+        raise ValueError("--fork-from and --fork-at go together: --fork-from RUN --fork-at K.")
+    if fork_from is not None and not resuming:  # the parent's settings, with the typed options laid over them
+        parent = Path(fork_from) / "settings.json"
+        if not parent.is_file():
+            raise ValueError(f"--fork-from {fork_from}: no settings.json there; name the folder of a `ulrec loop` run.")
+        base = LoopSettings.from_dict(json.loads(read_text_bounded(parent, "a run's settings.json")))
+        if preset is not None and base.preset != preset:
+            raise ValueError(f"--fork-from {fork_from} is a run of "
+                             f"{'preset ' + repr(base.preset) if base.preset else 'no preset'}, not --preset {preset}; "
+                             "drop --preset (a fork keeps its parent's settings).")
+        _confirm_saved_specs(base, typed, fork_from)
+        overrides = tuple(sorted(set(base.preset_overrides) | set(typed))) if base.preset else ()
+        return dataclasses.replace(loop_settings_from_args(args, base), preset_overrides=overrides)
     if resuming:
         base = LoopSettings.from_dict(json.loads(read_text_bounded(path, "a run's settings.json")))
         if preset is not None and base.preset != preset:
@@ -320,7 +342,8 @@ def _cmd_loop(args: argparse.Namespace) -> int:
     from train.loop import run_loop
 
     doc = run_loop(settings_for_command(args), args.out, resume=args.resume, progress=not args.no_progress,
-                   allow_unsafe_pickle=args.allow_unsafe_pickle, trust_remote_code=args.trust_remote_code)
+                   allow_unsafe_pickle=args.allow_unsafe_pickle, trust_remote_code=args.trust_remote_code,
+                   fork_from=args.fork_from, fork_at=args.fork_at)
     _print_evals(doc)
     print(f"run folder: {args.out} (metrics.json, metrics.csv, learning_curve.png)")
     return 0

@@ -204,7 +204,9 @@ class LoopSettings:
         if not isinstance(self.teacher_replay, bool):
             raise ValueError(f"`teacher_replay` must be True or False, got {self.teacher_replay!r}.")
         if self.teacher_replay and self.teacher is None:
-            raise ValueError("`teacher_replay` needs a `teacher` (its sessions are what is replayed).")
+            raise ValueError("`teacher_replay` needs a `teacher` (its sessions are what is replayed); without a "
+                             "teacher set it False (`--no-teacher-replay`, e.g. `--preset headline --teacher none "
+                             "--no-teacher-replay`).")
         if self.loss_type not in KTO_LOSS_TYPES:
             raise ValueError(f"`loss_type` must be one of {', '.join(KTO_LOSS_TYPES)}, got {self.loss_type!r}.")
         if isinstance(self.kto_lr_decay, bool) or not isinstance(self.kto_lr_decay, (int, float)) or not 0 < self.kto_lr_decay <= 1:
@@ -325,6 +327,88 @@ def resume_settings(out: Path, saved: LoopSettings, given: LoopSettings, log: Ca
     atomic_write_text(out / "settings.json", json.dumps(settings.to_dict(), indent=2))
     log(f"resuming {out} with " + ", ".join(f"{k} {old!r} -> {new!r}" for k, (old, new) in diff.items()))
     return settings
+
+
+#: Settings a fork (``ulrec loop --fork-from RUN --fork-at K``) may change: each acts on iteration K and later
+#: (its rollout, labels, KTO data or KTO stage), so the stages it copies from RUN are what it would have run itself.
+FORK_CHANGES = ("iterations", "temperature", "top_p", "episodes", "min_positives", "extra_negatives",
+                "kto_learning_rate", "kto_lr_decay", "kto_max_steps", "beta", "sft_alpha", "reference", "replay",
+                "teacher_replay", "loss_type", "save_steps")
+#: Of those, the ones that change iteration K's sessions or their labels: a fork that changes one reruns iteration
+#: K from its rollout (with ULRec-P's SFT when K is 1); otherwise it copies iteration K's stages before the KTO data.
+FORK_ROLLOUT_CHANGES = ("temperature", "top_p", "episodes", "min_positives", "extra_negatives")
+#: Iteration K's stages before its KTO data, and the folder each writes.
+_PRE_KTO_STAGES = {"rollout": "rollout", "label": "labels", "tune-ulrec-p": "ulrec-p", "eval-ulrec-p": None,
+                   "rollout-own": "rollout-own", "labels-own": "labels-own"}
+
+
+def fork_run(parent: str | os.PathLike, at: int, settings: LoopSettings, out: str | os.PathLike,
+             log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Start run ``out`` as a copy of run ``parent`` up to iteration ``at``, to go on with ``settings``.
+
+    A variant of one setting then costs only the iterations it changes: the reference evaluations, the base
+    evaluation and iterations ``1 .. at-1`` (and iteration ``at``'s rollout and labels, unless a setting of
+    :data:`FORK_ROLLOUT_CHANGES` changed) are copied, stages and folders, and the loop runs the rest. ``settings``
+    may differ from the parent's only in :data:`FORK_CHANGES`. What was copied and changed is written to
+    ``out/fork.json``; the copied stages' records keep the parent's paths (where they were made).
+    Returns the ``fork.json`` document.
+    """
+    parent, out = Path(parent), Path(out)
+    if (out / "settings.json").is_file():
+        raise ValueError(f"{out} already holds a run; a fork starts in a new folder (choose another --out), "
+                         "or continue the fork with --resume and the same --fork-from/--fork-at.")
+    settings_file = parent / "settings.json"
+    if not settings_file.is_file():
+        raise ValueError(f"--fork-from {parent}: no settings.json there; name the folder of a `ulrec loop` run.")
+    parent_settings = LoopSettings.from_dict(json.loads(read_text_bounded(settings_file, "a run's settings.json")))
+    if isinstance(at, bool) or not isinstance(at, int) or not 1 <= at <= settings.iterations:
+        raise ValueError(f"`fork_at` must be an iteration from 1 to {settings.iterations} (--iterations), got {at!r}.")
+    diff = {k: v for k, v in settings_diff(parent_settings, settings).items() if k != "preset_overrides"}
+    bad = [k for k in diff if k not in FORK_CHANGES]
+    if bad:
+        raise ValueError(f"a fork of {parent} may change only {', '.join(FORK_CHANGES)} (they act from the forked "
+                         f"iteration on); it changes {', '.join(bad)}: start a new run for those.")
+    stages = Manifest(parent).stages
+    last = f"iter{at - 1}/eval-ulrec" if at > 1 else "iter0/eval"
+    if last not in stages:
+        raise ValueError(f"--fork-at {at}: {parent} has not finished stage {last}; resume it first, or fork earlier.")
+    rerun_rollout = any(k in FORK_ROLLOUT_CHANGES for k in diff)
+    keep = {name: rec for name, rec in stages.items()
+            if name == "references" or name.startswith("iter0/")
+            or (name.startswith("iter") and name.split("/")[0][4:].isdigit() and int(name.split("/")[0][4:]) < at)}
+    folders = [f"iter{j}" for j in range(1, at) if (parent / f"iter{j}").is_dir()]
+    if not rerun_rollout:
+        for short, folder in _PRE_KTO_STAGES.items():
+            name = f"iter{at}/{short}"
+            if name in stages:
+                keep[name] = stages[name]
+                if folder is not None:
+                    folders.append(f"iter{at}/{folder}")
+    out.mkdir(parents=True, exist_ok=True)
+    for rel in folders:
+        dst = out / rel
+        if dst.exists():
+            shutil.rmtree(dst)
+        shutil.copytree(parent / rel, dst)
+    doc = {"parent": str(parent.resolve()), "at": at, "changed": {k: [old, new] for k, (old, new) in diff.items()},
+           "copied_stages": sorted(keep), "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+    atomic_write_text(out / "fork.json", json.dumps(doc, indent=2))
+    atomic_write_text(out / "manifest.json", json.dumps({"stages": keep}, indent=2, default=float))
+    atomic_write_text(out / "settings.json", json.dumps(settings.to_dict(), indent=2))
+    changed = ", ".join(f"{k} {old!r} -> {new!r}" for k, (old, new) in diff.items()) or "nothing"
+    log(f"forked {parent} at iteration {at} into {out}: {len(keep)} stages copied; changed: {changed}")
+    return doc
+
+
+def check_fork(out: str | os.PathLike, parent: str | os.PathLike, at: int) -> None:
+    """A resumed fork names the parent and iteration it was forked from (``fork.json``)."""
+    path = Path(out) / "fork.json"
+    if not path.is_file():
+        raise ValueError(f"{out} holds a run that is not a fork; drop --fork-from/--fork-at to resume it.")
+    doc = json.loads(read_text_bounded(path, "a fork's fork.json"))
+    if doc.get("parent") != str(Path(parent).resolve()) or doc.get("at") != at:
+        raise ValueError(f"{out} is a fork of {doc.get('parent')} at iteration {doc.get('at')}, not of {parent} at "
+                         f"{at}; type those to resume it, or choose another --out.")
 
 
 class _Run:
@@ -709,13 +793,25 @@ def plot_learning_curve(doc: Mapping[str, Any], path: Path) -> None:
 
 def run_loop(settings: LoopSettings, out: str | os.PathLike, resume: bool = False, progress: bool = True,
              log: Callable[[str], None] = print, allow_unsafe_pickle: bool = False,
-             trust_remote_code: bool = False) -> dict[str, Any]:
+             trust_remote_code: bool = False, fork_from: str | os.PathLike | None = None,
+             fork_at: int | None = None) -> dict[str, Any]:
     """Run (or resume) the loop; returns the ``metrics.json`` document.
+
+    With ``fork_from`` and ``fork_at`` the run starts as a copy of that run up to iteration ``fork_at`` (see
+    :func:`fork_run`); resuming a fork names the same two.
 
     ``allow_unsafe_pickle`` trusts pickles in a ``billp:`` world's folder and in the base model's folder, and
     ``trust_remote_code`` the code a model folder ships (both off; see ``agents.models.load_model_and_tokenizer``).
     They are decisions about the files on this machine, not settings of the run, so they are not saved with it.
     """
+    if (fork_from is None) != (fork_at is None):
+        raise ValueError("`fork_from` and `fork_at` go together (--fork-from RUN --fork-at K).")
+    if fork_from is not None:
+        if (Path(out) / "settings.json").is_file() and resume:
+            check_fork(out, fork_from, fork_at)
+        else:
+            fork_run(fork_from, fork_at, settings, out, log)
+            resume = True
     run = _Run(settings, out, resume, progress, log, allow_unsafe_pickle, trust_remote_code)
     run.loop()
     return json.loads((run.out / "metrics.json").read_text())

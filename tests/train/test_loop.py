@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
 import json
 import os
@@ -240,7 +241,7 @@ def test_loop_settings_of_the_replay_options():
         LoopSettings(reference="ulrec-p", sft_first=False)
     with pytest.raises(ValueError, match="`reference` must be one of"):
         LoopSettings(reference="base")
-    with pytest.raises(ValueError, match="`teacher_replay` needs a `teacher`"):
+    with pytest.raises(ValueError, match="`teacher_replay` needs a `teacher`.*set it False.*--no-teacher-replay"):
         LoopSettings(teacher_replay=True)
     for bad in (-1, 1.5, True):
         with pytest.raises(ValueError, match="`replay` must be a non-negative integer"):
@@ -251,3 +252,71 @@ def test_loop_settings_of_the_replay_options():
     with pytest.raises(ValueError, match="`loss_type` must be one of"):
         LoopSettings(loss_type="sigmoid")
     assert LoopSettings(kto_learning_rate=1e-3, kto_lr_decay=0.5).kto_learning_rate_at(3) == pytest.approx(2.5e-4)
+
+
+def test_a_fork_copies_the_iterations_before_it_and_runs_the_rest(tmp_path, tiny_model_dir, capsys):
+    """`ulrec loop --fork-from RUN --fork-at 2 --sft-alpha 0`: RUN's references, base evaluation, iteration 1 and
+    iteration 2's rollout and labels are copied (stages and files), iteration 2's KTO stage runs with the changed
+    setting, and fork.json says what was copied and changed."""
+    from train.loop import fork_run
+
+    parent, fork = tmp_path / "run", tmp_path / "fork"
+    common = ["--world", "synthetic:3", "--model", tiny_model_dir, "--iterations", "2", "--episodes", "10",
+              "--eval-episodes", "6", "--max-episode-steps", "5", "--max-steps", "2", "--train-batch-size", "4",
+              "--gen-batch-size", "8", "--min-positives", "1", "--min-rating", "3.0", "--references", "greedy",
+              "--no-progress"]
+    assert main(["loop", *common, "--out", str(parent)]) == 0
+    assert main(["loop", "--fork-from", str(parent), "--fork-at", "2", "--sft-alpha", "0", "--out", str(fork),
+                 "--no-progress"]) == 0
+    doc = json.loads((fork / "fork.json").read_text())
+    assert doc["parent"] == str(parent.resolve()) and doc["at"] == 2 and doc["changed"] == {"sft_alpha": [0.1, 0.0]}
+    assert doc["copied_stages"] == sorted(["references", "iter0/eval", "iter1/rollout", "iter1/label",
+                                           "iter1/tune-ulrec-p", "iter1/eval-ulrec-p", "iter1/tune-ulrec",
+                                           "iter1/eval-ulrec", "iter2/rollout", "iter2/label"])
+    for f in ("iter1/ulrec/adapter_model.safetensors", "iter2/rollout/steps.jsonl", "iter2/labels/examples.jsonl"):
+        assert (fork / f).read_bytes() == (parent / f).read_bytes(), f
+    p_stages, f_stages = _stages(parent), _stages(fork)
+    assert all(f_stages[name] == p_stages[name] for name in doc["copied_stages"])
+    side_p = json.loads((parent / "iter2" / "ulrec" / "ulrec_adapter.json").read_text())
+    side_f = json.loads((fork / "iter2" / "ulrec" / "ulrec_adapter.json").read_text())
+    assert side_p["hyperparameters"]["sft_alpha"] == 0.1 and side_f["hyperparameters"]["sft_alpha"] == 0.0
+    assert side_f["init_adapter"] == str(fork / "iter1" / "ulrec")
+    settings = json.loads((fork / "settings.json").read_text())
+    assert settings["sft_alpha"] == 0.0 and settings["episodes"] == 10  # the parent's settings, one changed
+    evals = json.loads((fork / "metrics.json").read_text())["evals"]
+    assert [(e["iteration"], e["policy"]) for e in evals] == [(0, "base"), (1, "ulrec-p"), (1, "ulrec"), (2, "ulrec")]
+    # resuming the fork names the same parent and iteration; a finished fork redoes nothing
+    before = _stages(fork)
+    assert main(["loop", "--fork-from", str(parent), "--fork-at", "2", "--out", str(fork), "--resume",
+                 "--no-progress"]) == 0
+    assert _stages(fork) == before
+    with pytest.raises(ValueError, match="is a fork of .* at iteration 2, not of .* at 1"):
+        run_loop(LoopSettings.from_dict(settings), fork, resume=True, progress=False, fork_from=parent, fork_at=1)
+    with pytest.raises(ValueError, match="already holds a run"):
+        run_loop(LoopSettings.from_dict(settings), fork, progress=False, fork_from=parent, fork_at=2)
+    # a setting that changes iteration 2's sessions reruns it from its rollout: nothing of iteration 2 is copied
+    s = LoopSettings.from_dict(json.loads((parent / "settings.json").read_text()))
+    doc_t = fork_run(parent, 2, dataclasses.replace(s, temperature=0.9), tmp_path / "fork-t", log=lambda m: None)
+    assert not [n for n in doc_t["copied_stages"] if n.startswith("iter2/")]
+    assert not (tmp_path / "fork-t" / "iter2").exists() and (tmp_path / "fork-t" / "iter1" / "ulrec").is_dir()
+    # what a fork may not change, and forks the parent cannot give, are refused with the reason
+    with pytest.raises(ValueError, match="may change only .*; it changes world, sft_learning_rate"):
+        fork_run(parent, 2, dataclasses.replace(s, sft_learning_rate=1.0, world="synthetic:4"), tmp_path / "f1")
+    with pytest.raises(ValueError, match="must be an iteration from 1 to 2"):
+        fork_run(parent, 3, s, tmp_path / "f2")
+    # a fork may go on past its parent's last iteration (--iterations 3 --fork-at 3: all of the parent is copied) ...
+    doc_3 = fork_run(parent, 3, dataclasses.replace(s, iterations=3), tmp_path / "f3", log=lambda m: None)
+    assert doc_3["copied_stages"] == sorted(p_stages) and doc_3["changed"] == {"iterations": [2, 3]}
+    # ... but not start from an iteration its parent has not finished
+    half = tmp_path / "half"
+    half.mkdir()
+    (half / "settings.json").write_text((parent / "settings.json").read_text())
+    (half / "manifest.json").write_text(json.dumps({"stages": {k: v for k, v in p_stages.items()
+                                                               if k != "iter1/eval-ulrec"}}))
+    with pytest.raises(ValueError, match="has not finished stage iter1/eval-ulrec"):
+        fork_run(half, 2, s, tmp_path / "f3b")
+    with pytest.raises(ValueError, match="no settings.json there"):
+        fork_run(tmp_path / "nowhere", 1, s, tmp_path / "f4")
+    capsys.readouterr()
+    assert main(["loop", "--fork-from", str(parent), "--out", str(tmp_path / "f5")]) == 2
+    assert "--fork-from and --fork-at go together" in capsys.readouterr().err
