@@ -285,11 +285,9 @@ def settings_for_command(args: argparse.Namespace):
     """The loop settings of this command: a preset's (``--preset``) or the defaults, with the typed options laid
     over them; resuming a run, the saved ones with the typed options laid over them (so `--resume` alone
     continues a run as it was)."""
-    import json
     from pathlib import Path
 
-    from train.loop import PRESETS, LoopSettings
-    from ulrec_env.safe_io import read_text_bounded
+    from train.loop import PRESETS, LoopSettings, fork_parent_settings
 
     path = Path(args.out) / "settings.json"
     resuming = path.is_file() and (args.command == "compare" or args.resume)
@@ -299,10 +297,7 @@ def settings_for_command(args: argparse.Namespace):
     if (fork_from is None) != (getattr(args, "fork_at", None) is None):
         raise ValueError("--fork-from and --fork-at go together: --fork-from RUN --fork-at K.")
     if fork_from is not None and not resuming:  # the parent's settings, with the typed options laid over them
-        parent = Path(fork_from) / "settings.json"
-        if not parent.is_file():
-            raise ValueError(f"--fork-from {fork_from}: no settings.json there; name the folder of a `ulrec loop` run.")
-        base = LoopSettings.from_dict(json.loads(read_text_bounded(parent, "a run's settings.json")))
+        base = fork_parent_settings(fork_from)
         if preset is not None and base.preset != preset:
             raise ValueError(f"--fork-from {fork_from} is a run of "
                              f"{'preset ' + repr(base.preset) if base.preset else 'no preset'}, not --preset {preset}; "
@@ -311,7 +306,7 @@ def settings_for_command(args: argparse.Namespace):
         overrides = tuple(sorted(set(base.preset_overrides) | set(typed))) if base.preset else ()
         return dataclasses.replace(loop_settings_from_args(args, base), preset_overrides=overrides)
     if resuming:
-        base = LoopSettings.from_dict(json.loads(read_text_bounded(path, "a run's settings.json")))
+        base = LoopSettings.from_run(args.out)
         if preset is not None and base.preset != preset:
             raise ValueError(f"{args.out} holds a run of {'preset ' + repr(base.preset) if base.preset else 'no preset'}, "
                              f"not --preset {preset}; drop --preset to resume it, or choose another --out.")
@@ -390,17 +385,15 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 def _holds_demo_run(out: str, settings) -> bool:
     """Whether ``out`` holds a run of these demo settings (to resume); a run of other settings (an earlier
     version's demo) is refused rather than resumed with its old settings."""
-    import json
     from pathlib import Path
 
     from train.loop import LoopSettings
-    from ulrec_env.safe_io import read_text_bounded
 
     path = Path(out) / "settings.json"
     if not path.is_file():
         return False
     try:
-        saved = LoopSettings.from_dict(json.loads(read_text_bounded(path, "a run's settings.json")))
+        saved = LoopSettings.from_run(out)
     except (ValueError, TypeError):
         saved = None
     if saved != settings:

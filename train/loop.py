@@ -247,6 +247,11 @@ class LoopSettings:
             raise ValueError(f"settings.json has unknown field(s) {sorted(unknown)}; it was written by another version.")
         return cls(**{k: (tuple(v) if k in ("references", "preset_overrides") else v) for k, v in d.items()})
 
+    @classmethod
+    def from_run(cls, folder: str | os.PathLike) -> "LoopSettings":
+        """The settings saved with the run in ``folder`` (its ``settings.json``)."""
+        return cls.from_dict(json.loads(read_text_bounded(Path(folder) / "settings.json", "a run's settings.json")))
+
     def kto_learning_rate_at(self, k: int) -> float:
         """The KTO learning rate of iteration ``k`` (1-based)."""
         return self.kto_learning_rate * self.kto_lr_decay ** (k - 1)
@@ -342,6 +347,19 @@ _PRE_KTO_STAGES = {"rollout": "rollout", "label": "labels", "tune-ulrec-p": "ulr
                    "rollout-own": "rollout-own", "labels-own": "labels-own"}
 
 
+def fork_parent_settings(parent: str | os.PathLike) -> LoopSettings:
+    """The settings of run ``parent``, which a fork starts from; a folder without ``settings.json`` is refused."""
+    if not (Path(parent) / "settings.json").is_file():
+        raise ValueError(f"--fork-from {parent}: no settings.json there; name the folder of a `ulrec loop` run.")
+    return LoopSettings.from_run(parent)
+
+
+def _stage_iteration(name: str) -> int | None:
+    """The iteration of a stage named ``iterK/...``; None for the others (``references``, ``ablation/...``)."""
+    head = name.split("/")[0]
+    return int(head[4:]) if head.startswith("iter") and head[4:].isdigit() else None
+
+
 def fork_run(parent: str | os.PathLike, at: int, settings: LoopSettings, out: str | os.PathLike,
              log: Callable[[str], None] = print) -> dict[str, Any]:
     """Start run ``out`` as a copy of run ``parent`` up to iteration ``at``, to go on with ``settings``.
@@ -357,10 +375,7 @@ def fork_run(parent: str | os.PathLike, at: int, settings: LoopSettings, out: st
     if (out / "settings.json").is_file():
         raise ValueError(f"{out} already holds a run; a fork starts in a new folder (choose another --out), "
                          "or continue the fork with --resume and the same --fork-from/--fork-at.")
-    settings_file = parent / "settings.json"
-    if not settings_file.is_file():
-        raise ValueError(f"--fork-from {parent}: no settings.json there; name the folder of a `ulrec loop` run.")
-    parent_settings = LoopSettings.from_dict(json.loads(read_text_bounded(settings_file, "a run's settings.json")))
+    parent_settings = fork_parent_settings(parent)
     if isinstance(at, bool) or not isinstance(at, int) or not 1 <= at <= settings.iterations:
         raise ValueError(f"`fork_at` must be an iteration from 1 to {settings.iterations} (--iterations), got {at!r}.")
     diff = {k: v for k, v in settings_diff(parent_settings, settings).items() if k != "preset_overrides"}
@@ -374,8 +389,7 @@ def fork_run(parent: str | os.PathLike, at: int, settings: LoopSettings, out: st
         raise ValueError(f"--fork-at {at}: {parent} has not finished stage {last}; resume it first, or fork earlier.")
     rerun_rollout = any(k in FORK_ROLLOUT_CHANGES for k in diff)
     keep = {name: rec for name, rec in stages.items()
-            if name == "references" or name.startswith("iter0/")
-            or (name.startswith("iter") and name.split("/")[0][4:].isdigit() and int(name.split("/")[0][4:]) < at)}
+            if name == "references" or ((j := _stage_iteration(name)) is not None and j < at)}
     folders = [f"iter{j}" for j in range(1, at) if (parent / f"iter{j}").is_dir()]
     if not rerun_rollout:
         for short, folder in _PRE_KTO_STAGES.items():
@@ -418,9 +432,8 @@ class _Run:
                  log: Callable[[str], None] = print, allow_unsafe_pickle: bool = False,
                  trust_remote_code: bool = False) -> None:
         self.out = Path(out)
-        settings_file = self.out / "settings.json"
-        if settings_file.is_file():
-            saved = LoopSettings.from_dict(json.loads(read_text_bounded(settings_file, "a run's settings.json")))
+        if (self.out / "settings.json").is_file():
+            saved = LoopSettings.from_run(self.out)
             if not resume:
                 raise ValueError(f"{self.out} already holds a run; pass --resume to continue it or choose another --out.")
             if saved != settings:
@@ -429,7 +442,7 @@ class _Run:
                 settings = saved
         else:
             self.out.mkdir(parents=True, exist_ok=True)
-            atomic_write_text(settings_file, json.dumps(settings.to_dict(), indent=2))
+            atomic_write_text(self.out / "settings.json", json.dumps(settings.to_dict(), indent=2))
         self.settings, self.progress, self.log = settings, progress, log
         log(describe_settings(settings))
         self.manifest = Manifest(self.out)
