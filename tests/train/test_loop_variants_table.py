@@ -1,0 +1,76 @@
+"""benchmarks/loop_variants.py: the table of a loop run's forks, read from their metrics.json and fork.json."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+
+_SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "loop_variants.py"
+
+
+def _load():
+    spec = importlib.util.spec_from_file_location("loop_variants", _SCRIPT)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def _eval(iteration, len_mean, curve):
+    return {"policy": "ulrec", "iteration": iteration, "len_mean": len_mean, "len_ci95": 0.5,
+            "return_mean": 4 * len_mean, "return_ci95": 2.0,
+            "training": {"desirable": 10, "undesirable": 4, "train_seconds": 1.0, "train_curve": curve}}
+
+
+def _run(folder: Path, evals, fork=None) -> Path:
+    folder.mkdir()
+    (folder / "metrics.json").write_text(json.dumps({"evals": evals}))
+    if fork is not None:
+        (folder / "fork.json").write_text(json.dumps(fork))
+    return folder
+
+
+def _log(chosen, rejected, kl):
+    return {"step": 10, "rewards/chosen": chosen, "rewards/rejected": rejected, "rewards/margins": chosen - rejected,
+            "kl": kl}
+
+
+def test_rows_say_what_each_fork_changed_and_count_the_kto_symptoms(tmp_path, capsys):
+    mod = _load()
+    parent = _run(tmp_path / "parent", [
+        {"policy": "base", "iteration": 0, "len_mean": 4.0, "len_ci95": 0.2, "return_mean": 16.0, "return_ci95": 1.0},
+        _eval(1, 6.0, [_log(0.5, -0.5, 0.1)]),
+        _eval(2, 7.0, [_log(1.0, -1.0, 0.2), _log(2.0, -1.0, 0.0)]),
+    ])
+    fork = _run(tmp_path / "ref-init", [_eval(1, 6.0, []), _eval(2, 5.5, [_log(-1.0, -2.0, 0.0),
+                                                                           _log(-0.5, -1.5, 0.0),
+                                                                           _log(0.5, -1.0, 0.3)])],
+                fork={"parent": str(parent.resolve()), "at": 2,
+                      "changed": {"reference": ["ulrec-p", "init"], "iterations": [3, 2]}})
+    doc = mod.main([str(parent), str(fork), "--iteration", "2", "--json", str(tmp_path / "t.json")])
+    control, variant = doc["rows"]
+    assert doc["before"]["len_mean"] == 6.0
+    assert control["changes"] == {} and variant["changes"] == {"reference": "init"}  # --iterations is not a change
+    assert (variant["kto_logs"], variant["logs_chosen_negative"], variant["logs_kl_zero"]) == (3, 2, 2)
+    assert (control["logs_chosen_negative"], control["logs_kl_zero"]) == (0, 1)
+    assert variant["rewards_chosen_mean"] == pytest.approx(-1.0 / 3)
+    assert control["rewards_margins_mean"] == pytest.approx(2.5)
+    out = capsys.readouterr().out
+    assert "| reference=init | 5.50 ± 0.50 |" in out and "| -1.50 |" in out and "| 2/3, 2/3 |" in out
+    assert json.loads((tmp_path / "t.json").read_text())["rows"][1]["len_mean"] == 5.5
+
+
+def test_a_run_that_is_not_a_fork_of_the_parent_at_that_iteration_is_refused(tmp_path):
+    mod = _load()
+    parent = _run(tmp_path / "parent", [_eval(2, 7.0, [])])
+    other = _run(tmp_path / "other", [_eval(2, 7.0, [])],
+                 fork={"parent": str(tmp_path / "elsewhere"), "at": 2, "changed": {"replay": [1, 0]}})
+    plain = _run(tmp_path / "plain", [_eval(2, 7.0, [])])
+    with pytest.raises(SystemExit, match="not from"):
+        mod.main([str(parent), str(other)])
+    with pytest.raises(SystemExit, match="no fork.json"):
+        mod.main([str(parent), str(plain)])
+    with pytest.raises(SystemExit, match="no evaluation of ulrec at iteration 3"):
+        mod.main([str(parent), "--iteration", "3"])
