@@ -51,7 +51,8 @@ def test_interrupted_conversion_leaves_no_cache(monkeypatch, tmp_path):
 def test_load_local_folder_and_adapter(saved_tiny, tmp_path, small_world):
     peft = pytest.importorskip("peft")
     model, tok = models.load_model_and_tokenizer(saved_tiny, device="cpu")
-    assert model.dtype == torch.float32 and not model.training and tok.pad_token_id is not None
+    # "auto": bfloat16 on a CPU that computes it natively (AMX / AVX512-BF16), float32 elsewhere
+    assert model.dtype == models.resolve_dtype(None, torch.device("cpu")) and not model.training and tok.pad_token_id is not None
     lora = peft.get_peft_model(model, peft.LoraConfig(r=2, target_modules=["q_proj", "v_proj"], init_lora_weights=False))
     lora.save_pretrained(tmp_path / "adapter")
     agent = LLMRecommender.from_pretrained(saved_tiny, adapter=tmp_path / "adapter", device="cpu").bind(small_world)
@@ -63,14 +64,17 @@ def test_load_local_folder_and_adapter(saved_tiny, tmp_path, small_world):
     assert records[0].logprob == pytest.approx(agent.completion_logprob(records[0].prompt, records[0].completion), abs=1e-4)
 
 
-def test_bad_load_arguments(saved_tiny):
+def test_bad_load_arguments(saved_tiny, monkeypatch):
     with pytest.raises(FileNotFoundError, match="adapter"):
         models.load_model_and_tokenizer(saved_tiny, device="cpu", adapter=saved_tiny / "nope")
     with pytest.raises(ValueError, match="dtype"):
         models.load_model_and_tokenizer(saved_tiny, device="cpu", dtype="float7")
     with pytest.raises(ValueError, match="device"):
         models.resolve_device("tpu:9")
-    assert models.resolve_dtype(None, torch.device("cpu")) == torch.float32
+    for native, expected in ((False, torch.float32), (True, torch.bfloat16)):  # the same on every CPU
+        monkeypatch.setattr(models, "cpu_supports_bf16", lambda native=native: native)
+        assert models.resolve_dtype(None, torch.device("cpu")) == expected
+        assert models.resolve_dtype("auto", torch.device("cpu")) == expected
 
 
 @pytest.mark.slow

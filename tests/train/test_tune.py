@@ -218,16 +218,18 @@ def test_bad_save_steps(data_dir, tiny_model, tiny_tokenizer, tmp_path):
 
 def test_kto_against_another_reference_adapter(data_dir, tiny_model_factory, tiny_tokenizer, tmp_path):
     """`reference_adapter`: the frozen reference holds that adapter's weights (not the initial one's), which the
-    first logged implicit rewards show: zero against the initial adapter itself, non-zero against another."""
+    first logged implicit rewards show: zero against the initial adapter itself, non-zero against another. In float32
+    everywhere: bf16 autocast (dtype "auto" on a CPU with AMX) rounds the two references differently."""
     def sft(out, lr, **cfg):
         return tune("sft", data_dir, tiny_model_factory(0), tokenizer=tiny_tokenizer, out=tmp_path / out, max_steps=2,
-                    config=TuneConfig(trainer_args=small_args("sft", learning_rate=lr), **cfg)).out
+                    config=TuneConfig(trainer_args=small_args("sft", learning_rate=lr, dtype="float32"), **cfg)).out
 
     a, b = sft("a", 1e-2), sft("b", 5e-2)
 
     def kto(out, reference):
         return tune("kto", data_dir, tiny_model_factory(0), tokenizer=tiny_tokenizer, out=tmp_path / out, max_steps=1,
-                    init_adapter=a, config=TuneConfig(trainer_args=small_args("kto"), reference_adapter=reference))
+                    init_adapter=a, config=TuneConfig(trainer_args=small_args("kto", dtype="float32"),
+                                                    reference_adapter=reference))
 
     def first_rewards(result):
         entry = next(h for h in result.log_history if "rewards/chosen" in h or "rewards/rejected" in h)
