@@ -64,17 +64,14 @@ def test_load_local_folder_and_adapter(saved_tiny, tmp_path, small_world):
     assert records[0].logprob == pytest.approx(agent.completion_logprob(records[0].prompt, records[0].completion), abs=1e-4)
 
 
-def test_bad_load_arguments(saved_tiny, monkeypatch):
+def test_bad_load_arguments(saved_tiny):
     with pytest.raises(FileNotFoundError, match="adapter"):
         models.load_model_and_tokenizer(saved_tiny, device="cpu", adapter=saved_tiny / "nope")
     with pytest.raises(ValueError, match="dtype"):
         models.load_model_and_tokenizer(saved_tiny, device="cpu", dtype="float7")
     with pytest.raises(ValueError, match="device"):
         models.resolve_device("tpu:9")
-    for native, expected in ((False, torch.float32), (True, torch.bfloat16)):  # the same on every CPU
-        monkeypatch.setattr(models, "cpu_supports_bf16", lambda native=native: native)
-        assert models.resolve_dtype(None, torch.device("cpu")) == expected
-        assert models.resolve_dtype("auto", torch.device("cpu")) == expected
+    # what "auto" resolves to on each kind of CPU: test_auto_dtype_is_bf16_only_where_the_cpu_computes_it
 
 
 @pytest.mark.slow
@@ -86,7 +83,9 @@ def test_real_smollm2(default_world):
     t = time.perf_counter()
     again = models.resolve_model_path()
     assert again == str(path) and time.perf_counter() - t < 5
-    agent = LLMRecommender.from_pretrained(device="cpu").bind(default_world)
+    # float32: under bf16 (dtype "auto" on a CPU with AMX) the cached decode's log-prob and a fresh forward pass
+    # round differently (about 1% apart on SmolLM2), beyond the 1e-3 this checks
+    agent = LLMRecommender.from_pretrained(device="cpu", dtype="float32").bind(default_world)
     assert getattr(agent.model.config, "quantization_config", None) is None
     assert getattr(agent.model, "hf_quantizer", None) is None
     env = ULRecVectorEnv(num_envs=2, world=default_world)
