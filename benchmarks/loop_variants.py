@@ -21,33 +21,49 @@ import sys
 from pathlib import Path
 from typing import Any
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from ulrec_env.safe_io import read_text_bounded  # noqa: E402
+
 
 def _mean(values: list[float]) -> float | None:
     return sum(values) / len(values) if values else None
 
 
-def variant_row(run: Path, iteration: int, parent: Path | None) -> dict[str, Any]:
-    """The row of one run: what it changed (from ``fork.json``), ULRec at ``iteration`` and its KTO logs."""
+def _read_json(path: Path, what: str) -> Any:
+    return json.loads(read_text_bounded(path, what))
+
+
+def read_run(run: Path, parent: Path | None, iteration: int) -> tuple[dict[str, Any], dict[str, Any]]:
+    """``(metrics.json, changed settings)`` of one run; with ``parent``, the run must be its fork at ``iteration``
+    (``fork.json``), and the changes are the settings it typed (``--iterations`` aside)."""
     metrics = run / "metrics.json"
     if not metrics.is_file():
         raise SystemExit(f"{run}: no metrics.json; name the folder of a `ulrec loop` run that has evaluated "
                          f"iteration {iteration}.")
-    doc = json.loads(metrics.read_text())
-    changes: dict[str, Any] = {}
+    doc = _read_json(metrics, "a run's metrics.json")
+    if parent is None:
+        return doc, {}
     fork = run / "fork.json"
-    if parent is not None:
-        if not fork.is_file():
-            raise SystemExit(f"{run}: no fork.json; a variant is a fork (`ulrec loop --fork-from {parent} "
-                             f"--fork-at {iteration} ...`).")
-        info = json.loads(fork.read_text())
-        if Path(info["parent"]).resolve() != parent.resolve() or int(info["at"]) != iteration:
-            raise SystemExit(f"{run}: forked from {info['parent']} at {info['at']}, not from {parent} at "
-                             f"{iteration}.")
-        changes = {k: new for k, (_old, new) in info["changed"].items() if k != "iterations"}
+    if not fork.is_file():
+        raise SystemExit(f"{run}: no fork.json; a variant is a fork (`ulrec loop --fork-from {parent} "
+                         f"--fork-at {iteration} ...`).")
+    info = _read_json(fork, "a fork's fork.json")
+    if Path(info["parent"]).resolve() != parent.resolve() or int(info["at"]) != iteration:
+        raise SystemExit(f"{run}: forked from {info['parent']} at {info['at']}, not from {parent} at {iteration}.")
+    return doc, {k: new for k, (_old, new) in info["changed"].items() if k != "iterations"}
+
+
+def _ulrec_eval(doc: dict[str, Any], iteration: int) -> dict[str, Any] | None:
     evals = [e for e in doc["evals"] if e["policy"] == "ulrec" and int(e["iteration"]) == iteration]
-    if not evals:
+    return evals[-1] if evals else None
+
+
+def variant_row(run: Path, doc: dict[str, Any], changes: dict[str, Any], iteration: int) -> dict[str, Any]:
+    """The row of one run: what it changed, ULRec at ``iteration`` and the logs of the KTO stage that trained it."""
+    e = _ulrec_eval(doc, iteration)
+    if e is None:
         raise SystemExit(f"{run}: no evaluation of ulrec at iteration {iteration} in metrics.json yet.")
-    e = evals[-1]
     training = e.get("training") or {}
     curve = [c for c in training.get("train_curve") or [] if "rewards/chosen" in c]
     chosen = [float(c["rewards/chosen"]) for c in curve]
@@ -100,14 +116,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if args.iteration < 1:
         raise SystemExit(f"--iteration {args.iteration}: must be 1 or more (the iteration the forks start at).")
     parent = args.runs[0]
-    rows = [variant_row(parent, args.iteration, None)]
-    rows += [variant_row(run, args.iteration, parent) for run in args.runs[1:]]
-    before = None
-    if args.iteration > 1:
-        try:
-            before = variant_row(parent, args.iteration - 1, None)
-        except SystemExit:
-            before = None
+    parent_doc, _ = read_run(parent, None, args.iteration)
+    rows = [variant_row(parent, parent_doc, {}, args.iteration)]
+    rows += [variant_row(run, *read_run(run, parent, args.iteration), args.iteration) for run in args.runs[1:]]
+    # the parent's previous iteration, where it has one (iteration 1's predecessor, ULRec-P, is not a ulrec row)
+    before = (variant_row(parent, parent_doc, {}, args.iteration - 1)
+              if _ulrec_eval(parent_doc, args.iteration - 1) is not None else None)
     print(format_rows(rows, before))
     doc = {"parent": str(parent), "iteration": args.iteration, "before": before, "rows": rows}
     if args.json:
