@@ -211,8 +211,17 @@ class GenreCyclePolicy(Policy):
             cols = [vocab[w] for ws in words for w in ws]
             self._words = sparse.csr_matrix((np.ones(len(rows)), (rows, cols)), shape=(len(words), max(len(vocab), 1)))
 
-    def _act_batch(self, obs: Mapping[str, np.ndarray]) -> np.ndarray:
+    def tiers(self, obs: Mapping[str, np.ndarray]) -> np.ndarray:
+        """How much the rule wants each item, ``(n, n_items)`` int8: 2 for an item whose genres are all in the read
+        history and none in the window ("fresh and liked"), 1 for one with no genre in the window ("fresh"), 0 for
+        any other item not shown yet, -1 for items already shown; with ``copy_words``, 3 for a fresh and liked item
+        whose title shares a word with a read history title. The rule picks at random among its highest tier, so
+        ``tiers(obs)[i, a]`` against ``tiers(obs)[i].max()`` says whether another policy's action ``a`` is one
+        the rule could have taken (``benchmarks/teacher_tiers.py``)."""
         from scipy import sparse
+
+        if self.world is None:
+            raise RuntimeError(f"policy {self.name!r} is not bound to a world; call policy.bind(world) first.")
 
         def selector(items: np.ndarray, keep: np.ndarray) -> "sparse.csr_matrix":
             # (n, n_items): 1 where a session's row reads an item (repeats add up; only > 0 matters below).
@@ -228,11 +237,17 @@ class GenreCyclePolicy(Policy):
         fresh = (win_genres > 0).astype(np.float64) @ member.T == 0  # (n, n_items): no genre in the window
         # Every genre occurs in the history (an item without genres is not known to be liked).
         liked = ((hist_genres == 0).astype(np.float64) @ member.T == 0) & self._has_genre
-        # Tiers as score offsets: fresh and liked (2), fresh (1), anything unseen (0); random within a tier.
-        score = self._rng.random(fresh.shape) + fresh + (fresh & liked)
+        tier = fresh.astype(np.int8) + (fresh & liked)
         if self.copy_words:
             # (n, n_items): shares a word with a read history title; a third tier above "fresh and liked".
             shared = ((read @ self._words) @ self._words.T).toarray() > 0
-            score += fresh & liked & shared
-        score[shown_mask(obs["recommended"], n_items)] = -np.inf
+            tier += fresh & liked & shared
+        tier[shown_mask(obs["recommended"], n_items)] = -1
+        return tier
+
+    def _act_batch(self, obs: Mapping[str, np.ndarray]) -> np.ndarray:
+        # Tiers as score offsets, random within a tier; shown items never.
+        tier = self.tiers(obs)
+        score = self._rng.random(tier.shape) + tier
+        score[tier < 0] = -np.inf
         return score.argmax(axis=1)

@@ -130,9 +130,9 @@ def main(argv: list[str] | None = None) -> dict:
 
     loop_eval = {}
     if args.loop_eval:
-        from train.loop import _eval_users
+        from train.loop import eval_users
 
-        users = _eval_users(world, settings)
+        users = eval_users(world, settings)
         if args.eval_users:
             users = users[: args.eval_users]
         for engine in engines:

@@ -277,26 +277,36 @@ class Manifest:
         atomic_write_text(self.path, json.dumps({"stages": self.stages}, indent=2, default=float))
 
 
+def evaluation_agent(settings: LoopSettings, adapter: str | None, name: str, allow_unsafe_pickle: bool = False,
+                     trust_remote_code: bool = False) -> Any:
+    """The agent the loop evaluates: the base model (``adapter=None``) or an adapter, greedy decoding, in the run's
+    prompt format, dtype and engine, without scoring its completions."""
+    from agents.llm import LLMRecommender
+
+    return LLMRecommender.from_pretrained(settings.model, adapter=adapter, temperature=0.0,
+                                          batch_size=settings.gen_batch_size, seed=settings.seed, name=name,
+                                          prompt_format=settings.prompt_format, dtype=settings.dtype,
+                                          score_completions=False, engine=settings.engine,
+                                          allow_unsafe_pickle=allow_unsafe_pickle, trust_remote_code=trust_remote_code)
+
+
 def evaluate_llm(world, settings: LoopSettings, users: np.ndarray, adapter: str | None, name: str,
                  progress: bool = True, allow_unsafe_pickle: bool = False,
                  trust_remote_code: bool = False, journal: str | os.PathLike | None = None) -> dict[str, Any]:
     """Greedy-decoding evaluation of the base model (``adapter=None``) or an adapter on ``users`` (finished batches
     of sessions kept in ``journal``, see ``agents.evaluation.run_policy``)."""
-    from agents.llm import LLMRecommender
     from train.pipeline import evaluate_policy
 
-    policy = LLMRecommender.from_pretrained(settings.model, adapter=adapter, temperature=0.0,
-                                            batch_size=settings.gen_batch_size, seed=settings.seed, name=name,
-                                            prompt_format=settings.prompt_format, dtype=settings.dtype,
-                                            score_completions=False, engine=settings.engine,
-                                            allow_unsafe_pickle=allow_unsafe_pickle, trust_remote_code=trust_remote_code)
+    policy = evaluation_agent(settings, adapter, name, allow_unsafe_pickle=allow_unsafe_pickle,
+                              trust_remote_code=trust_remote_code)
     return evaluate_policy(policy, world, users, seed=settings.seed, env_settings=settings.env,
                            max_episode_steps=settings.max_episode_steps, batch_size=settings.gen_batch_size,
                            progress=progress, journal=journal, journal_tag={"adapter": adapter, "model": settings.model},
                            name=name)
 
 
-def _eval_users(world, settings: LoopSettings) -> np.ndarray:
+def eval_users(world, settings: LoopSettings) -> np.ndarray:
+    """The test users a run with ``settings`` evaluates on (``eval_episodes`` of them, or all)."""
     from agents.evaluation import choose_users
 
     return choose_users(world, "test", settings.eval_episodes, settings.seed)
@@ -450,7 +460,7 @@ class _Run:
 
         self.allow_unsafe_pickle, self.trust_remote_code = allow_unsafe_pickle, trust_remote_code
         self.world = world_from_spec(settings.world, allow_unsafe_pickle=allow_unsafe_pickle)
-        self.users = _eval_users(self.world, settings)
+        self.users = eval_users(self.world, settings)
         self._tb = _tensorboard_writer(self.out / "tb")
 
     def stage(self, name: str, fn: Callable[[], Mapping[str, Any]], folder: Path | None = None) -> dict[str, Any]:

@@ -172,6 +172,7 @@ def test_genre_cycle_reads_only_the_prompt_and_follows_its_rule(default_world, c
     obs, _ = env.reset(seed=0, options={"users": world.test_users[:16]})
     checked = copied = 0
     for _ in range(8):
+        tiers = policy.tiers(obs)
         actions = policy.act_batch(obs)
         for r, a in enumerate(actions):
             history = obs["history"][r][obs["history"][r] >= 0][-6:]
@@ -189,6 +190,15 @@ def test_genre_cycle_reads_only_the_prompt_and_follows_its_rule(default_world, c
             if copy_words and any(title_words(world.titles[i]) & words for i in qualifying):
                 assert title_words(world.titles[a]) & words
                 copied += 1
+            # tiers() says the same, item by item, and the pick is always in the highest tier
+            fresh = [i for i in range(world.n_items) if i not in shown and not set(world.genres[i]) & recent]
+            expect = np.zeros(world.n_items, dtype=int)
+            expect[fresh] = 1
+            expect[qualifying] = 2
+            if copy_words:
+                expect[[i for i in qualifying if title_words(world.titles[i]) & words]] = 3
+            expect[sorted(shown)] = -1
+            assert (tiers[r] == expect).all() and tiers[r, a] == tiers[r].max()
         obs, _, term, _, _ = env.step(actions)
         assert not term.any()
     assert checked > 16
@@ -205,6 +215,9 @@ def test_genre_cycle_falls_back_when_nothing_qualifies(small_world):
         policy = GenreCyclePolicy(max_history=1, window=1, seed=seed).bind(small_world)
         a = int(policy.act_batch(obs)[0])
         assert a != same and not set(small_world.genres[a]) & set(small_world.genres[same])
+    assert policy.tiers(obs).max() == 1  # "fresh" is the highest tier this step offers
+    with pytest.raises(RuntimeError, match="bind"):
+        GenreCyclePolicy().tiers(obs)
 
 
 def test_genre_cycle_last_tier_and_items_without_genres(small_world):
