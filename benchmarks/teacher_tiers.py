@@ -2,7 +2,7 @@
 users, which of the `genre-cycle-words` rule's tiers their pick falls in.
 
     python benchmarks/teacher_tiers.py RUN [--episodes N] [--rules random,greedy,genre-cycle-words] [--no-llm]
-        [--json benchmarks/results/teacher-tiers.json]
+        [--llm base,ulrec-p@1] [--json benchmarks/results/teacher-tiers.json]
 
 The rule (``agents.baselines.GenreCyclePolicy.tiers``) ranks every item not shown yet from what the prompt shows:
 tier 3 "fresh, liked, shares a word" (no genre among the last recommended items, every genre in the read history, a
@@ -130,6 +130,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--rule", default="genre-cycle-words", choices=("genre-cycle", "genre-cycle-words"),
                     help="the rule whose tiers are counted")
     ap.add_argument("--no-llm", action="store_true", help="probe the rules only (no model is loaded)")
+    ap.add_argument("--llm", default=None,
+                    help="comma-separated agents to probe, each `base` or POLICY@K (`ulrec-p@1`, `ulrec@3`; default: "
+                         "the base model and every adapter of RUN)")
     ap.add_argument("--json", default=None, help="where to write the rows (JSON)")
     args = ap.parse_args(argv)
 
@@ -152,9 +155,17 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     def rule() -> Any:
         return make_policy(args.rule, **context)
 
+    agents = [("base", 0, None)] + run_adapters(args.run)
+    if args.llm is not None:
+        names = {f"{p}@{k}" if adapter else p: (p, k, adapter) for p, k, adapter in agents}
+        asked = [n.strip() for n in args.llm.split(",") if n.strip()]
+        missing = [n for n in asked if n not in names]
+        if missing:
+            raise SystemExit(f"--llm: {', '.join(missing)} not in {args.run} (it has {', '.join(names)}).")
+        agents = [names[n] for n in asked]
     rows = []
     if not args.no_llm:
-        for pol, k, adapter in [("base", 0, None)] + run_adapters(args.run):
+        for pol, k, adapter in agents:
             probe = TierProbe(evaluation_agent(settings, adapter, pol), rule())
             row = probe_row(probe, world, users, settings, pol, batch_size=settings.gen_batch_size)
             rows.append({**row, "iteration": k, "adapter": adapter})

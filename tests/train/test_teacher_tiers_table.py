@@ -62,7 +62,7 @@ def test_the_base_model_row_is_the_loops_evaluation_and_a_differing_run_is_noted
     loop_row = evaluate_llm(world, settings, users, None, "base", progress=False)
     (run / "metrics.json").write_text(json.dumps({"evals": [{**loop_row, "iteration": 0, "len_mean": 99.0}],
                                                   "references": []}))
-    doc = mod.main([str(run), "--rules", ""])
+    doc = mod.main([str(run), "--rules", "", "--llm", "base"])
     (row,) = doc["rows"]
     assert (row["policy"], row["iteration"], row["adapter"]) == ("base", 0, None)
     assert row["len_mean"] == loop_row["len_mean"] and row["steps"] == loop_row["user_steps"]
@@ -83,5 +83,7 @@ def test_adapters_are_found_in_loop_order_and_bad_input_is_named(tmp_path):
     run, _ = _run_folder(tmp_path)
     with pytest.raises(SystemExit, match="--episodes"):
         mod.main([str(run), "--no-llm", "--episodes", "0"])
+    with pytest.raises(SystemExit, match=r"--llm: ulrec@4 not in .* \(it has base\)"):
+        mod.main([str(run), "--llm", "base,ulrec@4"])
     probe = mod.TierProbe(make_policy("random"), make_policy("genre-cycle"))
     assert probe.stats()["top_share"] is None and not np.any(probe.picked)
