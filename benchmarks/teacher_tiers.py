@@ -176,8 +176,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     notes = []
     if args.episodes is None:
+        recorded = _run_metrics(args.run)
         for r in rows:
-            same = [e for e in _run_metrics(args.run)
+            same = [e for e in recorded
                     if e["policy"] == r["policy"] and (r["iteration"] is None or int(e.get("iteration") or 0) == r["iteration"])]
             if same and abs(same[-1]["len_mean"] - r["len_mean"]) > 1e-9:
                 notes.append(f"{r['policy']} @{r['iteration']}: Len {r['len_mean']:.3f} here, "

@@ -105,3 +105,15 @@ def tiny_model_dir(tmp_path_factory, tiny_model_factory, tiny_tokenizer) -> str:
     tiny_model_factory(0).save_pretrained(d)
     tiny_tokenizer.save_pretrained(d)
     return str(d)
+
+
+def load_benchmark(name: str):
+    """The script ``benchmarks/<name>.py`` imported as a module (the benchmarks are scripts, not a package)."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod

@@ -2,20 +2,16 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
 import pytest
 
-_SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "loop_variants.py"
+from tests.conftest import load_benchmark
 
 
 def _load():
-    spec = importlib.util.spec_from_file_location("loop_variants", _SCRIPT)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_benchmark("loop_variants")
 
 
 def _eval(iteration, len_mean, curve):

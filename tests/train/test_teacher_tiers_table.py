@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
@@ -12,16 +11,11 @@ import pytest
 from agents.benchmark import make_policy
 from train.loop import LoopSettings, eval_users, evaluate_llm
 from train.pipeline import evaluate_policy, rule_options
+from tests.conftest import load_benchmark
 from ulrec_env.worlds.spec import world_from_spec
 
-_SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "teacher_tiers.py"
-
-
 def _load():
-    spec = importlib.util.spec_from_file_location("teacher_tiers", _SCRIPT)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_benchmark("teacher_tiers")
 
 
 def _run_folder(tmp_path: Path, **kw) -> tuple[Path, LoopSettings]:
