@@ -94,6 +94,9 @@ class LoopSettings:
         teacher: A baseline (``mmr``, ``oracle``, ...) whose sessions replace the first iteration's rollouts, with
             the prompts the LLM would have seen; the paper tuned on a stronger model's trajectories. ``None``: the
             LLM rolls out itself from the start.
+        teacher_episodes: Sessions (train users) the teacher plays at the first iteration, ULRec-P's SFT data and
+            what ``teacher_replay`` replays (``None``: ``episodes``). The teacher's sessions cost no decoding, so
+            they can outnumber the LLM's own rollouts; needs ``teacher``.
         seed: Seeds rollouts (users and sampling), evaluation users and training.
         dtype: Compute dtype of rollouts, evaluations and tuning: ``"auto"`` (bfloat16 on a GPU or on a CPU with
             AMX/AVX512-BF16, float32 elsewhere), ``"float32"`` or ``"bfloat16"``. Tuning keeps float32 weights on
@@ -148,6 +151,7 @@ class LoopSettings:
     extra_negatives: int = 0
     references: tuple[str, ...] = field(default=REFERENCE_POLICIES, metadata={"metavar": "SPEC,SPEC"})
     teacher: str | None = field(default=None, metadata={"metavar": "SPEC"})
+    teacher_episodes: int | None = field(default=None, metadata={"metavar": "N|none"})
     seed: int = 0
     dtype: str = field(default="auto", metadata={"choices": DTYPE_CHOICES})
     engine: str = field(default="transformers", metadata={"choices": ENGINES})
@@ -179,7 +183,7 @@ class LoopSettings:
             raise ValueError(f"`temperature` must be >= 0, got {self.temperature}.")
         if self.epochs <= 0:
             raise ValueError(f"`epochs` must be > 0, got {self.epochs}.")
-        for name in ("lora_layers", "max_steps", "sft_max_steps", "kto_max_steps"):
+        for name in ("lora_layers", "max_steps", "sft_max_steps", "kto_max_steps", "teacher_episodes"):
             v = getattr(self, name)
             if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
                 raise ValueError(f"`{name}` must be None or a positive integer, got {v!r}.")
@@ -207,6 +211,10 @@ class LoopSettings:
             raise ValueError("`teacher_replay` needs a `teacher` (its sessions are what is replayed); without a "
                              "teacher set it False (`--no-teacher-replay`, e.g. `--preset headline --teacher none "
                              "--no-teacher-replay`).")
+        if self.teacher_episodes is not None and self.teacher is None:
+            raise ValueError("`teacher_episodes` sizes the teacher's sessions and needs a `teacher`; without a teacher "
+                             "set it None (`--teacher-episodes none`, e.g. `--preset headline --teacher none "
+                             "--teacher-episodes none --no-teacher-replay`).")
         if self.loss_type not in KTO_LOSS_TYPES:
             raise ValueError(f"`loss_type` must be one of {', '.join(KTO_LOSS_TYPES)}, got {self.loss_type!r}.")
         if isinstance(self.kto_lr_decay, bool) or not isinstance(self.kto_lr_decay, (int, float)) or not 0 < self.kto_lr_decay <= 1:
@@ -251,6 +259,11 @@ class LoopSettings:
     def from_run(cls, folder: str | os.PathLike) -> "LoopSettings":
         """The settings saved with the run in ``folder`` (its ``settings.json``)."""
         return cls.from_dict(json.loads(read_text_bounded(Path(folder) / "settings.json", "a run's settings.json")))
+
+    @property
+    def teacher_sessions(self) -> int:
+        """How many sessions the teacher plays at the first iteration (``teacher_episodes``, else ``episodes``)."""
+        return self.episodes if self.teacher_episodes is None else self.teacher_episodes
 
     def kto_learning_rate_at(self, k: int) -> float:
         """The KTO learning rate of iteration ``k`` (1-based)."""
@@ -505,7 +518,8 @@ class _Run:
                     s.model, adapter=adapter, temperature=s.temperature, top_p=s.top_p, batch_size=s.gen_batch_size,
                     seed=s.seed + k, prompt_format=s.prompt_format, dtype=s.dtype, engine=s.engine,
                     allow_unsafe_pickle=self.allow_unsafe_pickle, trust_remote_code=self.trust_remote_code)
-            summary = rollout_to_folder(policy, self.world, folder, episodes=s.episodes, split="train", seed=s.seed + k,
+            episodes = s.teacher_sessions if teacher else s.episodes
+            summary = rollout_to_folder(policy, self.world, folder, episodes=episodes, split="train", seed=s.seed + k,
                                         env_settings=s.env, max_episode_steps=s.max_episode_steps,
                                         batch_size=s.gen_batch_size, prompt_format=s.prompt_format,
                                         tokenizer=tokenizer, progress=self.progress,

@@ -118,16 +118,19 @@ def test_teacher_sessions_seed_the_first_iteration(tmp_path, tiny_model_dir):
     from train.rollout import load_rollout
 
     out = tmp_path / "run"
-    doc = run_loop(_settings(tiny_model_dir, iterations=1, teacher="genre-cycle", references=("genre-cycle-words",)),
-                   out, progress=False)
+    doc = run_loop(_settings(tiny_model_dir, iterations=1, teacher="genre-cycle", teacher_episodes=14,
+                             references=("genre-cycle-words",)), out, progress=False)
     records, meta = load_rollout(out / "iter1" / "rollout")
     assert meta["policy"] == "genre-cycle" and records
+    # the teacher plays its own number of sessions (teacher_episodes), the LLM `episodes`
+    assert len({r.episode for r in records}) == 14 and meta["episodes"] == 14
     assert [r["policy"] for r in doc["references"]] == ["genre-cycle-words"]
     assert all(r.prompt.endswith("<|im_start|>assistant\n") and r.completion == r.title + "\n" for r in records)
     assert [e["policy"] for e in doc["evals"]] == ["base", "ulrec-p", "ulrec"]
     # ULRec's KTO learns from ULRec-P's own sessions, not the teacher's
     own, own_meta = load_rollout(out / "iter1" / "rollout-own")
     assert own_meta["policy"] == "llm" and own_meta["adapter"] == str(out / "iter1" / "ulrec-p") and own
+    assert len({r.episode for r in own}) == 10 and own_meta["episodes"] == 10
     own_labels = json.loads((out / "iter1" / "labels-own" / "meta.json").read_text())
     sidecar = json.loads((out / "iter1" / "ulrec" / "ulrec_adapter.json").read_text())
     assert sidecar["label_counts"] == {"desirable": own_labels["n_desirable"], "undesirable": own_labels["n_undesirable"]}
@@ -243,6 +246,13 @@ def test_loop_settings_of_the_replay_options():
         LoopSettings(reference="base")
     with pytest.raises(ValueError, match="`teacher_replay` needs a `teacher`.*set it False.*--no-teacher-replay"):
         LoopSettings(teacher_replay=True)
+    with pytest.raises(ValueError, match="`teacher_episodes` .* needs a `teacher`.*--teacher-episodes none"):
+        LoopSettings(teacher_episodes=64)
+    for bad in (0, 1.5, True):
+        with pytest.raises(ValueError, match="`teacher_episodes` must be None or a positive integer"):
+            LoopSettings(teacher="genre-cycle", teacher_episodes=bad)
+    assert LoopSettings(teacher="genre-cycle", episodes=32).teacher_sessions == 32
+    assert LoopSettings(teacher="genre-cycle", episodes=32, teacher_episodes=96).teacher_sessions == 96
     for bad in (-1, 1.5, True):
         with pytest.raises(ValueError, match="`replay` must be a non-negative integer"):
             LoopSettings(replay=bad)
