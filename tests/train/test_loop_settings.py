@@ -198,3 +198,21 @@ def test_env_pairs_typed_again_on_resume_compare_equal(tmp_path):
     (out / "settings.json").write_text(json.dumps(first.to_dict()))
     again = settings_for_command(parse_command(argv))  # compare always resumes its folder
     assert again == first and LoopSettings.from_dict(json.loads((out / "settings.json").read_text())) == again
+
+
+def test_teacher_episodes_on_the_command_line(tmp_path):
+    from train.cli import parse_command, settings_for_command
+
+    out = str(tmp_path / "run")
+    more = settings_for_command(parse_command(["loop", "--preset", "headline", "--out", out, "--teacher-episodes", "384"]))
+    assert (more.teacher_episodes, more.teacher_sessions, more.episodes) == (384, 384, 128)
+    assert more.preset_overrides == ("teacher_episodes",)
+    plain = settings_for_command(parse_command(["loop", "--preset", "headline", "--out", out]))
+    assert plain.teacher_episodes is None and plain.teacher_sessions == plain.episodes
+    # without a teacher the option must be cleared too, and the error says how
+    with pytest.raises(ValueError, match="--teacher-episodes none"):
+        settings_for_command(parse_command(["loop", "--preset", "headline", "--out", out, "--teacher", "none",
+                                            "--no-teacher-replay", "--teacher-episodes", "64"]))
+    cleared = settings_for_command(parse_command(["loop", "--preset", "headline", "--out", out, "--teacher", "none",
+                                                  "--no-teacher-replay", "--teacher-episodes", "none"]))
+    assert cleared.teacher is None and cleared.teacher_episodes is None
