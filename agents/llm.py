@@ -35,7 +35,8 @@ from agents.prompting import (
     COMPLETION_TERMINATOR,
     PROMPT_FORMAT_VERSION,
     PromptFormat,
-    build_completion,
+    item_completion,
+    parse_completion,
     build_prompt,
     encode_completion,
     encode_prompt,
@@ -58,7 +59,7 @@ class DecodeRecord:
 
     Attributes:
         prompt: The exact prompt text given to the model.
-        completion: The completion text as produced (constrained: ``build_completion(title)``; free: the
+        completion: The completion text as produced (constrained: ``item_completion(world, item, prompt_format)``; free: the
             generated text up to and including the terminator).
         item: The item id acted on.
         title: The catalog title of ``item``.
@@ -305,7 +306,8 @@ class LLMRecommender(Policy):
         world = self.world
         assert world is not None
         if self.grounding == "constrained":
-            self.trie = TitleTrie.from_tokenizer(self.tokenizer, [build_completion(t) for t in world.titles])
+            self.trie = TitleTrie.from_tokenizer(
+                self.tokenizer, [item_completion(world, i, self.prompt_format) for i in range(world.n_items)])
         else:
             self.grounder = TitleGrounder(world.titles, embed=self._embed_texts)
         # The token prefix every prompt shares (system instruction, template): two prompts that differ from
@@ -666,7 +668,7 @@ class LLMRecommender(Policy):
             item = int(trie.leaf_item[node[r]])
             title = self.world.titles[item]
             records.append(
-                DecodeRecord(prompts[r], build_completion(title), item, title,
+                DecodeRecord(prompts[r], item_completion(self.world, item, self.prompt_format), item, title,
                              out_lp[r] if self.score_completions else math.nan, len(out_tokens[r]), "constrained")
             )
         return records
@@ -689,7 +691,8 @@ class LLMRecommender(Policy):
         records = []
         for prompt, d in zip(prompts, out):
             title = self.world.titles[d.item]
-            records.append(DecodeRecord(prompt, build_completion(title), d.item, title, d.logprob, len(d.tokens),
+            records.append(DecodeRecord(prompt, item_completion(self.world, d.item, self.prompt_format), d.item, title,
+                                        d.logprob, len(d.tokens),
                                         "constrained"))
         return records
 
@@ -735,7 +738,7 @@ class LLMRecommender(Policy):
         records = []
         for r in range(b):
             text = self.tokenizer.decode(out_tokens[r], skip_special_tokens=False)
-            title_text = self.tokenizer.decode(out_tokens[r], skip_special_tokens=True).split(COMPLETION_TERMINATOR, 1)[0]
+            title_text = parse_completion(self.tokenizer.decode(out_tokens[r], skip_special_tokens=True), self.prompt_format)
             g = self.grounder.ground(title_text, masked[r] if masked is not None else None)
             item = g.item
             if item < 0:  # nothing matched: fall back to the most popular allowed item (counted as failed)

@@ -26,6 +26,7 @@ from ulrec_env.world import World
 __all__ = [
     "COMPLETION_TERMINATOR",
     "COMPACT_INSTRUCTION",
+    "COMPLETION_STYLES",
     "INSTRUCTION",
     "PROMPT_FORMAT_VERSION",
     "PromptFormat",
@@ -37,12 +38,20 @@ __all__ = [
     "encode_completions",
     "encode_prompt",
     "format_item",
+    "item_completion",
     "parse_completion",
     "prompt_of_observation",
 ]
 
 #: How ``max_session`` cuts the session part of a prompt (see :func:`build_messages`).
 SESSION_WINDOWS = ("sliding", "block")
+
+#: What a completion holds for an item (:attr:`PromptFormat.completion`): ``"title"``, the title alone (the seed's
+#: format), or ``"genres-title"``, the item's genres, ``": "`` and its title (``"Sci-Fi/Drama: Moon Base"``).
+COMPLETION_STYLES = ("title", "genres-title")
+
+#: Separates the genres from the title in a ``"genres-title"`` completion.
+GENRES_SEPARATOR = ": "
 
 #: Version of the prompt and completion format below.
 PROMPT_FORMAT_VERSION = 1
@@ -98,12 +107,18 @@ class PromptFormat:
             ``max_session`` and ``2 * max_session - 1`` recent steps; lines are dropped ``max_session`` at a time,
             so for ``max_session - 1`` steps out of ``max_session`` the prompt extends the previous step's and the
             agent's session cache reuses it (see :class:`agents.llm.LLMRecommender`).
+        completion: What the model writes for the item it recommends (:data:`COMPLETION_STYLES`). ``"title"``:
+            the title alone, as in the seed. ``"genres-title"``: the item's genres (as the prompt shows them next
+            to every history and session item), ``": "``, then the title, so that the genres of a pick are
+            written, in tokens the prompt shows for the recent items, before its title is (see
+            :func:`item_completion`). The prompt text is the same for both.
     """
 
     max_history: int = 15
     max_session: int | None = field(default=None, metadata={"metavar": "N|none"})
     worked_example: bool = True
     session_window: str = field(default="sliding", metadata={"choices": SESSION_WINDOWS})
+    completion: str = field(default="title", metadata={"choices": COMPLETION_STYLES})
 
     def __post_init__(self) -> None:
         if isinstance(self.max_history, bool) or not isinstance(self.max_history, (int, np.integer)) or self.max_history < 0:
@@ -115,16 +130,21 @@ class PromptFormat:
             raise ValueError(f"`worked_example` must be True or False, got {self.worked_example!r}.")
         if self.session_window not in SESSION_WINDOWS:
             raise ValueError(f"`session_window` must be one of {SESSION_WINDOWS}, got {self.session_window!r}.")
+        if self.completion not in COMPLETION_STYLES:
+            raise ValueError(f"`completion` must be one of {COMPLETION_STYLES}, got {self.completion!r}.")
         object.__setattr__(self, "max_history", int(self.max_history))
         object.__setattr__(self, "max_session", None if m is None else int(m))
         object.__setattr__(self, "worked_example", bool(self.worked_example))
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON form saved with rollouts, labels and adapters. ``session_window`` is written only when it is
-        not ``"sliding"``, so records of the default format read the same as those written before the option."""
+        not ``"sliding"`` and ``completion`` only when it is not ``"title"``, so records of the default format read
+        the same as those written before these options."""
         d = dataclasses.asdict(self)
         if d["session_window"] == "sliding":
             del d["session_window"]
+        if d["completion"] == "title":
+            del d["completion"]
         return d
 
     @classmethod
@@ -264,9 +284,27 @@ def build_completion(title: str) -> str:
     return title + COMPLETION_TERMINATOR
 
 
-def parse_completion(completion: str) -> str:
-    """The title part of a completion (text before the first terminator, stripped)."""
-    return completion.split(COMPLETION_TERMINATOR, 1)[0].strip()
+def item_completion(world: World, item: int, prompt_format: PromptFormat | Mapping[str, Any] | None = None) -> str:
+    """The completion of recommending ``item`` in ``prompt_format`` (its :attr:`PromptFormat.completion`).
+
+    ``"title"``: ``build_completion(title)``. ``"genres-title"``: ``build_completion("Genre/Genre: " + title)``,
+    the genres written as :func:`format_item` writes them (an item without genres: its title alone).
+    """
+    fmt = PromptFormat.coerce(prompt_format)
+    title = world.titles[int(item)]
+    genres = world.genres[int(item)]
+    if fmt.completion == "genres-title" and genres:
+        return build_completion("/".join(genres) + GENRES_SEPARATOR + title)
+    return build_completion(title)
+
+
+def parse_completion(completion: str, prompt_format: PromptFormat | Mapping[str, Any] | None = None) -> str:
+    """The title part of a completion: the text before the first terminator, stripped; for a ``"genres-title"``
+    format, the text after the first ``": "`` of that (all of it when there is none)."""
+    text = completion.split(COMPLETION_TERMINATOR, 1)[0]
+    if PromptFormat.coerce(prompt_format).completion == "genres-title" and GENRES_SEPARATOR in text:
+        text = text.split(GENRES_SEPARATOR, 1)[1]
+    return text.strip()
 
 
 def encode_prompt(tokenizer: Any, prompt: str) -> list[int]:

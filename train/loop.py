@@ -31,7 +31,7 @@ from typing import Any, Callable, Mapping, Sequence
 import numpy as np
 
 from agents.models import DTYPE_CHOICES
-from agents.prompting import SESSION_WINDOWS
+from agents.prompting import COMPLETION_STYLES, SESSION_WINDOWS
 from agents.vllm_engine import ENGINES
 from train.options import parse_episodes
 from train.pipeline import rule_options
@@ -76,6 +76,9 @@ class LoopSettings:
         session_window: ``"sliding"`` (the last ``max_session`` steps) or ``"block"`` (session lines dropped
             ``max_session`` at a time: prompts extend the previous step's, which the agent's session cache reuses;
             up to ``2 * max_session - 1`` lines). See ``agents.prompting.build_messages``.
+        completion: What the model writes for an item: ``"title"`` (the title alone) or ``"genres-title"`` (the
+            item's genres, ``": "``, its title: the genres of a pick come first). See
+            ``agents.prompting.item_completion``.
         gen_batch_size: Sessions decoded together.
         train_batch_size: Per-device batch of tuning.
         epochs: Epochs of each tuning stage.
@@ -136,6 +139,7 @@ class LoopSettings:
     max_session: int | None = field(default=5, metadata={"metavar": "N|none"})
     worked_example: bool = False
     session_window: str = field(default="sliding", metadata={"choices": SESSION_WINDOWS})
+    completion: str = field(default="title", metadata={"choices": COMPLETION_STYLES})
     gen_batch_size: int = 64
     train_batch_size: int = 8
     epochs: float = 1.0
@@ -165,7 +169,7 @@ class LoopSettings:
     preset_overrides: tuple[str, ...] = field(default=(), metadata={"cli": False})
 
     def __post_init__(self) -> None:
-        self.prompt_format  # validates max_history, max_session, worked_example, session_window
+        self.prompt_format  # validates max_history, max_session, worked_example, session_window, completion
         if self.dtype not in DTYPE_CHOICES:
             raise ValueError(f"`dtype` must be one of {', '.join(DTYPE_CHOICES)}, got {self.dtype!r}.")
         if self.engine not in ENGINES:
@@ -234,7 +238,8 @@ class LoopSettings:
         from agents.prompting import PromptFormat
 
         return PromptFormat(max_history=self.max_history, max_session=self.max_session,
-                            worked_example=self.worked_example, session_window=self.session_window)
+                            worked_example=self.worked_example, session_window=self.session_window,
+                            completion=self.completion)
 
     def stage_max_steps(self, stage: str) -> int | None:
         """The step cap of a tuning stage (``"sft"`` or ``"kto"``): its own cap, else ``max_steps``."""

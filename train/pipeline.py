@@ -14,7 +14,7 @@ import numpy as np
 from agents.evaluation import run_policy
 from agents.policy import Policy
 from agents.progress import Progress
-from agents.prompting import PROMPT_FORMAT_VERSION, PromptFormat, build_completion, prompt_of_observation
+from agents.prompting import PROMPT_FORMAT_VERSION, PromptFormat, item_completion, prompt_of_observation
 from ulrec_env import World
 
 __all__ = ["rollout_to_folder", "label_folder", "stage_trainer_args", "evaluate_policy", "writes_own_prompts",
@@ -75,7 +75,10 @@ def rollout_to_folder(
         def builder(w: World, obs: Mapping[str, Any]) -> str:
             return prompt_of_observation(w, obs, tokenizer, fmt)
 
-    records = collect_rollouts(policy, world, prompt_builder=builder, completion_builder=build_completion, **run)
+    def completion(w: World, item: int) -> str:
+        return item_completion(w, item, fmt)
+
+    records = collect_rollouts(policy, world, prompt_builder=builder, completion_builder=completion, **run)
     return save_rollout(records, out, {
         "world": world.name, "world_fingerprint": world.fingerprint(), **dict(meta or {}),
         "prompt_format_version": PROMPT_FORMAT_VERSION, "prompt": fmt.to_dict(),

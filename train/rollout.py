@@ -41,7 +41,7 @@ def collect_rollouts(
     max_episode_steps: int = 100,
     batch_size: int = 64,
     prompt_builder: Callable[[World, Mapping[str, np.ndarray]], str] | None = None,
-    completion_builder: Callable[[str], str] | None = None,
+    completion_builder: Callable[[World, int], str] | None = None,
     progress: bool = True,
     episode_offset: int = 0,
     journal: str | os.PathLike | None = None,
@@ -64,7 +64,8 @@ def collect_rollouts(
         max_episode_steps: Horizon.
         batch_size: Sessions stepped together.
         prompt_builder: ``(world, one_session_obs) -> prompt`` for policies without records.
-        completion_builder: ``title -> completion`` for policies without records.
+        completion_builder: ``(world, item) -> completion`` for policies without records
+            (``agents.prompting.item_completion`` in the prompt format of the model that will train on them).
         progress: Show a progress bar.
         episode_offset: Added to episode ids (so several rollouts can be concatenated).
         journal, journal_tag: Keep finished batches of sessions in this file and resume from it (see
@@ -84,7 +85,7 @@ def collect_rollouts(
         prompt = _field(rec, "prompt")
         completion = _field(rec, "completion")
         if completion is None:
-            completion = completion_builder(title) if completion_builder is not None else title
+            completion = completion_builder(world, r["item"]) if completion_builder is not None else title
         out.append(StepRecord(
             episode=episode_offset + e,
             user=r["user"],
