@@ -7,7 +7,7 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("transformers")
 
 from agents.llm import DecodeRecord, LLMRecommender  # noqa: E402
-from agents.prompting import build_completion, encode_completion  # noqa: E402
+from agents.prompting import PromptFormat, build_completion, encode_completion, item_completion  # noqa: E402
 from ulrec_env import ULRecVectorEnv, World  # noqa: E402
 
 
@@ -46,6 +46,21 @@ def test_constrained_actions_are_catalog_items_and_records_match(tiny_model, tin
         if env.done.all():
             break
     assert agent.invalid_actions == 0
+
+
+def test_genres_title_agent_decodes_genres_then_a_catalog_title(tiny_model, tiny_tokenizer, small_world):
+    fmt = PromptFormat(completion="genres-title")
+    agent = make_agent(tiny_model, tiny_tokenizer, small_world, prompt_format=fmt, batch_size=3)
+    _, obs = first_obs(small_world, n=5)
+    items, records = agent.decode_batch(obs)
+    for item, rec in zip(items, records):
+        assert rec.completion == item_completion(small_world, item, fmt)
+        assert rec.completion.split(": ", 1)[0] == "/".join(small_world.genres[item])
+        assert rec.n_tokens == len(encode_completion(tiny_tokenizer, rec.completion))
+        assert rec.logprob == pytest.approx(agent.completion_logprob(rec.prompt, rec.completion), abs=1e-4)
+    # same prompts as the title-only agent; the first token decoded is no longer a title's
+    plain = make_agent(tiny_model, tiny_tokenizer, small_world, batch_size=3)
+    assert plain.prompts(obs) == agent.prompts(obs)
 
 
 def test_batched_greedy_equals_one_by_one(tiny_model, tiny_tokenizer, small_world):

@@ -11,6 +11,7 @@ from agents.prompting import (
     encode_completion,
     encode_prompt,
     format_item,
+    item_completion,
     parse_completion,
 )
 
@@ -119,3 +120,27 @@ def test_prompt_format_round_trip_and_validation():
             PromptFormat(**bad)
     with pytest.raises(TypeError, match="prompt_format"):
         PromptFormat.coerce(6)
+
+
+def test_genres_title_completions_write_the_genres_first(small_world, tiny_tokenizer):
+    w = small_world
+    fmt = PromptFormat(completion="genres-title")
+    item = next(i for i in range(w.n_items) if w.genres[i])
+    comp = item_completion(w, item, fmt)
+    assert comp == "/".join(w.genres[item]) + ": " + w.titles[item] + COMPLETION_TERMINATOR
+    assert parse_completion(comp, fmt) == w.titles[item]
+    # the default style is the title alone, as before the option
+    assert item_completion(w, item) == build_completion(w.titles[item]) == item_completion(w, item, {"completion": "title"})
+    # the prompt is the same text in both styles; only the completion differs
+    assert build_prompt(w, [1, 2], [3], [4.0], tiny_tokenizer, fmt) == build_prompt(w, [1, 2], [3], [4.0], tiny_tokenizer)
+    # every catalog item still has its own completion, so the agent's trie can tell them apart
+    assert len({item_completion(w, i, fmt) for i in range(w.n_items)}) == w.n_items
+
+
+def test_completion_style_is_recorded_only_when_not_the_default():
+    assert "completion" not in PromptFormat().to_dict()
+    d = PromptFormat(completion="genres-title").to_dict()
+    assert d["completion"] == "genres-title"
+    assert PromptFormat.from_dict(d) == PromptFormat(completion="genres-title")
+    with pytest.raises(ValueError, match="`completion` must be one of"):
+        PromptFormat(completion="genres")

@@ -152,6 +152,30 @@ def test_teacher_sessions_seed_the_first_iteration(tmp_path, tiny_model_dir):
         _settings(tiny_model_dir, teacher="llm")
 
 
+def test_genres_title_completions_run_through_the_loop(tmp_path, tiny_model_dir):
+    from agents.llm import LLMRecommender
+    from agents.prompting import PromptFormat, item_completion
+    from train.rollout import load_rollout
+    from ulrec_env.worlds.spec import world_from_spec
+
+    out = tmp_path / "run"
+    run_loop(_settings(tiny_model_dir, iterations=1, teacher="genre-cycle", completion="genres-title",
+                       references=()), out, progress=False)
+    world = world_from_spec("synthetic:3")
+    fmt = PromptFormat(max_history=10, max_session=5, worked_example=False, completion="genres-title")
+    # the teacher's sessions (ULRec-P's SFT data) and the LLM's own (ULRec's KTO data) write genres, then the title
+    for stage in ("rollout", "rollout-own"):
+        records, meta = load_rollout(out / "iter1" / stage)
+        assert records and meta["prompt"]["completion"] == "genres-title"
+        assert all(r.completion == item_completion(world, r.item, fmt) for r in records)
+        assert any(": " in r.completion for r in records)
+    examples = [json.loads(line) for line in (out / "iter1" / "labels-own" / "examples.jsonl").read_text().splitlines()]
+    assert examples and all(e["completion"] == item_completion(world, e["item"], fmt) for e in examples)
+    # the adapter remembers the style, so an agent loaded from it decodes in it
+    agent = LLMRecommender.from_pretrained(tiny_model_dir, adapter=str(out / "iter1" / "ulrec"))
+    assert agent.prompt_format.completion == "genres-title"
+
+
 def test_prompt_rules_read_no_more_than_the_prompt(tiny_model_dir):
     from train.pipeline import rule_options
 
