@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any, Mapping
 import numpy as np
 
 from agents.grounding import TitleGrounder
-from agents.models import ADAPTER_SIDECAR_FILE
+from agents.models import ADAPTER_SIDECAR_FILE, contiguous_head_inputs
 from agents.policy import Policy
 from agents.prompting import (
     COMPLETION_TERMINATOR,
@@ -211,6 +211,7 @@ class LLMRecommender(Policy):
             params = inspect.signature(type(base).forward).parameters
             self._cache_kw = "cache" if "cache" in params else "past_key_values"
             self._keep_kw = "logits_to_keep" if "logits_to_keep" in params else None
+            contiguous_head_inputs(model)  # the kept positions reach the head as a strided view (slow on CPUs)
         else:
             self.device = "vllm"
         self.trie: TitleTrie | None = None

@@ -36,6 +36,7 @@ __all__ = [
     "dtype_name",
     "DTYPE_CHOICES",
     "check_model_folder",
+    "contiguous_head_inputs",
     "resolve_device",
     "resolve_dtype",
     "resolve_model_path",
@@ -373,6 +374,38 @@ def checked_model_files(model: str | os.PathLike | None, adapter: str | os.PathL
     return path, adapter_path, load_tokenizer(path, trust_remote_code=trust_remote_code)
 
 
+_HEAD_HOOK_FLAG = "_ulrec_contiguous_inputs"
+
+
+def _contiguous_first_input(module: Any, args: tuple[Any, ...]) -> tuple[Any, ...] | None:
+    first = args[0] if args else None
+    if first is None or not hasattr(first, "is_contiguous") or first.is_contiguous():
+        return None
+    return (first.contiguous(),) + tuple(args[1:])
+
+
+def contiguous_head_inputs(model: Any) -> bool:
+    """Make the model's LM head (its output embeddings) always receive a contiguous input; returns whether a
+    head was found.
+
+    ``logits_to_keep`` makes transformers slice the last positions of the hidden states (``h[:, -k:]``), a view
+    whose rows lie a whole sequence apart. On CPUs, PyTorch's matmul takes a very slow path for such a strided
+    bfloat16 input: the 49k-word head of SmolLM2 took 9-10 s for 64 rows of one position against 0.03 s for the
+    same numbers laid out contiguously (``benchmarks/head_layout.py``), which made the head most of the agent's
+    decoding time. A forward pre-hook copies the input to contiguous memory first (a copy of ``k`` positions, far
+    cheaper than the head itself); the logits and gradients are those of the same matmul. Registered once per
+    module (calling again is a no-op), so it is safe on a model that is loaded, wrapped in PEFT and copied.
+    """
+    get_head = getattr(model, "get_output_embeddings", None)
+    head = get_head() if callable(get_head) else None
+    if head is None or not hasattr(head, "register_forward_pre_hook"):
+        return False
+    if not getattr(head, _HEAD_HOOK_FLAG, False):
+        head.register_forward_pre_hook(_contiguous_first_input)
+        setattr(head, _HEAD_HOOK_FLAG, True)
+    return True
+
+
 def load_model_and_tokenizer(
     model: str | os.PathLike | None = None,
     device: "str | torch.device" = "auto",
@@ -419,6 +452,7 @@ def load_model_and_tokenizer(
     if not allow_unsafe_pickle:
         model_kwargs.setdefault("use_safetensors", True)  # never fall back to pickled weights
     lm = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype, trust_remote_code=trust_remote_code, **model_kwargs)
+    contiguous_head_inputs(lm)
     if adapter_path is not None:
         try:
             from peft import PeftModel

@@ -21,6 +21,7 @@ from typing import Any
 import torch
 
 from agents.llm import _cache_layers
+from agents.models import contiguous_head_inputs
 
 __all__ = [
     "AlignedBatch",
@@ -218,6 +219,7 @@ def aligned_completion_logps(
         ``(seq_logps (B,), per_token (B, C), outputs)``; ``per_token`` is zero where ``batch.target_mask`` is 0.
     """
     width = batch.width
+    contiguous_head_inputs(model)  # ``logits_to_keep`` hands the head a strided view: slow on CPUs
     if prefix is None:
         out = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, position_ids=batch.position_ids,
                     logits_to_keep=width + 1, use_cache=use_cache)

@@ -1,5 +1,6 @@
 """Model loading: local folders, adapters, the packaged SmolLM2 (slow), and the errors around them."""
 
+import copy
 import importlib.util
 import time
 from pathlib import Path
@@ -167,3 +168,37 @@ def test_an_explicit_prompt_format_is_used_as_given(saved_tiny, tmp_path, tiny_m
     assert b.prompt_format == trained.replace(max_history=15)
     with pytest.raises(ValueError, match="unknown prompt option"):
         LLMRecommender.from_pretrained(saved_tiny, adapter=d, device="cpu", prompt_format={"history": 3})
+
+
+def _head_input_layouts(model):
+    """Records, for each call of the model's LM head, whether the input the head computes on is contiguous."""
+    seen: list[bool] = []
+    model.get_output_embeddings().register_forward_pre_hook(lambda module, args: seen.append(args[0].is_contiguous()))
+    return seen
+
+
+def test_the_head_computes_on_contiguous_inputs_with_the_same_logits(tiny_model_factory):
+    peft = pytest.importorskip("peft")
+    ids = torch.arange(40).reshape(4, 10) % 100 + 3
+    plain = tiny_model_factory(0).eval()
+    hooked = tiny_model_factory(0).eval()
+    assert models.contiguous_head_inputs(hooked) and models.contiguous_head_inputs(hooked)  # a second call: a no-op
+    assert len(hooked.get_output_embeddings()._forward_pre_hooks) == 1
+    # under a LoRA adapter (frozen head: the case that is slow on CPUs) the hook still applies, and deep copies keep it
+    hooked = copy.deepcopy(peft.get_peft_model(hooked, peft.LoraConfig(r=2, target_modules=["q_proj"]))).eval()
+    plain_seen, hooked_seen = _head_input_layouts(plain), _head_input_layouts(hooked)
+    with torch.inference_mode():
+        want = plain(input_ids=ids, logits_to_keep=1).logits
+        got = hooked(input_ids=ids, logits_to_keep=1).logits
+    assert plain_seen == [False]  # logits_to_keep slices a strided view: what the hook is for
+    assert hooked_seen == [True]
+    assert torch.equal(got, want)  # LoRA B starts at zero: the same model, the same numbers
+
+
+def test_agents_and_the_loader_make_the_head_inputs_contiguous(tiny_model_factory, tiny_tokenizer, saved_tiny):
+    loaded, _ = models.load_model_and_tokenizer(saved_tiny, device="cpu")
+    assert len(loaded.get_output_embeddings()._forward_pre_hooks) == 1
+    built = tiny_model_factory(0).eval()  # a model the user built: the agent registers the hook itself
+    assert not built.get_output_embeddings()._forward_pre_hooks
+    LLMRecommender(built, tiny_tokenizer)
+    assert len(built.get_output_embeddings()._forward_pre_hooks) == 1

@@ -123,6 +123,19 @@ def test_prompt_cache_path_gives_the_same_log_probs(tiny_model, tiny_tokenizer, 
         assert not torch.allclose(kl_full, full, atol=1e-2)  # the KL pairs really are other sequences
 
 
+def test_the_fast_path_hands_the_head_contiguous_inputs(tiny_model, tiny_tokenizer, default_world, tmp_path):
+    trainer = make_trainer(tiny_model, tiny_tokenizer, uneven_examples(default_world), tmp_path)
+    batch = first_batch(trainer)
+    model = trainer.model.eval()
+    aligned = align_right(batch["input_ids"], batch["attention_mask"], batch["completion_mask"])
+    with torch.no_grad():
+        first, _, _ = aligned_completion_logps(model, aligned)  # registers the head's hook on a model built by hand
+        seen = []
+        model.get_output_embeddings().register_forward_pre_hook(lambda m, args: seen.append(args[0].is_contiguous()))
+        again, _, _ = aligned_completion_logps(model, aligned)
+    assert seen == [True] and torch.equal(first, again)
+
+
 def test_prompt_cache_on_and_off_give_the_same_loss(tiny_model_factory, tiny_tokenizer, default_world, tmp_path):
     losses = []
     for on in (True, False):
