@@ -404,8 +404,8 @@ def contiguous_head_inputs(model: Any) -> bool:
 
     ``logits_to_keep`` makes transformers slice the last positions of the hidden states (``h[:, -k:]``), a view
     whose rows lie a whole sequence apart. On CPUs, PyTorch's matmul takes a very slow path for such a strided
-    bfloat16 input: the 49k-word head of SmolLM2 took 9-10 s for 64 rows of one position against 0.03 s for the
-    same numbers laid out contiguously (``benchmarks/head_layout.py``), which made the head most of the agent's
+    bfloat16 input: the 49k-word head of SmolLM2 took 9-10 s for 64 rows of one position against 0.015 s for the
+    same numbers laid out contiguously (``benchmarks/bench_head_layout.py``), which made the head most of the agent's
     decoding time. A forward pre-hook copies the input to contiguous memory first (a copy of ``k`` positions, far
     cheaper than the head itself); the logits and gradients are those of the same matmul. Registered once per
     module (calling again is a no-op), so it is safe on a model that is loaded, wrapped in PEFT and copied.

@@ -60,7 +60,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     from agents.evaluation import run_policy
     from agents.llm import LLMRecommender
-    from agents.models import contiguous_head_inputs, cpu_supports_bf16, load_model_and_tokenizer
+    from agents.models import cpu_supports_bf16, load_model_and_tokenizer
     from agents.prompting import PromptFormat
     from ulrec_env.storage import atomic_write_text
     from ulrec_env.worlds import synthetic
@@ -105,11 +105,9 @@ def main(argv: list[str] | None = None) -> dict:
         head._forward_pre_hooks.clear()
         if hooked:
             head._forward_pre_hooks.update(hooks)
+        # the head is flagged as hooked, so the constructor leaves its hooks as set here
         agent = LLMRecommender(model, tok, prompt_format=PromptFormat(**LOOP_PROMPTS), batch_size=args.users,
                                score_completions=False).bind(world)
-        head._forward_pre_hooks.clear()  # the constructor re-registers only when the module is unflagged
-        if hooked:
-            head._forward_pre_hooks.update(hooks)
         t0 = time.perf_counter()
         s = run_policy(agent, world, users, seed=0, max_episode_steps=args.horizon, batch_size=args.users,
                        keep_records=True)
