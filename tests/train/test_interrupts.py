@@ -66,12 +66,20 @@ def test_sigint_during_tune_keeps_a_checkpoint_and_resume_finishes(tmp_path, tin
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     ckpts = out.with_name(f".{out.name}.checkpoints")
-    deadline = time.time() + 120
-    while time.time() < deadline and not any(ckpts.glob("checkpoint-*/trainer_state.json")):
-        time.sleep(0.2)
+    start = time.time()
+    deadline = start + 120
+    seen = False
+    while time.time() < deadline and proc.poll() is None:
+        if any(ckpts.glob("checkpoint-*/trainer_state.json")):
+            seen = True
+            break
+        time.sleep(0.05)
+    exited_first = proc.poll() is not None
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=120)
-    assert proc.returncode == 130, err[-2000:]
+    why = (f"checkpoint seen: {seen}; child exited before the signal: {exited_first}; "
+           f"{time.time() - start:.1f}s after start")
+    assert proc.returncode == 130, why + "\n" + err[-2000:]
     assert "Traceback" not in err
     assert "ulrec tune: interrupted; checkpoint checkpoint-" in err and "--resume" in err
     assert not out.exists()
