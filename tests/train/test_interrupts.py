@@ -75,10 +75,11 @@ def test_sigint_during_tune_keeps_a_checkpoint_and_resume_finishes(tmp_path, tin
             break
         time.sleep(0.05)
     exited_first = proc.poll() is not None
+    signalled_after = time.time() - start
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=120)
     why = (f"checkpoint seen: {seen}; child exited before the signal: {exited_first}; "
-           f"{time.time() - start:.1f}s after start")
+           f"signal sent {signalled_after:.1f}s after start")
     assert proc.returncode == 130, why + "\n" + err[-2000:]
     assert "Traceback" not in err
     assert "ulrec tune: interrupted; checkpoint checkpoint-" in err and "--resume" in err
