@@ -64,7 +64,15 @@ def test_sigint_during_tune_keeps_a_checkpoint_and_resume_finishes(tmp_path, tin
     cmd = [sys.executable, "-m", "train.cli", "tune", "--stage", "sft", "--data", str(data), "--model", tiny_model_dir,
            "--out", str(out), "--max-steps", "400", "--save-steps", "10", "--batch-size", "2"]
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # A process started in the background by a non-interactive shell inherits SIGINT as ignored, and Python keeps an
+    # ignored SIGINT (so `ulrec ... &` in a script is not stopped by Ctrl-C, as Unix tools are not). Run that way,
+    # the child would never see the signal. A caught signal is reset to the default on exec, so catching SIGINT
+    # here while the child starts gives it the default, and Python's KeyboardInterrupt, whatever the suite inherited.
+    inherited = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    finally:
+        signal.signal(signal.SIGINT, inherited)
     ckpts = out.with_name(f".{out.name}.checkpoints")
     start = time.time()
     deadline = start + 120
