@@ -23,6 +23,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
+import numpy as np
+
 from train.records import StepRecord
 from ulrec_env.safe_io import iter_lines_bounded, read_text_bounded
 from ulrec_env.storage import atomic_write_text
@@ -34,15 +36,21 @@ __all__ = [
     "label_steps",
     "label_counts",
     "recommend_weights",
+    "subsample_to_band",
     "weighted_ratio",
     "save_examples",
     "load_examples",
     "EXAMPLES_FORMAT_VERSION",
     "TRL_WEIGHT_BAND",
+    "BALANCE_BY",
 ]
 
 EXAMPLES_FORMAT_VERSION = 1
 """Version of the ``examples.jsonl`` / ``meta.json`` layout written by :func:`save_examples`."""
+
+#: How a KTO stage balances its labels: loss weights (:func:`recommend_weights`) or a subset
+#: (:func:`subsample_to_band`); ``train.tune.TuneConfig.balance_by``.
+BALANCE_BY = ("weights", "subsample")
 
 TRL_WEIGHT_BAND = (1.0, 4.0 / 3.0)
 """TRL's recommended band (from Eq. 8 of the KTO paper) for
@@ -311,6 +319,38 @@ def recommend_weights(n_desirable: int, n_undesirable: int, target: float = 7.0 
     if raw > hi:
         return target / raw, 1.0
     return 1.0, raw / target
+
+
+def subsample_to_band(examples: Sequence[Mapping[str, Any]], seed: int = 0,
+                      target: float = 7.0 / 6.0) -> list[Mapping[str, Any]]:
+    """Balance KTO data by sampling instead of weighting: keep every example of the rarer label and a seeded
+    random subset of the other, so that the raw desirable:undesirable ratio sits in TRL's band with both weights 1.
+
+    In expectation this is the loss of :func:`recommend_weights` (a desirable weight of ``w`` is a desirable
+    example kept with probability ``w``); what changes is that a step-capped stage, which sees only its first
+    ``max_steps * batch_size`` examples, meets the rarer label as often as the other instead of a few times.
+
+    Args:
+        examples: Labelled examples (``label`` bool).
+        seed: Seed of the subset.
+        target: The raw ratio to aim at (inside :data:`TRL_WEIGHT_BAND`); default 7/6, as :func:`recommend_weights`.
+
+    Returns:
+        The kept examples, in their original order; all of them when the ratio is already in the band.
+
+    Raises:
+        ValueError: A label has no example, or ``target`` is outside the band.
+    """
+    n_des, n_und = label_counts(examples)
+    d_w, u_w = recommend_weights(n_des, n_und, target)  # checks the counts and the target
+    if d_w == 1.0 and u_w == 1.0:
+        return list(examples)
+    majority = d_w < 1.0  # the label that is cut: desirable when d_w < 1
+    n_major = n_des if majority else n_und
+    keep_n = max(1, round(n_major * (d_w if majority else u_w)))
+    idx = [i for i, e in enumerate(examples) if e["label"] is majority]
+    kept = set(np.random.default_rng(seed).choice(idx, size=keep_n, replace=False).tolist())
+    return [e for i, e in enumerate(examples) if e["label"] is not majority or i in kept]
 
 
 @dataclass(frozen=True)

@@ -33,6 +33,7 @@ import numpy as np
 from agents.models import DTYPE_CHOICES
 from agents.prompting import COMPLETION_STYLES, SESSION_WINDOWS
 from agents.vllm_engine import ENGINES
+from train.labeling import BALANCE_BY
 from train.options import parse_episodes
 from train.pipeline import rule_options
 from ulrec_env.safe_io import read_text_bounded
@@ -119,6 +120,10 @@ class LoopSettings:
             data; needs ``teacher``).
         loss_type: TRL's KTO loss for unpaired data: ``"kto"`` or ``"apo_zero_unpaired"``.
         kto_lr_decay: The KTO learning rate of iteration k is ``kto_learning_rate * kto_lr_decay ** (k - 1)``.
+        kto_balance: How each KTO stage balances desirable against undesirable examples: ``"weights"`` (TRL's
+            loss weights, :func:`train.labeling.recommend_weights`) or ``"subsample"`` (a seeded random subset of
+            the commoner label, weights 1, :func:`train.labeling.subsample_to_band`: with a step cap the stage then
+            meets as many undesirable examples as desirable ones).
         preset: The named preset (see :data:`PRESETS`) these settings started from, if any.
         preset_overrides: The fields given on the command line over the preset's values.
     """
@@ -165,6 +170,7 @@ class LoopSettings:
     teacher_replay: bool = False
     loss_type: str = field(default="kto", metadata={"choices": KTO_LOSS_TYPES})
     kto_lr_decay: float = 1.0
+    kto_balance: str = field(default="weights", metadata={"choices": BALANCE_BY})
     preset: str | None = field(default=None, metadata={"cli": False})  # `--preset` starts from PRESETS[name]
     preset_overrides: tuple[str, ...] = field(default=(), metadata={"cli": False})
 
@@ -223,6 +229,8 @@ class LoopSettings:
             raise ValueError(f"`loss_type` must be one of {', '.join(KTO_LOSS_TYPES)}, got {self.loss_type!r}.")
         if isinstance(self.kto_lr_decay, bool) or not isinstance(self.kto_lr_decay, (int, float)) or not 0 < self.kto_lr_decay <= 1:
             raise ValueError(f"`kto_lr_decay` must be in (0, 1], got {self.kto_lr_decay!r}.")
+        if self.kto_balance not in BALANCE_BY:
+            raise ValueError(f"`kto_balance` must be one of {', '.join(BALANCE_BY)}, got {self.kto_balance!r}.")
         if self.preset is not None and self.preset not in PRESETS_NAMES:
             raise ValueError(f"`preset` must be None or one of {', '.join(PRESETS_NAMES)}, got {self.preset!r}.")
         object.__setattr__(self, "preset_overrides", tuple(self.preset_overrides))
@@ -366,7 +374,7 @@ def resume_settings(out: Path, saved: LoopSettings, given: LoopSettings, log: Ca
 #: (its rollout, labels, KTO data or KTO stage), so the stages it copies from RUN are what it would have run itself.
 FORK_CHANGES = ("iterations", "temperature", "top_p", "episodes", "min_positives", "extra_negatives",
                 "kto_learning_rate", "kto_lr_decay", "kto_max_steps", "beta", "sft_alpha", "reference", "replay",
-                "teacher_replay", "loss_type", "save_steps")
+                "teacher_replay", "loss_type", "kto_balance", "save_steps")
 #: Of those, the ones that change iteration K's sessions or their labels: a fork that changes one reruns iteration
 #: K from its rollout (with ULRec-P's SFT when K is 1); otherwise it copies iteration K's stages before the KTO data.
 FORK_ROLLOUT_CHANGES = ("temperature", "top_p", "episodes", "min_positives", "extra_negatives")
@@ -606,11 +614,13 @@ class _Run:
             trainer_args = stage_trainer_args(stage, folder, seed=s.seed, dtype=s.dtype, progress=self.progress, **args)
             result = tune(stage, data, s.model, out=folder, init_adapter=init_adapter, seed=s.seed, world=self.world,
                           config=TuneConfig(trainer_args=trainer_args, balance_weights=balance, overwrite=True,
+                                            balance_by=s.kto_balance if stage == "kto" else "weights",
                                             lora_top_layers=s.lora_layers, save_steps=s.save_steps, resume=True,
                                             reference_adapter=reference_adapter,
                                             allow_unsafe_pickle=self.allow_unsafe_pickle,
                                             trust_remote_code=self.trust_remote_code))
             return {"path": str(folder), "examples": result.n_train_examples, "steps": result.global_step,
+                    "balance_by": result.sidecar.get("balance_by"),
                     "train_seconds": result.train_seconds, "examples_per_s": result.examples_per_second,
                     "desirable_weight": result.desirable_weight, "undesirable_weight": result.undesirable_weight,
                     "data": str(data), "reference_adapter": reference_adapter,

@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any, Literal, Mapping, Sequence
 
 from agents.models import ADAPTER_SIDECAR_FILE
 from train.encoding import EncodingReport
-from train.labeling import LabelledData, label_counts, load_examples, recommend_weights
+from train.labeling import BALANCE_BY, LabelledData, label_counts, load_examples, recommend_weights, subsample_to_band
 from ulrec_env.storage import atomic_write_text
 from ulrec_env.safe_io import read_text_bounded
 
@@ -182,6 +182,10 @@ class TuneConfig:
         full_finetune: Train all weights instead of a LoRA adapter (an initial adapter is merged first).
         balance_weights: KTO only: when ``desirable_weight`` and ``undesirable_weight`` are both left at 1.0, set
             them with :func:`train.labeling.recommend_weights` so the weighted ratio sits in TRL's band.
+        balance_by: How ``balance_weights`` balances: ``"weights"`` (the loss weights above) or ``"subsample"``
+            (:func:`train.labeling.subsample_to_band`: the commoner label is cut to a seeded random subset, both
+            weights stay 1; the same loss in expectation, but a step-capped stage meets the rarer label as often
+            as the other).
         overwrite: Replace an existing ``out`` folder.
         trust_remote_code: Run code shipped by the model folder (transformers' option); off by default.
         allow_unsafe_pickle: Accept pickled weights (``*.bin``) in the model or initial adapter folder; by
@@ -202,12 +206,17 @@ class TuneConfig:
     lora_top_layers: int | None = None
     full_finetune: bool = False
     balance_weights: bool = True
+    balance_by: str = "weights"
     overwrite: bool = False
     trust_remote_code: bool = False
     allow_unsafe_pickle: bool = False
     save_steps: int | None = None
     resume: bool = False
     reference_adapter: Any = None
+
+    def __post_init__(self) -> None:
+        if self.balance_by not in BALANCE_BY:
+            raise ValueError(f"`balance_by` must be one of {', '.join(BALANCE_BY)}, got {self.balance_by!r}.")
 
 
 @dataclass(frozen=True)
@@ -413,7 +422,8 @@ def tune(
             data_fingerprint=labelled.world_fingerprint,
             world=world,
         )
-        args = _args_for_data(stage, args, cfg, n_des, n_und)
+        train_examples = _balanced_examples(stage, labelled.examples, cfg, args, n_des, n_und, seed)
+        args = _args_for_data(stage, args, cfg, *label_counts(train_examples))
         lm, tok, base_id = _load_model(model, tokenizer, cfg, bool(args.bf16))
         args = _args_for_model(args, lm)
         named_base = base_id if isinstance(model, (str, os.PathLike)) or model is None else None  # checkable
@@ -421,7 +431,7 @@ def tune(
                                                        labelled.world_fingerprint)
 
         t0 = time.perf_counter()
-        trainer, encoding, n_train = _build_trainer(stage, lm, ref_model, peft_config, tok, args, labelled.examples,
+        trainer, encoding, n_train = _build_trainer(stage, lm, ref_model, peft_config, tok, args, train_examples,
                                                     n_des)
         trainer.train(resume_from_checkpoint=os.fspath(resume_from) if resume_from is not None else None)
         train_seconds = time.perf_counter() - t0
@@ -496,6 +506,16 @@ def _resolve_args(stage: Stage, cfg: TuneConfig, staging: Path, ckpt_dir: Path, 
             raise ValueError(f"`max_steps` must be >= 1, got {max_steps}.")
         changes["max_steps"] = int(max_steps)
     return dataclasses.replace(args, **changes) if changes else args
+
+
+def _balanced_examples(stage: Stage, examples: list[dict[str, Any]], cfg: TuneConfig, args: Any, n_des: int,
+                       n_und: int, seed: int) -> list[dict[str, Any]]:
+    """The examples the stage trains on: all of them, or with ``balance_by="subsample"`` (KTO, both weights left at
+    1.0, both labels present) the subset of :func:`train.labeling.subsample_to_band`, seeded by the trainer's seed."""
+    if (stage != "kto" or not cfg.balance_weights or cfg.balance_by != "subsample" or not n_des or not n_und
+            or args.desirable_weight != 1.0 or args.undesirable_weight != 1.0):
+        return examples
+    return subsample_to_band(examples, seed=int(getattr(args, "seed", seed)))
 
 
 def _args_for_data(stage: Stage, args: Any, cfg: TuneConfig, n_des: int, n_und: int) -> Any:
@@ -603,6 +623,7 @@ def _sidecar(stage: Stage, args: Any, cfg: TuneConfig, trainer: Any, lm: Any, la
         "label_counts": {"desirable": n_des, "undesirable": n_und},
         "label_report": labelled.meta.get("report"),
         "n_train_examples": n_train,
+        **({"balance_by": cfg.balance_by} if stage == "kto" and cfg.balance_weights else {}),
         "prompts_truncated": encoding.n_truncated if encoding else 0,
         "max_length": args.max_length,
         "dtype": {"compute": "bfloat16" if args.bf16 else ("float16" if args.fp16 else "float32"),

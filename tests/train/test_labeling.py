@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 
 from train.labeling import (
@@ -14,6 +15,7 @@ from train.labeling import (
     load_examples,
     recommend_weights,
     save_examples,
+    subsample_to_band,
     weighted_ratio,
 )
 from train.records import StepRecord
@@ -150,6 +152,30 @@ def test_recommend_weights_in_trl_band(n_des, n_und):
 def test_recommend_weights_needs_both_labels():
     with pytest.raises(ValueError, match="both label counts"):
         recommend_weights(5, 0)
+
+
+@pytest.mark.parametrize("n_des,n_und", [(100, 7), (7, 100), (4427, 569), (1, 50), (50, 1)])
+def test_subsample_to_band_keeps_the_rarer_label_and_cuts_the_other_into_the_band(n_des, n_und):
+    ex = [{"label": True, "i": i} for i in range(n_des)] + [{"label": False, "i": n_des + i} for i in range(n_und)]
+    ex = [ex[i] for i in np.random.default_rng(1).permutation(len(ex))]  # labels interleaved
+    kept = subsample_to_band(ex, seed=3)
+    k_des, k_und = label_counts(kept)
+    lo, hi = TRL_WEIGHT_BAND
+    assert lo <= k_des / k_und <= hi
+    assert (k_und == n_und) if n_des > n_und else (k_des == n_des)  # every example of the rarer label stays
+    assert [e["i"] for e in kept] == [e["i"] for e in ex if e in kept]  # original order
+    assert kept == subsample_to_band(ex, seed=3)  # seeded
+    if max(k_des, k_und) > 1 and max(n_des, n_und) > max(k_des, k_und) + 1:
+        assert kept != subsample_to_band(ex, seed=4)
+
+
+def test_subsample_to_band_leaves_balanced_data_and_needs_both_labels():
+    ex = [{"label": True}] * 7 + [{"label": False}] * 6
+    assert subsample_to_band(ex) == ex
+    with pytest.raises(ValueError, match="both label counts"):
+        subsample_to_band([{"label": True}] * 3)
+    with pytest.raises(ValueError, match="`target` must lie in TRL's band"):
+        subsample_to_band(ex * 2 + [{"label": True}] * 20, target=2.0)
 
 
 def test_save_load_round_trip(tmp_path):

@@ -285,6 +285,8 @@ def test_loop_settings_of_the_replay_options():
             LoopSettings(kto_lr_decay=bad)
     with pytest.raises(ValueError, match="`loss_type` must be one of"):
         LoopSettings(loss_type="sigmoid")
+    with pytest.raises(ValueError, match="`kto_balance` must be one of weights, subsample"):
+        LoopSettings(kto_balance="oversample")
     assert LoopSettings(kto_learning_rate=1e-3, kto_lr_decay=0.5).kto_learning_rate_at(3) == pytest.approx(2.5e-4)
 
 

@@ -10,7 +10,16 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("trl")
 pytest.importorskip("peft")
 
-from train.labeling import TRL_WEIGHT_BAND, LabelOptions, label_steps, load_examples, save_examples, weighted_ratio
+from train.labeling import (
+    TRL_WEIGHT_BAND,
+    LabelOptions,
+    label_counts,
+    label_steps,
+    load_examples,
+    save_examples,
+    subsample_to_band,
+    weighted_ratio,
+)
 from train.records import StepRecord
 from train.tune import SIDECAR_FILE, TuneConfig, check_examples, default_trainer_args, read_sidecar, tune
 
@@ -243,6 +252,31 @@ def test_kto_against_another_reference_adapter(data_dir, tiny_model_factory, tin
 
     same = kto("u-same", a)  # the reference passed as a separate model gives what TRL's own copy gives
     assert first_rewards(same) == pytest.approx(first_rewards(own), abs=1e-5)
+
+
+def test_kto_balanced_by_subsampling_trains_on_the_subset_with_unit_weights(data_dir, tiny_model_factory,
+                                                                          tiny_tokenizer, tmp_path):
+    """`balance_by="subsample"`: the stage trains on `subsample_to_band`'s subset (seeded by the trainer's seed),
+    with both loss weights 1; the label counts of the data and the balancing are recorded."""
+    data = load_examples(data_dir)
+    n_des, n_und = label_counts(data.examples)
+    assert n_des > 2 * n_und  # the fixture is imbalanced, so something is cut
+    args = small_args("kto", seed=5)
+    res = tune("kto", data_dir, tiny_model_factory(0), tokenizer=tiny_tokenizer, out=tmp_path / "u", max_steps=1,
+               config=TuneConfig(trainer_args=args, balance_by="subsample"))
+    subset = subsample_to_band(data.examples, seed=5)
+    assert res.n_train_examples == len(subset) < n_des + n_und
+    assert (res.desirable_weight, res.undesirable_weight) == (1.0, 1.0)
+    assert (res.n_desirable, res.n_undesirable) == (n_des, n_und)
+    side = read_sidecar(res.out)
+    assert side["balance_by"] == "subsample" and side["n_train_examples"] == len(subset)
+
+    weighted = tune("kto", data_dir, tiny_model_factory(0), tokenizer=tiny_tokenizer, out=tmp_path / "w",
+                    max_steps=1, config=TuneConfig(trainer_args=args))
+    assert weighted.n_train_examples == n_des + n_und and weighted.desirable_weight < 1.0
+    assert read_sidecar(weighted.out)["balance_by"] == "weights"
+    with pytest.raises(ValueError, match="`balance_by` must be one of weights, subsample"):
+        TuneConfig(balance_by="oversample")
 
 
 def test_no_progress_prints_no_training_lines(data_dir, tiny_model_factory, tiny_tokenizer, tmp_path, capsys):
