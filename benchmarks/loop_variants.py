@@ -73,6 +73,7 @@ def variant_row(run: Path, doc: dict[str, Any], changes: dict[str, Any], iterati
         "len_mean": e["len_mean"], "len_ci95": e["len_ci95"],
         "return_mean": e["return_mean"], "return_ci95": e["return_ci95"],
         "desirable": training.get("desirable"), "undesirable": training.get("undesirable"),
+        "trained_on": training.get("examples"),
         "kto_logs": len(curve),
         "rewards_chosen_mean": _mean(chosen),
         "rewards_rejected_mean": _mean([float(c["rewards/rejected"]) for c in curve if "rewards/rejected" in c]),
@@ -99,9 +100,13 @@ def format_rows(rows: list[dict[str, Any]], before: dict[str, Any] | None) -> st
     for i, r in enumerate(rows):
         name = "control (the run's own)" if i == 0 else ", ".join(f"{k}={v}" for k, v in r["changes"].items())
         delta = "" if i == 0 else f"{r['len_mean'] - control['len_mean']:+.2f}"
+        counts = f"{r['desirable']} / {r['undesirable']}"
+        if r.get("trained_on") is not None and r["desirable"] is not None and r["undesirable"] is not None \
+                and r["trained_on"] != r["desirable"] + r["undesirable"]:
+            counts += f" (trained on {r['trained_on']})"  # a subset: --kto-balance subsample
         lines.append(
             f"| {name} | {r['len_mean']:.2f} ± {r['len_ci95']:.2f} | {r['return_mean']:.1f} ± {r['return_ci95']:.1f} "
-            f"| {delta} | {r['desirable']} / {r['undesirable']} | {_fmt(r['rewards_chosen_mean'])} "
+            f"| {delta} | {counts} | {_fmt(r['rewards_chosen_mean'])} "
             f"| {_fmt(r['rewards_rejected_mean'])} | {_fmt(r['rewards_margins_mean'])} | {_fmt(r['kl_mean'])} "
             f"| {r['logs_chosen_negative']}/{r['kto_logs']}, {r['logs_kl_zero']}/{r['kto_logs']} |")
     return "\n".join(lines)

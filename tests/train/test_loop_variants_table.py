@@ -70,3 +70,22 @@ def test_a_run_that_is_not_a_fork_of_the_parent_at_that_iteration_is_refused(tmp
         mod.main([str(parent), str(plain)])
     with pytest.raises(SystemExit, match="no evaluation of ulrec at iteration 3"):
         mod.main([str(parent), "--iteration", "3"])
+
+
+def test_a_stage_trained_on_a_subset_says_how_many_examples(tmp_path, capsys):
+    """`--kto-balance subsample` trains on fewer examples than the data holds: the row says how many; a stage that
+    trained on all of them shows the counts alone."""
+    mod = _load()
+    parent = _run(tmp_path / "parent", [_eval(1, 6.0, []), _eval(2, 7.0, [_log(1.0, -1.0, 0.2)])])
+    sub = _eval(2, 7.5, [_log(0.5, -1.0, 0.0)])
+    sub["training"]["examples"] = 9
+    parent_doc = json.loads((parent / "metrics.json").read_text())
+    parent_doc["evals"][1]["training"]["examples"] = 14
+    (parent / "metrics.json").write_text(json.dumps(parent_doc))
+    fork = _run(tmp_path / "sub", [_eval(1, 6.0, []), sub],
+                fork={"parent": str(parent.resolve()), "at": 2, "changed": {"kto_balance": ["weights", "subsample"]}})
+    doc = mod.main([str(parent), str(fork), "--iteration", "2"])
+    assert [r["trained_on"] for r in doc["rows"]] == [14, 9]
+    lines = capsys.readouterr().out.splitlines()
+    assert any(line.startswith("| control") and "| 10 / 4 |" in line for line in lines)
+    assert any(line.startswith("| kto_balance=subsample") and "| 10 / 4 (trained on 9) |" in line for line in lines)
