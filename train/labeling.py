@@ -326,8 +326,10 @@ def subsample_to_band(examples: Sequence[Mapping[str, Any]], seed: int = 0,
     """Balance KTO data by sampling instead of weighting: keep every example of the rarer label and a seeded
     random subset of the other, so that the raw desirable:undesirable ratio sits in TRL's band with both weights 1.
 
-    In expectation this is the loss of :func:`recommend_weights` (a desirable weight of ``w`` is a desirable
-    example kept with probability ``w``); what changes is that a step-capped stage, which sees only its first
+    A desirable weight of ``w`` (:func:`recommend_weights`) becomes a desirable example kept with probability
+    ``w``: the KTO loss keeps its direction in expectation, but it is larger by ``len(examples) / len(subset)``,
+    since the batch mean no longer divides by the weighted-away examples (so, next to ULRec's SFT term, which is a
+    mean over desirable tokens, the KTO term weighs that much more). And a step-capped stage, which sees only
     ``max_steps * batch_size`` examples, meets the rarer label as often as the other instead of a few times.
 
     Args:

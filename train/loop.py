@@ -123,7 +123,8 @@ class LoopSettings:
         kto_balance: How each KTO stage balances desirable against undesirable examples: ``"weights"`` (TRL's
             loss weights, :func:`train.labeling.recommend_weights`) or ``"subsample"`` (a seeded random subset of
             the commoner label, weights 1, :func:`train.labeling.subsample_to_band`: with a step cap the stage then
-            meets as many undesirable examples as desirable ones).
+            meets as many undesirable examples as desirable ones, and its KTO term weighs more against the SFT
+            term).
         preset: The named preset (see :data:`PRESETS`) these settings started from, if any.
         preset_overrides: The fields given on the command line over the preset's values.
     """

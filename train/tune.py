@@ -184,8 +184,8 @@ class TuneConfig:
             them with :func:`train.labeling.recommend_weights` so the weighted ratio sits in TRL's band.
         balance_by: How ``balance_weights`` balances: ``"weights"`` (the loss weights above) or ``"subsample"``
             (:func:`train.labeling.subsample_to_band`: the commoner label is cut to a seeded random subset, both
-            weights stay 1; the same loss in expectation, but a step-capped stage meets the rarer label as often
-            as the other).
+            weights stay 1; the KTO loss keeps its direction in expectation but grows by the data's size over the
+            subset's, and a step-capped stage meets the rarer label as often as the other).
         overwrite: Replace an existing ``out`` folder.
         trust_remote_code: Run code shipped by the model folder (transformers' option); off by default.
         allow_unsafe_pickle: Accept pickled weights (``*.bin``) in the model or initial adapter folder; by
