@@ -4,6 +4,7 @@ A run lives in one folder::
 
     runs/NAME/settings.json        the LoopSettings (a run is reproducible from them)
     runs/NAME/manifest.json        finished stages, their results and seconds (written atomically)
+    runs/NAME/sessions.json        each start or resume: its machine and package versions
     runs/NAME/iter1/rollout/       steps.jsonl, summary.json
     runs/NAME/iter1/labels/        examples.jsonl, meta.json
     runs/NAME/iter1/ulrec-p/       adapter (SFT on positives), iteration 1 only
@@ -125,6 +126,9 @@ class LoopSettings:
             the commoner label, weights 1, :func:`train.labeling.subsample_to_band`: with a step cap the stage then
             meets as many undesirable examples as desirable ones, and its KTO term weighs more against the SFT
             term).
+        kto_balance_from: The first iteration whose KTO stage balances by ``kto_balance``; the stages before it
+            balance by ``"weights"`` (e.g. ``kto_balance="subsample", kto_balance_from=2``: weights at iteration
+            1, subsampling after). The compare ablations count as iteration 1.
         preset: The named preset (see :data:`PRESETS`) these settings started from, if any.
         preset_overrides: The fields given on the command line over the preset's values.
     """
@@ -172,6 +176,7 @@ class LoopSettings:
     loss_type: str = field(default="kto", metadata={"choices": KTO_LOSS_TYPES})
     kto_lr_decay: float = 1.0
     kto_balance: str = field(default="weights", metadata={"choices": BALANCE_BY})
+    kto_balance_from: int = field(default=1, metadata={"metavar": "K"})
     preset: str | None = field(default=None, metadata={"cli": False})  # `--preset` starts from PRESETS[name]
     preset_overrides: tuple[str, ...] = field(default=(), metadata={"cli": False})
 
@@ -232,6 +237,9 @@ class LoopSettings:
             raise ValueError(f"`kto_lr_decay` must be in (0, 1], got {self.kto_lr_decay!r}.")
         if self.kto_balance not in BALANCE_BY:
             raise ValueError(f"`kto_balance` must be one of {', '.join(BALANCE_BY)}, got {self.kto_balance!r}.")
+        if isinstance(self.kto_balance_from, bool) or not isinstance(self.kto_balance_from, int) or self.kto_balance_from < 1:
+            raise ValueError(f"`kto_balance_from` must be a positive integer (an iteration, 1-based), got "
+                             f"{self.kto_balance_from!r}.")
         if self.preset is not None and self.preset not in PRESETS_NAMES:
             raise ValueError(f"`preset` must be None or one of {', '.join(PRESETS_NAMES)}, got {self.preset!r}.")
         object.__setattr__(self, "preset_overrides", tuple(self.preset_overrides))
@@ -282,6 +290,11 @@ class LoopSettings:
     def kto_learning_rate_at(self, k: int) -> float:
         """The KTO learning rate of iteration ``k`` (1-based)."""
         return self.kto_learning_rate * self.kto_lr_decay ** (k - 1)
+
+    def kto_balance_at(self, k: int) -> str:
+        """How the KTO stage of iteration ``k`` (1-based) balances its labels: ``kto_balance`` from iteration
+        ``kto_balance_from`` on, ``"weights"`` before it."""
+        return self.kto_balance if k >= self.kto_balance_from else "weights"
 
 
 class Manifest:
@@ -375,7 +388,7 @@ def resume_settings(out: Path, saved: LoopSettings, given: LoopSettings, log: Ca
 #: (its rollout, labels, KTO data or KTO stage), so the stages it copies from RUN are what it would have run itself.
 FORK_CHANGES = ("iterations", "temperature", "top_p", "episodes", "min_positives", "extra_negatives",
                 "kto_learning_rate", "kto_lr_decay", "kto_max_steps", "beta", "sft_alpha", "reference", "replay",
-                "teacher_replay", "loss_type", "kto_balance", "save_steps")
+                "teacher_replay", "loss_type", "kto_balance", "kto_balance_from", "save_steps")
 #: Of those, the ones that change iteration K's sessions or their labels: a fork that changes one reruns iteration
 #: K from its rollout (with ULRec-P's SFT when K is 1); otherwise it copies iteration K's stages before the KTO data.
 FORK_ROLLOUT_CHANGES = ("temperature", "top_p", "episodes", "min_positives", "extra_negatives")
@@ -483,12 +496,24 @@ class _Run:
         self.settings, self.progress, self.log = settings, progress, log
         log(describe_settings(settings))
         self.manifest = Manifest(self.out)
+        self.sessions = self._record_session()
         from ulrec_env.worlds.spec import world_from_spec
 
         self.allow_unsafe_pickle, self.trust_remote_code = allow_unsafe_pickle, trust_remote_code
         self.world = world_from_spec(settings.world, allow_unsafe_pickle=allow_unsafe_pickle)
         self.users = eval_users(self.world, settings)
         self._tb = _tensorboard_writer(self.out / "tb")
+
+    def _record_session(self) -> list[dict[str, Any]]:
+        """Appends this process's machine and package versions (:func:`train.provenance.machine_record`) to the
+        run's ``sessions.json``, one entry per start or resume; returns the list."""
+        from train.provenance import machine_record
+
+        path = self.out / "sessions.json"
+        sessions = json.loads(read_text_bounded(path, "a run's sessions.json")) if path.is_file() else []
+        sessions.append({**machine_record(), "stages_done": len(self.manifest.stages)})
+        atomic_write_text(path, json.dumps(sessions, indent=2))
+        return sessions
 
     def stage(self, name: str, fn: Callable[[], Mapping[str, Any]], folder: Path | None = None) -> dict[str, Any]:
         """Run ``fn`` unless the manifest says ``name`` is done; returns the stage's recorded result."""
@@ -615,7 +640,7 @@ class _Run:
             trainer_args = stage_trainer_args(stage, folder, seed=s.seed, dtype=s.dtype, progress=self.progress, **args)
             result = tune(stage, data, s.model, out=folder, init_adapter=init_adapter, seed=s.seed, world=self.world,
                           config=TuneConfig(trainer_args=trainer_args, balance_weights=balance, overwrite=True,
-                                            balance_by=s.kto_balance if stage == "kto" else "weights",
+                                            balance_by=s.kto_balance_at(iteration) if stage == "kto" else "weights",
                                             lora_top_layers=s.lora_layers, save_steps=s.save_steps, resume=True,
                                             reference_adapter=reference_adapter,
                                             allow_unsafe_pickle=self.allow_unsafe_pickle,
@@ -707,7 +732,8 @@ class _Run:
         st = self.manifest.stages
         evals = [{**v["eval"], "training": self._training_of(key)} for key, v in st.items() if "eval" in v]
         refs = st.get("references", {}).get("rows", [])
-        doc = {"settings": self.settings.to_dict(), "world": self.world.name, "evals": evals, "references": refs}
+        doc = {"settings": self.settings.to_dict(), "world": self.world.name, "evals": evals, "references": refs,
+               "sessions": self.sessions}
         atomic_write_text(self.out / "metrics.json", json.dumps(doc, indent=2, default=float))
         atomic_write_text(self.out / "metrics.csv", self._csv())
         try:

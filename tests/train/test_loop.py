@@ -52,6 +52,13 @@ def test_loop_runs_every_stage_and_writes_metrics(tmp_path, tiny_model_dir):
     before = json.loads((out / "manifest.json").read_text())
     run_loop(_settings(tiny_model_dir), out, resume=True, progress=False)
     assert json.loads((out / "manifest.json").read_text()) == before
+    # Each start and resume recorded its machine and package versions, in sessions.json and metrics.json.
+    import torch
+
+    sessions = json.loads((out / "sessions.json").read_text())
+    assert [s["stages_done"] for s in sessions] == [0, len(before["stages"])]
+    assert all(s["packages"]["torch"] == torch.__version__ and s["packages"]["trl"] for s in sessions)
+    assert json.loads((out / "metrics.json").read_text())["sessions"] == sessions
 
 
 def _stages(out):
@@ -287,6 +294,12 @@ def test_loop_settings_of_the_replay_options():
         LoopSettings(loss_type="sigmoid")
     with pytest.raises(ValueError, match="`kto_balance` must be one of weights, subsample"):
         LoopSettings(kto_balance="oversample")
+    for bad in (0, 1.5, True):
+        with pytest.raises(ValueError, match="`kto_balance_from` must be a positive integer"):
+            LoopSettings(kto_balance_from=bad)
+    late = LoopSettings(kto_balance="subsample", kto_balance_from=2)
+    assert [late.kto_balance_at(k) for k in (1, 2, 3)] == ["weights", "subsample", "subsample"]
+    assert [LoopSettings(kto_balance="subsample").kto_balance_at(k) for k in (1, 2)] == ["subsample"] * 2
     assert LoopSettings(kto_learning_rate=1e-3, kto_lr_decay=0.5).kto_learning_rate_at(3) == pytest.approx(2.5e-4)
 
 
@@ -356,6 +369,15 @@ def test_a_fork_copies_the_iterations_before_it_and_runs_the_rest(tmp_path, tiny
     assert t_b["balance_by"] == "subsample" and t_b["examples"] == len(subsample_to_band(data, seed=s.seed)) < len(data)
     assert (t_b["desirable_weight"], t_b["undesirable_weight"]) == (1.0, 1.0)
     assert t_p["balance_by"] == "weights" and t_p["examples"] == len(rows)
+    # --kto-balance-from 3: iteration 2's stage still balances by weights, on all of the same lopsided data
+    fw = tmp_path / "fork-w"
+    fork_run(parent, 2, dataclasses.replace(s, kto_balance="subsample", kto_balance_from=3), fw, log=lambda m: None)
+    (fw / "iter2" / "labels" / "examples.jsonl").write_text(labels.read_text())
+    assert main(["loop", "--fork-from", str(parent), "--fork-at", "2", "--kto-balance", "subsample",
+                 "--kto-balance-from", "3", "--out", str(fw), "--resume", "--no-progress"]) == 0
+    t_w = json.loads((fw / "metrics.json").read_text())["evals"][-1]["training"]
+    assert t_w["balance_by"] == "weights" and t_w["examples"] == len(data)
+    assert t_w["desirable_weight"] != t_w["undesirable_weight"]
     # what a fork may not change, and forks the parent cannot give, are refused with the reason
     with pytest.raises(ValueError, match="may change only .*; it changes world, sft_learning_rate"):
         fork_run(parent, 2, dataclasses.replace(s, sft_learning_rate=1.0, world="synthetic:4"), tmp_path / "f1")
