@@ -505,14 +505,22 @@ class _Run:
         self._tb = _tensorboard_writer(self.out / "tb")
 
     def _record_session(self) -> list[dict[str, Any]]:
-        """Appends this process's machine and package versions (:func:`train.provenance.machine_record`) to the
-        run's ``sessions.json``, one entry per start or resume; returns the list."""
+        """Appends this process's machine and package versions (:func:`train.provenance.machine_record`), the
+        device and the dtype ``settings.dtype`` resolves to on it, to the run's ``sessions.json``, one entry per
+        start or resume, and logs them in a line; returns the list."""
         from train.provenance import machine_record
 
         path = self.out / "sessions.json"
         sessions = json.loads(read_text_bounded(path, "a run's sessions.json")) if path.is_file() else []
-        sessions.append({**machine_record(), "stages_done": len(self.manifest.stages)})
+        from agents.models import dtype_name, resolve_device, resolve_dtype
+
+        device = resolve_device("auto")
+        rec = {**machine_record(), "device": str(device),
+               "dtype": dtype_name(resolve_dtype(self.settings.dtype, device)), "stages_done": len(self.manifest.stages)}
+        sessions.append(rec)
         atomic_write_text(path, json.dumps(sessions, indent=2))
+        self.log(f"machine: {rec['accelerator'] or rec['cpu']} ({rec['cpu_count']} CPUs; bf16 CPU flags: "
+                 f"{', '.join(rec['cpu_flags']) or 'none'}); dtype {self.settings.dtype} -> {rec['dtype']} on {device}")
         return sessions
 
     def stage(self, name: str, fn: Callable[[], Mapping[str, Any]], folder: Path | None = None) -> dict[str, Any]:

@@ -58,6 +58,9 @@ def test_loop_runs_every_stage_and_writes_metrics(tmp_path, tiny_model_dir):
     sessions = json.loads((out / "sessions.json").read_text())
     assert [s["stages_done"] for s in sessions] == [0, len(before["stages"])]
     assert all(s["packages"]["torch"] == torch.__version__ and s["packages"]["trl"] for s in sessions)
+    from agents.models import dtype_name, resolve_device, resolve_dtype
+
+    assert {s["dtype"] for s in sessions} == {dtype_name(resolve_dtype("auto", resolve_device("auto")))}
     assert json.loads((out / "metrics.json").read_text())["sessions"] == sessions
 
 
