@@ -8,6 +8,7 @@ import math
 import sys
 from typing import Any, Sequence
 
+from train.labeling import BALANCE_BY as BALANCE_CHOICES
 from train.options import parse_episodes
 
 __all__ = ["main", "build_parser", "parse_command", "loop_settings_from_args", "settings_for_command"]
@@ -170,6 +171,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--batch-size", type=int, default=None)
     t.add_argument("--beta", type=float, default=None, help="KTO beta")
     t.add_argument("--sft-alpha", type=float, default=None, help="weight of the SFT term in the kto stage (0 turns it off)")
+    t.add_argument("--balance-by", default="weights", choices=BALANCE_CHOICES,
+                   help="kto stage: balance desirable against undesirable examples by TRL's loss weights (weights) "
+                        "or by a seeded subset of the commoner label with weights 1 (subsample)")
     t.add_argument("--full-finetune", action="store_true", help="train all weights instead of LoRA")
     t.add_argument("--lora-layers", type=int, default=None,
                    help="LoRA only in the last N transformer blocks (about 2x faster steps on a CPU with 10 of 30); default all")
@@ -477,8 +481,8 @@ def _cmd_tune(args: argparse.Namespace) -> int:
     from train.pipeline import stage_trainer_args
     from train.tune import TuneConfig, tune
 
-    if args.stage == "sft" and (args.beta is not None or args.sft_alpha is not None):
-        raise SystemExit("ulrec tune: --beta and --sft-alpha belong to the kto stage")
+    if args.stage == "sft" and (args.beta is not None or args.sft_alpha is not None or args.balance_by != "weights"):
+        raise SystemExit("ulrec tune: --beta, --sft-alpha and --balance-by belong to the kto stage")
     trainer_args = stage_trainer_args(args.stage, args.out, lora=not args.full_finetune, seed=args.seed,
                                       dtype=args.dtype, progress=not args.no_progress, max_steps=args.max_steps,
                                       num_train_epochs=args.epochs, learning_rate=args.learning_rate,
@@ -488,7 +492,7 @@ def _cmd_tune(args: argparse.Namespace) -> int:
                   max_steps=args.max_steps, seed=args.seed,
                   config=TuneConfig(trainer_args=trainer_args, full_finetune=args.full_finetune, overwrite=args.overwrite,
                                     lora_top_layers=args.lora_layers, trust_remote_code=args.trust_remote_code,
-                                    save_steps=args.save_steps, resume=args.resume,
+                                    save_steps=args.save_steps, resume=args.resume, balance_by=args.balance_by,
                                     allow_unsafe_pickle=args.allow_unsafe_pickle))
     print(f"{args.stage}: {result.n_train_examples} examples, {result.global_step} steps in {result.train_seconds:.1f}s "
           f"({result.examples_per_second:.2f} examples/s) -> {result.out}")

@@ -30,6 +30,20 @@ def test_rollout_label_tune_bench(tmp_path, tiny_model_dir, capsys):
     assert main(["tune", "--stage", "kto", "--data", lab, "--model", tiny_model_dir, "--init-adapter", sft, "--out", kto,
                  "--max-steps", "2", "--batch-size", "4"]) == 0
     assert (tmp_path / "kto" / "adapter_config.json").is_file()
+    # --balance-by subsample: the kto stage trains on subsample_to_band's subset (seeded by --seed), weights 1
+    from train.labeling import load_examples, subsample_to_band
+    from train.tune import read_sidecar
+
+    sub = str(tmp_path / "kto-sub")
+    assert main(["tune", "--stage", "kto", "--data", lab, "--model", tiny_model_dir, "--init-adapter", sft, "--out", sub,
+                 "--max-steps", "1", "--batch-size", "4", "--balance-by", "subsample", "--seed", "3"]) == 0
+    side = read_sidecar(sub)
+    assert side["balance_by"] == "subsample"
+    assert side["n_train_examples"] == len(subsample_to_band(load_examples(lab).examples, seed=3))
+    assert read_sidecar(kto)["balance_by"] == "weights"
+    with pytest.raises(SystemExit, match="--balance-by belong to the kto stage"):
+        main(["tune", "--stage", "sft", "--data", lab, "--model", tiny_model_dir, "--out", str(tmp_path / "s2"),
+              "--balance-by", "subsample"])
 
     out = tmp_path / "bench.json"
     assert main(["bench", "--world", world, "--policies", "greedy,llm", "--llm-model", tiny_model_dir,
