@@ -508,12 +508,15 @@ class _Run:
         """Appends this process's machine and package versions (:func:`train.provenance.machine_record`), the
         device and the dtype ``settings.dtype`` resolves to on it, to the run's ``sessions.json``, one entry per
         start or resume, and logs them in a line; returns the list."""
+        from agents.models import dtype_name, resolve_device, resolve_dtype
         from train.provenance import machine_record
 
         path = self.out / "sessions.json"
-        sessions = json.loads(read_text_bounded(path, "a run's sessions.json")) if path.is_file() else []
-        from agents.models import dtype_name, resolve_device, resolve_dtype
-
+        try:
+            sessions = json.loads(read_text_bounded(path, "a run's sessions.json")) if path.is_file() else []
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{path}: unreadable ({e}); move it aside to continue the run (it only records where "
+                             f"earlier sessions ran).") from None
         device = resolve_device("auto")
         rec = {**machine_record(), "device": str(device),
                "dtype": dtype_name(resolve_dtype(self.settings.dtype, device)), "stages_done": len(self.manifest.stages)}
