@@ -62,6 +62,9 @@ def test_loop_runs_every_stage_and_writes_metrics(tmp_path, tiny_model_dir):
 
     assert {s["dtype"] for s in sessions} == {dtype_name(resolve_dtype("auto", resolve_device("auto")))}
     assert json.loads((out / "metrics.json").read_text())["sessions"] == sessions
+    (out / "sessions.json").write_text("[{cut")
+    with pytest.raises(ValueError, match="sessions.json: unreadable .*move it aside"):
+        run_loop(_settings(tiny_model_dir), out, resume=True, progress=False)
 
 
 def _stages(out):
