@@ -55,7 +55,9 @@ def machine_record(cpuinfo: str | Path = "/proc/cpuinfo") -> dict[str, Any]:
 
     Keys: ``recorded`` (local time, ISO 8601), ``python``, ``platform``, ``cpu`` (model name), ``cpu_flags``
     (those of :data:`_CPU_FLAGS` the CPU has), ``cpu_count``, ``torch_threads``, ``accelerator`` (the CUDA
-    device's name, or None), ``packages`` (name -> version or None for each of :data:`PACKAGES`).
+    device's name, or None), ``packages`` (name -> version or None for each of :data:`PACKAGES`). torch's entry
+    is ``torch.__version__``, which keeps the build's local tag (``+cpu``, ``+cu124``) that the installed
+    distribution's metadata may drop: a CPU and a CUDA build of one release run different kernels.
     """
     import os
 
@@ -67,4 +69,4 @@ def machine_record(cpuinfo: str | Path = "/proc/cpuinfo") -> dict[str, Any]:
             "platform": platform.platform(), "cpu": cpu_model(cpuinfo),
             "cpu_flags": [f for f in _CPU_FLAGS if f in flags], "cpu_count": os.cpu_count(),
             "torch_threads": torch.get_num_threads(), "accelerator": accelerator,
-            "packages": {name: _version(name) for name in PACKAGES}}
+            "packages": {name: torch.__version__ if name == "torch" else _version(name) for name in PACKAGES}}
