@@ -1,0 +1,88 @@
+"""A fork of a loop run whose KTO stage at iteration K learns from the same own sessions labelled another way.
+
+``ulrec loop --fork-from RUN --fork-at K --extra-negatives N`` reruns iteration K from its rollout, and at K = 1
+that means ULRec-P's SFT again (the teacher's labels change too). To ask only "what if the model's own sessions
+were labelled with other options?", this script forks RUN at K keeping every stage before the KTO data (the
+teacher's labels and ULRec-P included), relabels the own rollout of iteration K (``iterK/rollout-own`` at K = 1
+with a teacher, else ``iterK/rollout``) with the options given, and records that in the fork's ``fork.json``
+under ``changed`` (so ``benchmarks/loop_variants.py`` names it). The iterations before K and the teacher's data
+that the KTO data replays keep the parent's labels. Then the loop finishes the fork::
+
+    python benchmarks/relabel_fork.py runs/gtt runs/gtt-xneg0 --at 1 --extra-negatives 0
+    ulrec loop --fork-from runs/gtt --fork-at 1 --iterations 1 --resume --out runs/gtt-xneg0
+
+(``--iterations`` as given here; the fork's settings are the parent's with that one change.)
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import shutil
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from train.labeling import LabelOptions  # noqa: E402
+from train.loop import LoopSettings, Manifest, fork_run  # noqa: E402
+from train.pipeline import label_folder  # noqa: E402
+from ulrec_env.storage import atomic_write_text  # noqa: E402
+
+
+def relabel_fork(parent: Path, out: Path, at: int, iterations: int, extra_negatives: int | None,
+                 min_positives: int | None) -> dict:
+    """Fork ``parent`` at ``at`` into ``out`` and relabel iteration ``at``'s own sessions; returns the new report."""
+    if extra_negatives is None and min_positives is None:
+        raise SystemExit("nothing to relabel: give --extra-negatives and/or --min-positives.")
+    settings = LoopSettings.from_run(parent)
+    settings = dataclasses.replace(settings, iterations=iterations)
+    fork_run(parent, at, settings, out)
+    own = "-own" if at == 1 and settings.teacher is not None else ""
+    label_stage = f"iter{at}/labels-own" if own else f"iter{at}/label"
+    manifest = Manifest(out)
+    if label_stage not in manifest.stages:
+        raise SystemExit(f"{parent} has no finished stage {label_stage} to relabel; fork it at another iteration.")
+    changed = {}
+    opts = LabelOptions(min_positives=settings.min_positives, extra_negatives=settings.extra_negatives)
+    if extra_negatives is not None:
+        changed["extra_negatives (own sessions of this iteration only)"] = [settings.extra_negatives, extra_negatives]
+        opts = dataclasses.replace(opts, extra_negatives=extra_negatives)
+    if min_positives is not None:
+        changed["min_positives (own sessions of this iteration only)"] = [settings.min_positives, min_positives]
+        opts = dataclasses.replace(opts, min_positives=min_positives)
+    folder = out / f"iter{at}" / f"labels{own}"
+    shutil.rmtree(folder)
+    report = label_folder(out / f"iter{at}" / f"rollout{own}", folder, opts,
+                          meta={"iteration": at, "relabelled": {k: v[1] for k, v in changed.items()}})
+    manifest.stages[label_stage] = {**manifest.stages[label_stage], "report": report.to_dict(), "path": str(folder)}
+    manifest.stages.pop(f"iter{at}/kto-data", None)  # rebuilt from the new labels by the loop
+    shutil.rmtree(out / f"iter{at}" / "kto-data", ignore_errors=True)
+    manifest.record(label_stage, manifest.stages[label_stage])
+    fork_file = out / "fork.json"
+    doc = json.loads(fork_file.read_text())
+    doc["changed"].update(changed)
+    doc["copied_stages"] = sorted(manifest.stages)
+    atomic_write_text(fork_file, json.dumps(doc, indent=2))
+    return report.to_dict()
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("parent", type=Path, help="the run to fork (a `ulrec loop` folder)")
+    ap.add_argument("out", type=Path, help="the fork's folder (new)")
+    ap.add_argument("--at", type=int, required=True, help="the iteration whose own sessions are relabelled")
+    ap.add_argument("--iterations", type=int, default=None, help="the fork's iterations (default: --at)")
+    ap.add_argument("--extra-negatives", type=int, default=None)
+    ap.add_argument("--min-positives", type=int, default=None)
+    a = ap.parse_args(argv)
+    report = relabel_fork(a.parent, a.out, a.at, a.iterations or a.at, a.extra_negatives, a.min_positives)
+    print(json.dumps(report))
+    print(f"now: ulrec loop --fork-from {a.parent} --fork-at {a.at} --iterations {a.iterations or a.at} --resume "
+          f"--out {a.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

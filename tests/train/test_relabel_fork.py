@@ -1,0 +1,49 @@
+"""benchmarks/relabel_fork.py: a fork whose KTO stage learns from the same own sessions labelled another way."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from tests.conftest import load_benchmark
+from train.cli import main
+from train.labeling import LabelOptions, label_counts, label_steps, load_examples
+from train.rollout import load_rollout
+
+pytestmark = pytest.mark.slow
+
+
+def test_the_own_sessions_are_relabelled_and_everything_before_them_is_the_parents(tmp_path, tiny_model_dir):
+    mod = load_benchmark("relabel_fork")
+    parent, fork = tmp_path / "run", tmp_path / "fork"
+    assert main(["loop", "--world", "synthetic:3", "--model", tiny_model_dir, "--iterations", "1", "--episodes", "12",
+                 "--eval-episodes", "4", "--max-episode-steps", "6", "--max-steps", "2", "--train-batch-size", "4",
+                 "--gen-batch-size", "8", "--min-positives", "1", "--min-rating", "3.0", "--references", "greedy",
+                 "--teacher", "genre-cycle", "--teacher-replay", "--extra-negatives", "0", "--no-progress",
+                 "--out", str(parent)]) == 0
+    report = mod.main([str(parent), str(fork), "--at", "1", "--extra-negatives", "2", "--min-positives", "3"])
+    assert report == 0
+    records, _ = load_rollout(fork / "iter1" / "rollout-own")
+    expected, _ = label_steps(records, LabelOptions(min_positives=3, extra_negatives=2))
+    relabelled = load_examples(fork / "iter1" / "labels-own").examples
+    assert [e["label"] for e in relabelled] == [e["label"] for e in expected]
+    before = load_examples(parent / "iter1" / "labels-own").examples
+    assert label_counts(relabelled)[0] < label_counts(before)[0]  # sessions with 1 or 2 positives give none now
+    for f in ("iter1/ulrec-p/adapter_model.safetensors", "iter1/labels/examples.jsonl", "iter1/rollout-own/steps.jsonl"):
+        assert (fork / f).read_bytes() == (parent / f).read_bytes(), f
+    doc = json.loads((fork / "fork.json").read_text())
+    assert doc["changed"] == {"extra_negatives (own sessions of this iteration only)": [0, 2],
+                              "min_positives (own sessions of this iteration only)": [1, 3]}
+    assert "iter1/kto-data" not in doc["copied_stages"] and "iter1/labels-own" in doc["copied_stages"]
+    # the loop finishes the fork: its KTO data is the new labels plus the teacher's desirable steps
+    assert main(["loop", "--fork-from", str(parent), "--fork-at", "1", "--iterations", "1", "--resume",
+                 "--no-progress", "--out", str(fork)]) == 0
+    stages = json.loads((fork / "manifest.json").read_text())["stages"]
+    teacher_des = label_counts(load_examples(fork / "iter1" / "labels").examples)[0]
+    n_des, n_und = label_counts(relabelled)
+    assert stages["iter1/kto-data"]["report"]["desirable"] == n_des + teacher_des
+    assert stages["iter1/kto-data"]["report"]["undesirable"] == n_und
+    assert stages["iter1/tune-ulrec-p"] == json.loads((parent / "manifest.json").read_text())["stages"]["iter1/tune-ulrec-p"]
+    with pytest.raises(SystemExit, match="nothing to relabel"):
+        mod.relabel_fork(parent, tmp_path / "f2", 1, 1, None, None)
