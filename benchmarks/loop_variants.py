@@ -85,6 +85,16 @@ def variant_row(run: Path, doc: dict[str, Any], changes: dict[str, Any], iterati
     }
 
 
+def _ulrec_p_row(doc: dict[str, Any]) -> dict[str, Any] | None:
+    """ULRec-P's evaluation (iteration 1), the adapter iteration 1's KTO stage starts from; None without one."""
+    evals = [e for e in doc["evals"] if e["policy"] == "ulrec-p"]
+    if not evals:
+        return None
+    e = evals[-1]
+    return {"policy": "ulrec-p", "iteration": int(e["iteration"]), "len_mean": e["len_mean"], "len_ci95": e["len_ci95"],
+            "return_mean": e["return_mean"], "return_ci95": e["return_ci95"]}
+
+
 def _fmt(v: float | None, digits: int = 2) -> str:
     return "" if v is None else f"{v:.{digits}f}"
 
@@ -95,7 +105,8 @@ def format_rows(rows: list[dict[str, Any]], before: dict[str, Any] | None) -> st
     lines = [head, "|" + "---|" * 10]
     control = rows[0]
     if before is not None:
-        lines.append(f"| iteration {before['iteration']} (before) | {before['len_mean']:.2f} ± {before['len_ci95']:.2f} "
+        what = "ULRec-P" if before.get("policy") == "ulrec-p" else f"iteration {before['iteration']}"
+        lines.append(f"| {what} (before) | {before['len_mean']:.2f} ± {before['len_ci95']:.2f} "
                      f"| {before['return_mean']:.1f} ± {before['return_ci95']:.1f} | | | | | | | |")
     for i, r in enumerate(rows):
         name = "control (the run's own)" if i == 0 else ", ".join(f"{k}={v}" for k, v in r["changes"].items())
@@ -124,9 +135,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parent_doc, _ = read_run(parent, None, args.iteration)
     rows = [variant_row(parent, parent_doc, {}, args.iteration)]
     rows += [variant_row(run, *read_run(run, parent, args.iteration), args.iteration) for run in args.runs[1:]]
-    # the parent's previous iteration, where it has one (iteration 1's predecessor, ULRec-P, is not a ulrec row)
+    # what the forked KTO stage started from: the parent's previous iteration, or ULRec-P at iteration 1
     before = (variant_row(parent, parent_doc, {}, args.iteration - 1)
-              if _ulrec_eval(parent_doc, args.iteration - 1) is not None else None)
+              if _ulrec_eval(parent_doc, args.iteration - 1) is not None else _ulrec_p_row(parent_doc))
     print(format_rows(rows, before))
     doc = {"parent": str(parent), "iteration": args.iteration, "before": before, "rows": rows}
     if args.json:

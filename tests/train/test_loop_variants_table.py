@@ -89,3 +89,20 @@ def test_a_stage_trained_on_a_subset_says_how_many_examples(tmp_path, capsys):
     lines = capsys.readouterr().out.splitlines()
     assert any(line.startswith("| control") and "| 10 / 4 |" in line for line in lines)
     assert any(line.startswith("| kto_balance=subsample") and "| 10 / 4 (trained on 9) |" in line for line in lines)
+
+
+def test_forks_at_iteration_1_start_from_ulrec_p(tmp_path, capsys):
+    """At iteration 1 the KTO stage starts from ULRec-P, so ULRec-P's row is the one before the forks."""
+    mod = _load()
+    p_row = {"policy": "ulrec-p", "iteration": 1, "len_mean": 8.0, "len_ci95": 0.4, "return_mean": 32.0,
+             "return_ci95": 1.5}
+    parent = _run(tmp_path / "parent", [p_row, _eval(1, 7.0, [_log(0.1, -0.1, 0.0)])])
+    fork = _run(tmp_path / "lr", [p_row, _eval(1, 7.6, [])],
+                fork={"parent": str(parent.resolve()), "at": 1, "changed": {"kto_learning_rate": [5e-4, 1e-4]}})
+    doc = mod.main([str(parent), str(fork), "--iteration", "1"])
+    assert doc["before"]["policy"] == "ulrec-p" and doc["before"]["len_mean"] == 8.0
+    assert "| ULRec-P (before) | 8.00 ± 0.40 | 32.0 ± 1.5 |" in capsys.readouterr().out
+    # a run without ULRec-P (no SFT first) has nothing before its iteration 1
+    (parent / "metrics.json").write_text(json.dumps({"evals": [_eval(1, 7.0, [])]}))
+    (fork / "metrics.json").write_text(json.dumps({"evals": [_eval(1, 7.6, [])]}))
+    assert mod.main([str(parent), str(fork), "--iteration", "1"])["before"] is None
