@@ -41,7 +41,7 @@ from ulrec_env.safe_io import read_text_bounded
 from ulrec_env.storage import atomic_write_text
 
 __all__ = ["LoopSettings", "Manifest", "run_loop", "run_compare", "evaluate_llm", "REFERENCE_POLICIES", "PRESETS",
-           "describe_settings", "resume_settings", "settings_diff"]
+           "describe_settings", "resume_settings", "settings_diff", "fork_kept_stages"]
 
 REFERENCE_POLICIES = ("random", "greedy", "mmr", "oracle")
 REFERENCE_CHOICES = ("init", "ulrec-p")
@@ -390,11 +390,35 @@ FORK_CHANGES = ("iterations", "temperature", "top_p", "episodes", "min_positives
                 "kto_learning_rate", "kto_lr_decay", "kto_max_steps", "beta", "sft_alpha", "reference", "replay",
                 "teacher_replay", "loss_type", "kto_balance", "kto_balance_from", "save_steps")
 #: Of those, the ones that change iteration K's sessions or their labels: a fork that changes one reruns iteration
-#: K from its rollout (with ULRec-P's SFT when K is 1); otherwise it copies iteration K's stages before the KTO data.
+#: K from the first stage it acts on (see :func:`fork_kept_stages`); otherwise it copies iteration K's stages before
+#: the KTO data.
 FORK_ROLLOUT_CHANGES = ("temperature", "top_p", "episodes", "min_positives", "extra_negatives")
 #: Iteration K's stages before its KTO data, and the folder each writes.
 _PRE_KTO_STAGES = {"rollout": "rollout", "label": "labels", "tune-ulrec-p": "ulrec-p", "eval-ulrec-p": None,
                    "rollout-own": "rollout-own", "labels-own": "labels-own"}
+#: At iteration 1 with a teacher: the stages of the teacher's sessions and ULRec-P, then those of ULRec-P's own.
+_TEACHER_STAGES = ("rollout", "label", "tune-ulrec-p", "eval-ulrec-p")
+_OWN_STAGES = ("rollout-own", "labels-own")
+
+
+def fork_kept_stages(at: int, parent: LoopSettings, changed: Sequence[str]) -> tuple[str, ...]:
+    """Which of iteration ``at``'s stages before its KTO data (``rollout``, ``label``, ``tune-ulrec-p``, ...) a fork
+    that changes the settings ``changed`` may copy from its parent: each stage the changes do not act on.
+
+    At iteration 1 with a teacher, the teacher's sessions, their labels and ULRec-P depend only on ``episodes``
+    (when ``teacher_episodes`` does not size the teacher apart), ``min_positives`` and ``extra_negatives``; the
+    rollout temperature and ``top_p`` act on ULRec-P's own sessions alone, so a fork that changes only those
+    copies ULRec-P and reruns from its own rollout. Everywhere else any of :data:`FORK_ROLLOUT_CHANGES` reruns the
+    iteration from its rollout.
+    """
+    rollout_changes = set(changed) & set(FORK_ROLLOUT_CHANGES)
+    if not rollout_changes:
+        return tuple(_PRE_KTO_STAGES)
+    if at == 1 and parent.teacher is not None:
+        teacher_inputs = {"min_positives", "extra_negatives"} | ({"episodes"} if parent.teacher_episodes is None else set())
+        if not rollout_changes & teacher_inputs:
+            return _TEACHER_STAGES
+    return ()
 
 
 def fork_parent_settings(parent: str | os.PathLike) -> LoopSettings:
@@ -415,8 +439,8 @@ def fork_run(parent: str | os.PathLike, at: int, settings: LoopSettings, out: st
     """Start run ``out`` as a copy of run ``parent`` up to iteration ``at``, to go on with ``settings``.
 
     A variant of one setting then costs only the iterations it changes: the reference evaluations, the base
-    evaluation and iterations ``1 .. at-1`` (and iteration ``at``'s rollout and labels, unless a setting of
-    :data:`FORK_ROLLOUT_CHANGES` changed) are copied, stages and folders, and the loop runs the rest. ``settings``
+    evaluation and iterations ``1 .. at-1`` (and those of iteration ``at``'s stages before its KTO data that the
+    changes do not act on, :func:`fork_kept_stages`) are copied, stages and folders, and the loop runs the rest. ``settings``
     may differ from the parent's only in :data:`FORK_CHANGES`. What was copied and changed is written to
     ``out/fork.json``; the copied stages' records keep the parent's paths (where they were made).
     Returns the ``fork.json`` document.
@@ -437,17 +461,15 @@ def fork_run(parent: str | os.PathLike, at: int, settings: LoopSettings, out: st
     last = f"iter{at - 1}/eval-ulrec" if at > 1 else "iter0/eval"
     if last not in stages:
         raise ValueError(f"--fork-at {at}: {parent} has not finished stage {last}; resume it first, or fork earlier.")
-    rerun_rollout = any(k in FORK_ROLLOUT_CHANGES for k in diff)
     keep = {name: rec for name, rec in stages.items()
             if name == "references" or ((j := _stage_iteration(name)) is not None and j < at)}
     folders = [f"iter{j}" for j in range(1, at) if (parent / f"iter{j}").is_dir()]
-    if not rerun_rollout:
-        for short, folder in _PRE_KTO_STAGES.items():
-            name = f"iter{at}/{short}"
-            if name in stages:
-                keep[name] = stages[name]
-                if folder is not None:
-                    folders.append(f"iter{at}/{folder}")
+    for short in fork_kept_stages(at, parent_settings, list(diff)):
+        name, folder = f"iter{at}/{short}", _PRE_KTO_STAGES[short]
+        if name in stages:
+            keep[name] = stages[name]
+            if folder is not None:
+                folders.append(f"iter{at}/{folder}")
     out.mkdir(parents=True, exist_ok=True)
     for rel in folders:
         dst = out / rel

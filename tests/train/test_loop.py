@@ -163,6 +163,21 @@ def test_teacher_sessions_seed_the_first_iteration(tmp_path, tiny_model_dir):
     assert rows["ulrec-p"]["desirable"] == str(teacher_labels["desirable"])
     with pytest.raises(ValueError, match="`teacher` must be None or a policy other than the LLM"):
         _settings(tiny_model_dir, teacher="llm")
+    # a fork at iteration 1 that changes the rollout temperature copies the teacher's sessions and ULRec-P, and
+    # reruns from ULRec-P's own rollout
+    from train.loop import fork_run
+
+    fork = tmp_path / "fork"
+    doc_f = fork_run(out, 1, dataclasses.replace(LoopSettings.from_run(out), temperature=0.0), fork, log=lambda m: None)
+    assert {"iter1/rollout", "iter1/label", "iter1/tune-ulrec-p", "iter1/eval-ulrec-p"} <= set(doc_f["copied_stages"])
+    assert not {"iter1/rollout-own", "iter1/labels-own"} & set(doc_f["copied_stages"])
+    assert main(["loop", "--fork-from", str(out), "--fork-at", "1", "--temperature", "0", "--resume", "--no-progress",
+                 "--out", str(fork)]) == 0
+    for f in ("iter1/ulrec-p/adapter_model.safetensors", "iter1/rollout/steps.jsonl"):
+        assert (fork / f).read_bytes() == (out / f).read_bytes(), f
+    f_stages = json.loads((fork / "manifest.json").read_text())["stages"]
+    assert f_stages["iter1/rollout-own"]["path"] == str(fork / "iter1" / "rollout-own")  # rerun in the fork
+    assert load_rollout(fork / "iter1" / "rollout-own")[1]["adapter"] == str(fork / "iter1" / "ulrec-p")
 
 
 def test_genres_title_completions_run_through_the_loop(tmp_path, tiny_model_dir):

@@ -216,3 +216,22 @@ def test_teacher_episodes_on_the_command_line(tmp_path):
     cleared = settings_for_command(parse_command(["loop", "--preset", "headline", "--out", out, "--teacher", "none",
                                                   "--no-teacher-replay", "--teacher-episodes", "none"]))
     assert cleared.teacher is None and cleared.teacher_episodes is None
+
+
+def test_a_fork_keeps_the_stages_its_changes_do_not_act_on():
+    from train.loop import fork_kept_stages
+
+    teacher = LoopSettings(teacher="genre-cycle-words", teacher_episodes=384)
+    everything = ("rollout", "label", "tune-ulrec-p", "eval-ulrec-p", "rollout-own", "labels-own")
+    assert fork_kept_stages(1, teacher, ["kto_learning_rate", "iterations"]) == everything
+    # the temperature acts on ULRec-P's own sessions only: the teacher's sessions and ULRec-P are kept
+    assert fork_kept_stages(1, teacher, ["temperature"]) == ("rollout", "label", "tune-ulrec-p", "eval-ulrec-p")
+    assert fork_kept_stages(1, teacher, ["episodes", "top_p"]) == ("rollout", "label", "tune-ulrec-p", "eval-ulrec-p")
+    # ... but the labelling options relabel the teacher's sessions, ULRec-P's SFT data
+    assert fork_kept_stages(1, teacher, ["temperature", "extra_negatives"]) == ()
+    # with the teacher sized by `episodes`, more episodes are more teacher sessions
+    assert fork_kept_stages(1, LoopSettings(teacher="genre-cycle-words"), ["episodes"]) == ()
+    # without a teacher, iteration 1's rollout is the base model's own, ULRec-P's SFT data; later iterations have
+    # no ULRec-P: any rollout change reruns from the rollout
+    assert fork_kept_stages(1, LoopSettings(), ["temperature"]) == ()
+    assert fork_kept_stages(2, teacher, ["temperature"]) == ()
