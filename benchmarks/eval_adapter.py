@@ -1,0 +1,58 @@
+"""Evaluate an adapter trained outside a loop run exactly as that run evaluates its own: same world, test users,
+prompt format, dtype, greedy decoding and seed (``train.loop.evaluate_llm`` with the run's ``settings.json``).
+
+    ulrec tune --stage sft --data runs/gtt/iter1/labels --init-adapter runs/gtt/iter1/ulrec-p \\
+        --max-steps 80 --learning-rate 5e-4 --out runs/gtt-sft80
+    python benchmarks/eval_adapter.py runs/gtt runs/gtt-sft80 --name sft80 [--json OUT]
+
+Prints the row (Len and Traj Reward with 95% intervals, leave reasons) and writes it as JSON with ``--json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from train.loop import LoopSettings, eval_users, evaluate_llm  # noqa: E402
+
+
+def evaluate(run: Path, adapter: Path, name: str, progress: bool = False) -> dict[str, Any]:
+    """The evaluation row of ``adapter`` on the test users of loop run ``run``, with that run's settings."""
+    if not (run / "settings.json").is_file():
+        raise SystemExit(f"{run}: no settings.json; name the folder of a `ulrec loop` run.")
+    if not adapter.is_dir():
+        raise SystemExit(f"{adapter}: no such adapter folder; name what `ulrec tune --out` wrote.")
+    from ulrec_env.worlds.spec import world_from_spec
+
+    settings = LoopSettings.from_run(run)
+    world = world_from_spec(settings.world)
+    row = evaluate_llm(world, settings, eval_users(world, settings), str(adapter), name, progress=progress)
+    row.update(run=str(run), adapter=str(adapter))
+    return row
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("run", type=Path, help="the loop run whose settings and test users to use")
+    ap.add_argument("adapter", type=Path, help="the adapter folder to evaluate")
+    ap.add_argument("--name", default="adapter", help="the row's policy name")
+    ap.add_argument("--json", type=Path, default=None, help="also write the row here")
+    ap.add_argument("--no-progress", action="store_true")
+    a = ap.parse_args(argv)
+    row = evaluate(a.run, a.adapter, a.name, progress=not a.no_progress)
+    reasons = ", ".join(f"{k} {v:g}" for k, v in sorted(row["leave_reasons"].items(), key=lambda kv: -kv[1]))
+    print(f"| {a.name} | {row['len_mean']:.2f} ± {row['len_ci95']:.2f} | {row['return_mean']:.1f} ± "
+          f"{row['return_ci95']:.1f} | {reasons} |")
+    if a.json is not None:
+        a.json.parent.mkdir(parents=True, exist_ok=True)
+        a.json.write_text(json.dumps(row, indent=2, default=float))
+    return row
+
+
+if __name__ == "__main__":
+    main()
