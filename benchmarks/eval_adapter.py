@@ -5,7 +5,9 @@ prompt format, dtype, greedy decoding and seed (``train.loop.evaluate_llm`` with
         --max-steps 80 --learning-rate 5e-4 --out runs/gtt-sft80
     python benchmarks/eval_adapter.py runs/gtt runs/gtt-sft80 --name sft80 [--json OUT]
 
-Prints the row (Len and Traj Reward with 95% intervals, leave reasons) and writes it as JSON with ``--json``.
+Prints the row (Len and Traj Reward with 95% intervals, leave reasons) and writes it as JSON with ``--json``; the
+row's ``"trained"`` keeps what the adapter's ``ulrec_adapter.json`` says it was trained with (stage, starting
+adapter, hyperparameters, label counts), when the folder has one.
 """
 
 from __future__ import annotations
@@ -32,8 +34,21 @@ def evaluate(run: Path, adapter: Path, name: str, progress: bool = False) -> dic
     settings = LoopSettings.from_run(run)
     world = world_from_spec(settings.world)
     row = evaluate_llm(world, settings, eval_users(world, settings), str(adapter), name, progress=progress)
-    row.update(run=str(run), adapter=str(adapter))
+    row.update(run=str(run), adapter=str(adapter), trained=trained_with(adapter))
     return row
+
+
+def trained_with(adapter: Path) -> dict[str, Any] | None:
+    """What ``adapter``'s ``ulrec_adapter.json`` records of its training, or ``None`` for a folder without one."""
+    from train.tune import read_sidecar
+
+    try:
+        side = read_sidecar(adapter)
+    except FileNotFoundError:
+        return None
+    keys = ("stage", "init_adapter", "hyperparameters", "label_counts", "n_train_examples", "global_step",
+            "final_train_loss")
+    return {k: side[k] for k in keys if k in side}
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:

@@ -23,6 +23,8 @@ def test_an_adapter_of_the_run_gets_the_runs_own_row(tmp_path, tiny_model_dir):
                     "--json", str(tmp_path / "row.json")])
     for key in ("len_mean", "len_ci95", "return_mean", "episodes", "leave_reasons"):
         assert row[key] == own[key], key
+    trained = row["trained"]
+    assert trained["stage"] == "sft" and trained["global_step"] > 0 and "learning_rate" in trained["hyperparameters"]
     assert row["policy"] == "again" and json.loads((tmp_path / "row.json").read_text())["len_mean"] == own["len_mean"]
     with pytest.raises(SystemExit, match="no settings.json"):
         mod.main([str(tmp_path), str(out / "iter1" / "ulrec-p")])
