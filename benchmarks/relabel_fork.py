@@ -56,10 +56,8 @@ def relabel_fork(parent: Path, out: Path, at: int, iterations: int, extra_negati
     shutil.rmtree(folder)
     report = label_folder(out / f"iter{at}" / f"rollout{own}", folder, opts,
                           meta={"iteration": at, "relabelled": {k: v[1] for k, v in changed.items()}})
-    manifest.stages[label_stage] = {**manifest.stages[label_stage], "report": report.to_dict(), "path": str(folder)}
-    manifest.stages.pop(f"iter{at}/kto-data", None)  # rebuilt from the new labels by the loop
-    shutil.rmtree(out / f"iter{at}" / "kto-data", ignore_errors=True)
-    manifest.record(label_stage, manifest.stages[label_stage])
+    # fork_run copies no KTO data of iteration `at`: the loop builds it from these labels
+    manifest.record(label_stage, {**manifest.stages[label_stage], "report": report.to_dict(), "path": str(folder)})
     fork_file = out / "fork.json"
     doc = json.loads(fork_file.read_text())
     doc["changed"].update(changed)

@@ -396,9 +396,8 @@ FORK_ROLLOUT_CHANGES = ("temperature", "top_p", "episodes", "min_positives", "ex
 #: Iteration K's stages before its KTO data, and the folder each writes.
 _PRE_KTO_STAGES = {"rollout": "rollout", "label": "labels", "tune-ulrec-p": "ulrec-p", "eval-ulrec-p": None,
                    "rollout-own": "rollout-own", "labels-own": "labels-own"}
-#: At iteration 1 with a teacher: the stages of the teacher's sessions and ULRec-P, then those of ULRec-P's own.
+#: At iteration 1 with a teacher: the stages of the teacher's sessions and ULRec-P (ULRec-P's own sessions follow).
 _TEACHER_STAGES = ("rollout", "label", "tune-ulrec-p", "eval-ulrec-p")
-_OWN_STAGES = ("rollout-own", "labels-own")
 
 
 def fork_kept_stages(at: int, parent: LoopSettings, changed: Sequence[str]) -> tuple[str, ...]:
