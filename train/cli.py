@@ -10,6 +10,7 @@ from typing import Any, Sequence
 
 from train.labeling import BALANCE_BY as BALANCE_CHOICES
 from train.options import parse_episodes
+from train.tune import LR_SCHEDULES
 
 __all__ = ["main", "build_parser", "parse_command", "loop_settings_from_args", "settings_for_command"]
 
@@ -168,6 +169,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--max-steps", type=int, default=None, help="stop after this many optimizer steps")
     t.add_argument("--epochs", type=float, default=None)
     t.add_argument("--learning-rate", type=float, default=None)
+    t.add_argument("--lr-schedule", default="cosine", choices=LR_SCHEDULES,
+                   help="cosine: 10%% warm-up, then cosine decay to 0 (default); constant: the learning rate from "
+                        "the first step to the last, no warm-up")
     t.add_argument("--batch-size", type=int, default=None)
     t.add_argument("--beta", type=float, default=None, help="KTO beta")
     t.add_argument("--sft-alpha", type=float, default=None, help="weight of the SFT term in the kto stage (0 turns it off)")
@@ -479,7 +483,7 @@ def _cmd_label(args: argparse.Namespace) -> int:
 
 def _cmd_tune(args: argparse.Namespace) -> int:
     from train.pipeline import stage_trainer_args
-    from train.tune import TuneConfig, tune
+    from train.tune import TuneConfig, lr_schedule_args, tune
 
     if args.stage == "sft" and (args.beta is not None or args.sft_alpha is not None or args.balance_by != "weights"):
         raise SystemExit("ulrec tune: --beta, --sft-alpha and --balance-by belong to the kto stage")
@@ -487,7 +491,7 @@ def _cmd_tune(args: argparse.Namespace) -> int:
                                       dtype=args.dtype, progress=not args.no_progress, max_steps=args.max_steps,
                                       num_train_epochs=args.epochs, learning_rate=args.learning_rate,
                                       per_device_train_batch_size=args.batch_size, beta=args.beta,
-                                      sft_alpha=args.sft_alpha)
+                                      sft_alpha=args.sft_alpha, **lr_schedule_args(args.lr_schedule))
     result = tune(args.stage, args.data, args.model, out=args.out, init_adapter=args.init_adapter,
                   max_steps=args.max_steps, seed=args.seed,
                   config=TuneConfig(trainer_args=trainer_args, full_finetune=args.full_finetune, overwrite=args.overwrite,

@@ -36,6 +36,7 @@ from agents.prompting import COMPLETION_STYLES, SESSION_WINDOWS
 from agents.vllm_engine import ENGINES
 from train.labeling import BALANCE_BY
 from train.options import parse_episodes
+from train.tune import LR_SCHEDULES
 from train.pipeline import rule_options
 from ulrec_env.safe_io import read_text_bounded
 from ulrec_env.storage import atomic_write_text
@@ -121,6 +122,9 @@ class LoopSettings:
             data; needs ``teacher``).
         loss_type: TRL's KTO loss for unpaired data: ``"kto"`` or ``"apo_zero_unpaired"``.
         kto_lr_decay: The KTO learning rate of iteration k is ``kto_learning_rate * kto_lr_decay ** (k - 1)``.
+        kto_lr_schedule: The learning-rate schedule within each KTO stage: ``"cosine"`` (a 10% warm-up, then
+            cosine decay to 0, the trainers' default) or ``"constant"`` (the stage's rate from its first step to
+            its last, no warm-up); see :func:`train.tune.lr_schedule_args`.
         kto_balance: How each KTO stage balances desirable against undesirable examples: ``"weights"`` (TRL's
             loss weights, :func:`train.labeling.recommend_weights`) or ``"subsample"`` (a seeded random subset of
             the commoner label, weights 1, :func:`train.labeling.subsample_to_band`: with a step cap the stage then
@@ -175,6 +179,7 @@ class LoopSettings:
     teacher_replay: bool = False
     loss_type: str = field(default="kto", metadata={"choices": KTO_LOSS_TYPES})
     kto_lr_decay: float = 1.0
+    kto_lr_schedule: str = field(default="cosine", metadata={"choices": LR_SCHEDULES})
     kto_balance: str = field(default="weights", metadata={"choices": BALANCE_BY})
     kto_balance_from: int = field(default=1, metadata={"metavar": "K"})
     preset: str | None = field(default=None, metadata={"cli": False})  # `--preset` starts from PRESETS[name]
@@ -235,6 +240,9 @@ class LoopSettings:
             raise ValueError(f"`loss_type` must be one of {', '.join(KTO_LOSS_TYPES)}, got {self.loss_type!r}.")
         if isinstance(self.kto_lr_decay, bool) or not isinstance(self.kto_lr_decay, (int, float)) or not 0 < self.kto_lr_decay <= 1:
             raise ValueError(f"`kto_lr_decay` must be in (0, 1], got {self.kto_lr_decay!r}.")
+        if self.kto_lr_schedule not in LR_SCHEDULES:
+            raise ValueError(f"`kto_lr_schedule` must be one of {', '.join(LR_SCHEDULES)}, got "
+                             f"{self.kto_lr_schedule!r}.")
         if self.kto_balance not in BALANCE_BY:
             raise ValueError(f"`kto_balance` must be one of {', '.join(BALANCE_BY)}, got {self.kto_balance!r}.")
         if isinstance(self.kto_balance_from, bool) or not isinstance(self.kto_balance_from, int) or self.kto_balance_from < 1:
@@ -387,7 +395,7 @@ def resume_settings(out: Path, saved: LoopSettings, given: LoopSettings, log: Ca
 #: Settings a fork (``ulrec loop --fork-from RUN --fork-at K``) may change: each acts on iteration K and later
 #: (its rollout, labels, KTO data or KTO stage), so the stages it copies from RUN are what it would have run itself.
 FORK_CHANGES = ("iterations", "temperature", "top_p", "episodes", "min_positives", "extra_negatives",
-                "kto_learning_rate", "kto_lr_decay", "kto_max_steps", "beta", "sft_alpha", "reference", "replay",
+                "kto_learning_rate", "kto_lr_decay", "kto_lr_schedule", "kto_max_steps", "beta", "sft_alpha", "reference", "replay",
                 "teacher_replay", "loss_type", "kto_balance", "kto_balance_from", "save_steps")
 #: Of those, the ones that change iteration K's sessions or their labels: a fork that changes one reruns iteration
 #: K from the first stage it acts on (see :func:`fork_kept_stages`); otherwise it copies iteration K's stages before
@@ -654,7 +662,7 @@ class _Run:
              reference_adapter: str | None = None, iteration: int = 1, **overrides: Any) -> dict[str, Any]:
         def run() -> dict[str, Any]:
             from train.pipeline import stage_trainer_args
-            from train.tune import TuneConfig, tune
+            from train.tune import TuneConfig, lr_schedule_args, tune
 
             s = self.settings
             cap = s.stage_max_steps(stage)
@@ -667,6 +675,7 @@ class _Run:
                 # step cap they would be computed for examples the run never reaches.
                 args.update(learning_rate=s.kto_learning_rate_at(iteration), beta=s.beta, sft_alpha=s.sft_alpha,
                             loss_type=s.loss_type, precompute_ref_log_probs=s.epochs > 1 and cap is None)
+                args.update(lr_schedule_args(s.kto_lr_schedule))
             balance = "undesirable_weight" not in overrides
             args.update(overrides)
             trainer_args = stage_trainer_args(stage, folder, seed=s.seed, dtype=s.dtype, progress=self.progress, **args)

@@ -39,11 +39,13 @@ if TYPE_CHECKING:  # pragma: no cover
     from ulrec_env import World
 
 __all__ = [
+    "LR_SCHEDULES",
     "SIDECAR_FILE",
     "TuneConfig",
     "TuneResult",
     "default_lora_config",
     "default_trainer_args",
+    "lr_schedule_args",
     "check_examples",
     "checkpoint_dir",
     "last_checkpoint",
@@ -57,6 +59,27 @@ SIDECAR_VERSION = 1
 
 Stage = Literal["sft", "kto"]
 _STAGES = ("sft", "kto")
+
+#: Named learning-rate schedules of a tuning stage (see :func:`lr_schedule_args`).
+LR_SCHEDULES = ("cosine", "constant")
+
+
+def lr_schedule_args(schedule: str) -> dict[str, Any]:
+    """The trainer fields of a named learning-rate schedule.
+
+    ``"cosine"`` (the trainers' default): a warm-up over the first 10% of the steps, then cosine decay to 0.
+    ``"constant"``: the stage's learning rate from its first step to its last, no warm-up. A stage that continues
+    an adapter whose own schedule ended near 0 (the loop's KTO stages after ULRec-P) starts at full rate with it,
+    where ``"cosine"`` climbs back up to the rate first.
+
+    >>> lr_schedule_args("constant")
+    {'lr_scheduler_type': 'constant', 'warmup_steps': 0}
+    """
+    if schedule == "cosine":
+        return {"lr_scheduler_type": "cosine", "warmup_steps": 0.1}  # a float below 1 is a fraction of the steps
+    if schedule == "constant":
+        return {"lr_scheduler_type": "constant", "warmup_steps": 0}
+    raise ValueError(f"`schedule` must be one of {', '.join(LR_SCHEDULES)}, got {schedule!r}.")
 
 
 def default_lora_config(top_layers: int | None = None, num_layers: int | None = None) -> "LoraConfig":
@@ -141,8 +164,7 @@ def default_trainer_args(
         output_dir=os.fspath(output_dir),
         num_train_epochs=3,
         per_device_train_batch_size=8,
-        lr_scheduler_type="cosine",
-        warmup_steps=0.1,  # a float below 1 is a fraction of the total steps
+        **lr_schedule_args("cosine"),
         logging_steps=10,
         save_strategy="no",
         report_to=[],
@@ -593,6 +615,8 @@ def _hyperparameters(stage: Stage, args: Any) -> dict[str, Any]:
         "max_steps": args.max_steps,
         "per_device_train_batch_size": args.per_device_train_batch_size,
         "gradient_accumulation_steps": args.gradient_accumulation_steps,
+        "lr_scheduler_type": str(getattr(args.lr_scheduler_type, "value", args.lr_scheduler_type)),
+        "warmup_steps": args.warmup_steps,
         "seed": args.seed,
     }
     if stage == "kto":

@@ -258,13 +258,13 @@ def comparable_evals(out):
 
 def test_fixed_reference_replay_and_learning_rate_decay(tmp_path, tiny_model_dir):
     """The loop's options against a later iteration undoing an earlier one: ULRec-P as every KTO stage's
-    reference, earlier iterations' and the teacher's examples replayed, a decaying KTO learning rate; each is
-    what the adapters and metrics record."""
+    reference, earlier iterations' and the teacher's examples replayed, a decaying KTO learning rate without
+    warm-up; each is what the adapters and metrics record."""
     from train.labeling import label_counts, load_examples
 
     out = tmp_path / "run"
     s = _settings(tiny_model_dir, teacher="genre-cycle", references=(), reference="ulrec-p", replay=1,
-                  teacher_replay=True, kto_lr_decay=0.5, kto_learning_rate=1e-3)
+                  teacher_replay=True, kto_lr_decay=0.5, kto_learning_rate=1e-3, kto_lr_schedule="constant")
     doc = run_loop(s, out, progress=False)
     p_dir = str(out / "iter1" / "ulrec-p")
     # iteration 1 starts from ULRec-P, its own reference; iteration 2 from ULRec @1, against ULRec-P
@@ -274,6 +274,11 @@ def test_fixed_reference_replay_and_learning_rate_decay(tmp_path, tiny_model_dir
     assert side2["init_adapter"] == str(out / "iter1" / "ulrec") and side2["reference_adapter"] == p_dir
     assert side1["hyperparameters"]["learning_rate"] == pytest.approx(1e-3)
     assert side2["hyperparameters"]["learning_rate"] == pytest.approx(5e-4)
+    # each KTO stage at its rate from the first step (no warm-up); ULRec-P keeps the default cosine schedule
+    side_p = json.loads((out / "iter1" / "ulrec-p" / "ulrec_adapter.json").read_text())
+    assert [side["hyperparameters"]["lr_scheduler_type"] for side in (side_p, side1, side2)] == [
+        "cosine", "constant", "constant"]
+    assert side1["hyperparameters"]["warmup_steps"] == 0
     # iteration k's KTO data: its own labels + iteration k-1's own labels + the teacher's desirable steps
     parts = [load_examples(out / p).examples for p in ("iter1/labels-own", "iter1/labels")]
     merged1 = load_examples(out / "iter1" / "kto-data").examples
@@ -313,6 +318,8 @@ def test_loop_settings_of_the_replay_options():
             LoopSettings(kto_lr_decay=bad)
     with pytest.raises(ValueError, match="`loss_type` must be one of"):
         LoopSettings(loss_type="sigmoid")
+    with pytest.raises(ValueError, match="`kto_lr_schedule` must be one of cosine, constant"):
+        LoopSettings(kto_lr_schedule="linear")
     with pytest.raises(ValueError, match="`kto_balance` must be one of weights, subsample"):
         LoopSettings(kto_balance="oversample")
     for bad in (0, 1.5, True):

@@ -36,9 +36,13 @@ def test_rollout_label_tune_bench(tmp_path, tiny_model_dir, capsys):
 
     sub = str(tmp_path / "kto-sub")
     assert main(["tune", "--stage", "kto", "--data", lab, "--model", tiny_model_dir, "--init-adapter", sft, "--out", sub,
-                 "--max-steps", "1", "--batch-size", "4", "--balance-by", "subsample", "--seed", "3"]) == 0
+                 "--max-steps", "1", "--batch-size", "4", "--balance-by", "subsample", "--seed", "3",
+                 "--lr-schedule", "constant"]) == 0
     side = read_sidecar(sub)
     assert side["balance_by"] == "subsample"
+    # --lr-schedule constant: no warm-up (the default cosine schedule warms up over 10% of the steps)
+    assert (side["hyperparameters"]["lr_scheduler_type"], side["hyperparameters"]["warmup_steps"]) == ("constant", 0)
+    assert read_sidecar(kto)["hyperparameters"]["lr_scheduler_type"] == "cosine"
     assert side["n_train_examples"] == len(subsample_to_band(load_examples(lab).examples, seed=3))
     assert read_sidecar(kto)["balance_by"] == "weights"
     with pytest.raises(SystemExit, match="--balance-by belong to the kto stage"):

@@ -21,7 +21,15 @@ from train.labeling import (
     weighted_ratio,
 )
 from train.records import StepRecord
-from train.tune import SIDECAR_FILE, TuneConfig, check_examples, default_trainer_args, read_sidecar, tune
+from train.tune import (
+    SIDECAR_FILE,
+    TuneConfig,
+    check_examples,
+    default_trainer_args,
+    lr_schedule_args,
+    read_sidecar,
+    tune,
+)
 
 
 def rollout(world, n_episodes=4):
@@ -277,6 +285,27 @@ def test_kto_balanced_by_subsampling_trains_on_the_subset_with_unit_weights(data
     assert read_sidecar(weighted.out)["balance_by"] == "weights"
     with pytest.raises(ValueError, match="`balance_by` must be one of weights, subsample"):
         TuneConfig(balance_by="oversample")
+
+
+@pytest.mark.parametrize("stage", ["sft", "kto"])
+def test_a_constant_schedule_trains_at_its_rate_from_the_first_step(stage, data_dir, tiny_model_factory,
+                                                                    tiny_tokenizer, tmp_path):
+    """`lr_schedule_args("constant")`: every step at the stage's learning rate (no warm-up, no decay); the default
+    cosine schedule decays towards 0. The sidecar records the schedule."""
+    def rates(schedule):
+        args = small_args(stage, learning_rate=1e-3, **lr_schedule_args(schedule))
+        res = tune(stage, data_dir, tiny_model_factory(0), tokenizer=tiny_tokenizer, out=tmp_path / schedule,
+                   max_steps=10, config=TuneConfig(trainer_args=args))
+        hyper = read_sidecar(res.out)["hyperparameters"]
+        assert hyper["lr_scheduler_type"] == schedule
+        return [h["learning_rate"] for h in res.log_history if "learning_rate" in h]
+
+    constant = rates("constant")
+    assert len(constant) == 10 and constant == pytest.approx([1e-3] * 10)
+    cosine = rates("cosine")
+    assert len(cosine) == 10 and cosine[-1] < 1e-4 and max(cosine) <= 1e-3 * (1 + 1e-6)
+    with pytest.raises(ValueError, match="`schedule` must be one of cosine, constant"):
+        lr_schedule_args("linear")
 
 
 def test_no_progress_prints_no_training_lines(data_dir, tiny_model_factory, tiny_tokenizer, tmp_path, capsys):
