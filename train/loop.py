@@ -36,8 +36,8 @@ from agents.prompting import COMPLETION_STYLES, SESSION_WINDOWS
 from agents.vllm_engine import ENGINES
 from train.labeling import BALANCE_BY
 from train.options import parse_episodes
-from train.tune import LR_SCHEDULES
 from train.pipeline import rule_options
+from train.tune import LR_SCHEDULES
 from ulrec_env.safe_io import read_text_bounded
 from ulrec_env.storage import atomic_write_text
 
@@ -395,8 +395,8 @@ def resume_settings(out: Path, saved: LoopSettings, given: LoopSettings, log: Ca
 #: Settings a fork (``ulrec loop --fork-from RUN --fork-at K``) may change: each acts on iteration K and later
 #: (its rollout, labels, KTO data or KTO stage), so the stages it copies from RUN are what it would have run itself.
 FORK_CHANGES = ("iterations", "temperature", "top_p", "episodes", "min_positives", "extra_negatives",
-                "kto_learning_rate", "kto_lr_decay", "kto_lr_schedule", "kto_max_steps", "beta", "sft_alpha", "reference", "replay",
-                "teacher_replay", "loss_type", "kto_balance", "kto_balance_from", "save_steps")
+                "kto_learning_rate", "kto_lr_decay", "kto_lr_schedule", "kto_max_steps", "beta", "sft_alpha",
+                "reference", "replay", "teacher_replay", "loss_type", "kto_balance", "kto_balance_from", "save_steps")
 #: Of those, the ones that change iteration K's sessions or their labels: a fork that changes one reruns iteration
 #: K from the first stage it acts on (see :func:`fork_kept_stages`); otherwise it copies iteration K's stages before
 #: the KTO data.
