@@ -60,8 +60,13 @@ SIDECAR_VERSION = 1
 Stage = Literal["sft", "kto"]
 _STAGES = ("sft", "kto")
 
+# The trainer fields of each named learning-rate schedule (a float warm-up below 1 is a fraction of the steps).
+_LR_SCHEDULE_FIELDS: dict[str, dict[str, Any]] = {
+    "cosine": {"lr_scheduler_type": "cosine", "warmup_steps": 0.1},
+    "constant": {"lr_scheduler_type": "constant", "warmup_steps": 0},
+}
 #: Named learning-rate schedules of a tuning stage (see :func:`lr_schedule_args`).
-LR_SCHEDULES = ("cosine", "constant")
+LR_SCHEDULES = tuple(_LR_SCHEDULE_FIELDS)
 
 
 def lr_schedule_args(schedule: str) -> dict[str, Any]:
@@ -75,11 +80,9 @@ def lr_schedule_args(schedule: str) -> dict[str, Any]:
     >>> lr_schedule_args("constant")
     {'lr_scheduler_type': 'constant', 'warmup_steps': 0}
     """
-    if schedule == "cosine":
-        return {"lr_scheduler_type": "cosine", "warmup_steps": 0.1}  # a float below 1 is a fraction of the steps
-    if schedule == "constant":
-        return {"lr_scheduler_type": "constant", "warmup_steps": 0}
-    raise ValueError(f"`schedule` must be one of {', '.join(LR_SCHEDULES)}, got {schedule!r}.")
+    if schedule not in _LR_SCHEDULE_FIELDS:
+        raise ValueError(f"`schedule` must be one of {', '.join(LR_SCHEDULES)}, got {schedule!r}.")
+    return dict(_LR_SCHEDULE_FIELDS[schedule])
 
 
 def default_lora_config(top_layers: int | None = None, num_layers: int | None = None) -> "LoraConfig":
