@@ -25,7 +25,6 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from train.labeling import LabelOptions  # noqa: E402
 from train.loop import LoopSettings, Manifest, fork_run  # noqa: E402
 from train.pipeline import label_folder  # noqa: E402
 from ulrec_env.storage import atomic_write_text  # noqa: E402
@@ -45,7 +44,7 @@ def relabel_fork(parent: Path, out: Path, at: int, iterations: int, extra_negati
     if label_stage not in manifest.stages:
         raise SystemExit(f"{parent} has no finished stage {label_stage} to relabel; fork it at another iteration.")
     changed = {}
-    opts = LabelOptions(min_positives=settings.min_positives, extra_negatives=settings.extra_negatives)
+    opts = settings.label_options()
     if extra_negatives is not None:
         changed["extra_negatives (own sessions of this iteration only)"] = [settings.extra_negatives, extra_negatives]
         opts = dataclasses.replace(opts, extra_negatives=extra_negatives)

@@ -140,6 +140,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_dtype_option(r)
     _add_engine_option(r)
     r.add_argument("--episodes", type=parse_episodes(), default=256, help="sessions, or 'all' users of the split")
+    r.add_argument("--sessions-per-user", type=int, default=1, metavar="N",
+                   help="play each chosen user N times (sampled sessions differ; for --keep-best)")
     r.add_argument("--split", default="train", choices=["train", "test", "all"])
     r.add_argument("--temperature", type=float, default=1.0, help="llm sampling temperature (exploration)")
     r.add_argument("--top-p", type=float, default=1.0)
@@ -158,6 +160,8 @@ def build_parser() -> argparse.ArgumentParser:
     lab.add_argument("--min-positives", type=int, default=2, help="episodes with fewer positives give none (seed: 2)")
     lab.add_argument("--extra-negatives", type=int, default=0, help="also label the k steps before a redundant/bored leave undesirable")
     lab.add_argument("--length-weighting", action="store_true", help="weight examples by their session's length")
+    lab.add_argument("--keep-best", type=int, default=0, metavar="K",
+                     help="only each user's K longest sessions give desirable examples (0: all do)")
     lab.set_defaults(func=_cmd_label)
 
     t = sub.add_parser("tune", help="fine-tune the recommender on labelled examples (sft: ULRec-P, kto: ULRec)")
@@ -436,9 +440,10 @@ def _cmd_rollout(args: argparse.Namespace) -> int:
     summary = rollout_to_folder(policy, world, args.out, episodes=args.episodes, split=args.split, seed=args.seed,
                                 env_settings=env, max_episode_steps=args.max_episode_steps,
                                 batch_size=args.batch_size, prompt_format=fmt, tokenizer=tokenizer,
-                                progress=not args.no_progress, meta={
+                                sessions_per_user=args.sessions_per_user, progress=not args.no_progress, meta={
                                     "policy": args.policy, "llm_model": args.llm_model, "llm_adapter": args.llm_adapter,
                                     "temperature": args.temperature, "seed": args.seed, "split": args.split,
+                                    "sessions_per_user": args.sessions_per_user,
                                     "env": env, "max_episode_steps": args.max_episode_steps})
     print(f"{summary['episodes']} episodes, {summary['steps']} steps, Len {summary['len_mean']:.2f}, "
           f"return {summary['return_mean']:.1f}, leave reasons {summary['leave_reasons']} -> {args.out}")
@@ -470,10 +475,11 @@ def _cmd_label(args: argparse.Namespace) -> int:
 
     _refuse_nonempty(args.out, args.overwrite)
     opts = LabelOptions(min_positives=args.min_positives, extra_negatives=args.extra_negatives,
-                        length_weighting=args.length_weighting)
+                        length_weighting=args.length_weighting, keep_best=args.keep_best)
     report = label_folder(args.rollout, args.out, opts)
     print(f"{report.desirable} desirable, {report.undesirable} undesirable examples from {report.episodes} episodes "
-          f"({report.truncated_episodes} truncated, {report.filtered_episodes} below --min-positives); "
+          f"({report.truncated_episodes} truncated, {report.filtered_episodes} below --min-positives"
+          + (f", {report.below_best_episodes} below --keep-best" if args.keep_best else "") + "); "
           f"leave reasons {report.leave_reasons} -> {args.out}")
     if report.desirable and report.undesirable:
         dw, uw = recommend_weights(report.desirable, report.undesirable)

@@ -75,12 +75,18 @@ class LabelOptions:
         length_weighting: Whether to attach a ``weight`` to each example proportional to its session's length
             (``session_len + 1``), normalised to mean 1 within each label, so steps of long sessions count more.
             Default False (off, as in the seed): every example weighs 1.
+        keep_best: Of each user's episodes in the steps, only the ``keep_best`` longest give desirable examples
+            (ties: the higher return, then the lower episode id); the others keep only their undesirable ones.
+            With several sampled sessions per user this is rejection sampling: the continued steps of a user's
+            best sessions are the ones imitated. Default 0 (off): every episode gives its desirable examples.
+            Applied after ``min_positives``.
     """
 
     min_positives: int = 2
     extra_negatives: int = 0
     extra_negative_reasons: tuple[str, ...] = ("redundant", "bored")
     length_weighting: bool = False
+    keep_best: int = 0
 
     def __post_init__(self) -> None:
         if not isinstance(self.min_positives, int) or self.min_positives < 0:
@@ -89,6 +95,8 @@ class LabelOptions:
             raise ValueError(
                 f"`extra_negatives` must be an int >= 0, got {self.extra_negatives!r}; use 0 to turn it off."
             )
+        if isinstance(self.keep_best, bool) or not isinstance(self.keep_best, int) or self.keep_best < 0:
+            raise ValueError(f"`keep_best` must be an int >= 0, got {self.keep_best!r}; use 0 to turn it off.")
         if isinstance(self.extra_negative_reasons, str):
             raise TypeError(
                 "`extra_negative_reasons` must be a tuple of reasons, got the string "
@@ -110,6 +118,8 @@ class LabelReport:
         truncated_episodes: Episodes cut by the horizon (no negative).
         filtered_episodes: Episodes whose positives were dropped by ``min_positives``.
         filtered_positives: Desirable steps dropped by ``min_positives``.
+        below_best_episodes: Episodes whose positives were dropped by ``keep_best`` (not among their user's best).
+        below_best_positives: Desirable steps dropped by ``keep_best``.
         leave_reasons: Number of undesirable leave steps per leave reason.
     """
 
@@ -121,6 +131,8 @@ class LabelReport:
     truncated_episodes: int = 0
     filtered_episodes: int = 0
     filtered_positives: int = 0
+    below_best_episodes: int = 0
+    below_best_positives: int = 0
     leave_reasons: dict[str, int] = field(default_factory=dict)
 
     @property
@@ -136,7 +148,9 @@ class LabelReport:
             f"{self.episodes} episodes, {self.steps} steps -> {self.desirable} desirable / {self.undesirable} "
             f"undesirable ({self.extra_negatives} extra negatives); {self.truncated_episodes} truncated episodes; "
             f"{self.filtered_episodes} episodes ({self.filtered_positives} positives) below min_positives; "
-            f"leave reasons: {reasons}"
+            + (f"{self.below_best_episodes} episodes ({self.below_best_positives} positives) below keep_best; "
+               if self.below_best_episodes else "")
+            + f"leave reasons: {reasons}"
         )
 
 
@@ -196,6 +210,8 @@ def label_steps(
     reasons: dict[str, int] = defaultdict(int)
     episodes = _group_episodes(steps)
     episodes.sort(key=lambda recs: recs[0].episode)
+    best = _best_episodes(episodes, opts.keep_best)
+    n_below_ep = n_below_pos = 0
     for recs in episodes:
         n_steps += len(recs)
         for r in recs:
@@ -222,6 +238,11 @@ def label_steps(
             labelled = [t for t in labelled if not t[1]]
             n_filt_ep += 1
             n_filt_pos += n_pos
+            n_pos = 0
+        if n_pos and best is not None and recs[0].episode not in best:
+            labelled = [t for t in labelled if not t[1]]
+            n_below_ep += 1
+            n_below_pos += n_pos
         for r, lab, reason in labelled:
             examples.append(
                 {
@@ -246,9 +267,27 @@ def label_steps(
         truncated_episodes=n_trunc,
         filtered_episodes=n_filt_ep,
         filtered_positives=n_filt_pos,
+        below_best_episodes=n_below_ep,
+        below_best_positives=n_below_pos,
         leave_reasons=dict(sorted(reasons.items())),
     )
     return examples, report
+
+
+def _best_episodes(episodes: Sequence[Sequence[StepRecord]], keep: int) -> set[int] | None:
+    """The ids of each user's ``keep`` best episodes (longest, then highest return, then lowest id); None if
+    ``keep`` is 0 (every episode counts)."""
+    if not keep:
+        return None
+    by_user: dict[int, list[tuple[int, float, int]]] = defaultdict(list)
+    for recs in episodes:
+        first = recs[0]
+        by_user[int(first.user)].append((len(recs), float(first.session_return), int(first.episode)))
+    best: set[int] = set()
+    for eps in by_user.values():
+        eps.sort(key=lambda t: (-t[0], -t[1], t[2]))
+        best.update(ep for _, _, ep in eps[:keep])
+    return best
 
 
 def _normalise_weights(examples: list[dict[str, Any]], length_weighting: bool) -> None:

@@ -96,6 +96,13 @@ class LoopSettings:
         kto_max_steps: Cap for each KTO stage (ULRec, ablations) alone (``None``: ``max_steps``).
         min_positives: Labelling: episodes with fewer positives give none (seed: 2).
         extra_negatives: Labelling: also mark the k steps before a redundant/bored leave undesirable.
+        sessions_per_user: Each own rollout plays each of its ``episodes`` train users this many times (sampling
+            at ``temperature``), so one user's sessions differ only by the model's picks: ``episodes *
+            sessions_per_user`` sessions in all. The teacher plays each of its users once.
+        keep_best: Labelling: of each user's sessions in a rollout, only the ``keep_best`` longest give desirable
+            examples (the others keep their undesirable ones); 0: all do. With ``sessions_per_user`` above it,
+            the continued steps of each user's best sessions are the ones imitated (rejection sampling); see
+            :class:`train.labeling.LabelOptions`.
         references: Baselines evaluated once on the same test users (reference lines).
         teacher: A baseline (``mmr``, ``oracle``, ...) whose sessions replace the first iteration's rollouts, with
             the prompts the LLM would have seen; the paper tuned on a stronger model's trajectories. ``None``: the
@@ -167,6 +174,8 @@ class LoopSettings:
     kto_max_steps: int | None = field(default=None, metadata={"metavar": "N|none"})
     min_positives: int = 2
     extra_negatives: int = 0
+    sessions_per_user: int = field(default=1, metadata={"metavar": "N"})
+    keep_best: int = field(default=0, metadata={"metavar": "K"})
     references: tuple[str, ...] = field(default=REFERENCE_POLICIES, metadata={"metavar": "SPEC,SPEC"})
     teacher: str | None = field(default=None, metadata={"metavar": "SPEC"})
     teacher_episodes: int | None = field(default=None, metadata={"metavar": "N|none"})
@@ -194,7 +203,8 @@ class LoopSettings:
         if self.save_steps is not None and (isinstance(self.save_steps, bool) or not isinstance(self.save_steps, int)
                                             or self.save_steps < 1):
             raise ValueError(f"`save_steps` must be None or a positive integer, got {self.save_steps!r}.")
-        for name in ("iterations", "episodes", "max_episode_steps", "gen_batch_size", "train_batch_size"):
+        for name in ("iterations", "episodes", "max_episode_steps", "gen_batch_size", "train_batch_size",
+                     "sessions_per_user"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                 raise ValueError(f"`{name}` must be a positive integer, got {v!r}.")
@@ -202,6 +212,9 @@ class LoopSettings:
             raise ValueError(f"`eval_episodes` must be a positive integer or 'all', got {self.eval_episodes!r}.")
         if not self.temperature >= 0:
             raise ValueError(f"`temperature` must be >= 0, got {self.temperature}.")
+        if isinstance(self.keep_best, bool) or not isinstance(self.keep_best, int) or self.keep_best < 0:
+            raise ValueError(f"`keep_best` must be a non-negative integer (0: every session gives its desirable "
+                             f"steps), got {self.keep_best!r}.")
         if self.epochs <= 0:
             raise ValueError(f"`epochs` must be > 0, got {self.epochs}.")
         for name in ("lora_layers", "max_steps", "sft_max_steps", "kto_max_steps", "teacher_episodes"):
@@ -265,6 +278,13 @@ class LoopSettings:
         return PromptFormat(max_history=self.max_history, max_session=self.max_session,
                             worked_example=self.worked_example, session_window=self.session_window,
                             completion=self.completion)
+
+    def label_options(self):
+        """The :class:`train.labeling.LabelOptions` of every labelling of the run (teacher's and own sessions)."""
+        from train.labeling import LabelOptions
+
+        return LabelOptions(min_positives=self.min_positives, extra_negatives=self.extra_negatives,
+                            keep_best=self.keep_best)
 
     def stage_max_steps(self, stage: str) -> int | None:
         """The step cap of a tuning stage (``"sft"`` or ``"kto"``): its own cap, else ``max_steps``."""
@@ -395,12 +415,14 @@ def resume_settings(out: Path, saved: LoopSettings, given: LoopSettings, log: Ca
 #: Settings a fork (``ulrec loop --fork-from RUN --fork-at K``) may change: each acts on iteration K and later
 #: (its rollout, labels, KTO data or KTO stage), so the stages it copies from RUN are what it would have run itself.
 FORK_CHANGES = ("iterations", "temperature", "top_p", "episodes", "min_positives", "extra_negatives",
+                "sessions_per_user", "keep_best",
                 "kto_learning_rate", "kto_lr_decay", "kto_lr_schedule", "kto_max_steps", "beta", "sft_alpha",
                 "reference", "replay", "teacher_replay", "loss_type", "kto_balance", "kto_balance_from", "save_steps")
 #: Of those, the ones that change iteration K's sessions or their labels: a fork that changes one reruns iteration
 #: K from the first stage it acts on (see :func:`fork_kept_stages`); otherwise it copies iteration K's stages before
 #: the KTO data.
-FORK_ROLLOUT_CHANGES = ("temperature", "top_p", "episodes", "min_positives", "extra_negatives")
+FORK_ROLLOUT_CHANGES = ("temperature", "top_p", "episodes", "min_positives", "extra_negatives", "sessions_per_user",
+                        "keep_best")
 #: Iteration K's stages before its KTO data, and the folder each writes.
 _PRE_KTO_STAGES = {"rollout": "rollout", "label": "labels", "tune-ulrec-p": "ulrec-p", "eval-ulrec-p": None,
                    "rollout-own": "rollout-own", "labels-own": "labels-own"}
@@ -413,16 +435,18 @@ def fork_kept_stages(at: int, parent: LoopSettings, changed: Sequence[str]) -> t
     that changes the settings ``changed`` may copy from its parent: each stage the changes do not act on.
 
     At iteration 1 with a teacher, the teacher's sessions, their labels and ULRec-P depend only on ``episodes``
-    (when ``teacher_episodes`` does not size the teacher apart), ``min_positives`` and ``extra_negatives``; the
-    rollout temperature and ``top_p`` act on ULRec-P's own sessions alone, so a fork that changes only those
-    copies ULRec-P and reruns from its own rollout. Everywhere else any of :data:`FORK_ROLLOUT_CHANGES` reruns the
-    iteration from its rollout.
+    (when ``teacher_episodes`` does not size the teacher apart) and the labelling options (``min_positives``,
+    ``extra_negatives``, ``keep_best``); the rollout temperature, ``top_p`` and ``sessions_per_user`` act on
+    ULRec-P's own sessions alone, so a fork that changes only those copies ULRec-P and reruns from its own
+    rollout. Everywhere else any of :data:`FORK_ROLLOUT_CHANGES` reruns the iteration from its rollout.
     """
     rollout_changes = set(changed) & set(FORK_ROLLOUT_CHANGES)
     if not rollout_changes:
         return tuple(_PRE_KTO_STAGES)
     if at == 1 and parent.teacher is not None:
-        teacher_inputs = {"min_positives", "extra_negatives"} | ({"episodes"} if parent.teacher_episodes is None else set())
+        teacher_inputs = {"min_positives", "extra_negatives", "keep_best"}
+        if parent.teacher_episodes is None:
+            teacher_inputs.add("episodes")
         if not rollout_changes & teacher_inputs:
             return _TEACHER_STAGES
     return ()
@@ -599,13 +623,15 @@ class _Run:
                     allow_unsafe_pickle=self.allow_unsafe_pickle, trust_remote_code=self.trust_remote_code)
             episodes = s.teacher_sessions if teacher else s.episodes
             summary = rollout_to_folder(policy, self.world, folder, episodes=episodes, split="train", seed=s.seed + k,
+                                        sessions_per_user=1 if teacher else s.sessions_per_user,
                                         env_settings=s.env, max_episode_steps=s.max_episode_steps,
                                         batch_size=s.gen_batch_size, prompt_format=s.prompt_format,
                                         tokenizer=tokenizer, progress=self.progress,
                                         journal=self.journal(f"iter{k}/{name}"),
                                         journal_tag={"adapter": adapter, "model": s.model, "teacher": teacher},
                                         meta={"policy": s.teacher if teacher else "llm", "adapter": adapter,
-                                              "iteration": k})
+                                              "iteration": k,
+                                              "sessions_per_user": 1 if teacher else s.sessions_per_user})
             return {"path": str(folder), "summary": summary}
 
         return self.stage(f"iter{k}/{name}", run, folder)
@@ -614,11 +640,10 @@ class _Run:
         folder = self.out / f"iter{k}" / name
 
         def run() -> dict[str, Any]:
-            from train.labeling import LabelOptions
             from train.pipeline import label_folder
 
-            opts = LabelOptions(min_positives=self.settings.min_positives, extra_negatives=self.settings.extra_negatives)
-            report = label_folder(self.out / f"iter{k}" / rollout, folder, opts, meta={"iteration": k})
+            report = label_folder(self.out / f"iter{k}" / rollout, folder, self.settings.label_options(),
+                                  meta={"iteration": k})
             return {"path": str(folder), "report": report.to_dict()}
 
         return self.stage(f"iter{k}/{'label' if name == 'labels' else name}", run, folder)

@@ -46,8 +46,10 @@ def collect_rollouts(
     episode_offset: int = 0,
     journal: str | os.PathLike | None = None,
     journal_tag: Any = None,
+    sessions_per_user: int = 1,
 ) -> list[StepRecord]:
-    """Run ``policy`` for ``episodes`` sessions of ``split`` users and return one record per step.
+    """Run ``policy`` for ``episodes`` sessions of ``split`` users (each ``sessions_per_user`` times) and return
+    one record per step.
 
     The LLM agent returns, with its actions, the exact prompt and completion of every decision; those go
     into the records. Other policies (greedy, the oracle, ...) act on ids: give ``prompt_builder`` /
@@ -70,8 +72,16 @@ def collect_rollouts(
         episode_offset: Added to episode ids (so several rollouts can be concatenated).
         journal, journal_tag: Keep finished batches of sessions in this file and resume from it (see
             :func:`agents.evaluation.run_policy`).
+        sessions_per_user: Sessions of each chosen user, one after another in the user order (a sampling policy
+            makes them differ; a deterministic one repeats itself): ``episodes * sessions_per_user`` in all.
+
+    Raises:
+        ValueError: ``sessions_per_user`` is not a positive integer.
     """
-    users = choose_users(world, split, episodes, seed)
+    if isinstance(sessions_per_user, bool) or not isinstance(sessions_per_user, (int, np.integer)) \
+            or sessions_per_user < 1:
+        raise ValueError(f"`sessions_per_user` must be a positive integer, got {sessions_per_user!r}.")
+    users = np.repeat(choose_users(world, split, episodes, seed), int(sessions_per_user))
     wrapped = _PromptingPolicy(policy, world, prompt_builder) if prompt_builder is not None else policy
     with Progress(None, f"rollout {policy.name}", unit="user-step", enabled=progress) as bar:  # its final line
         sessions = run_policy(wrapped, world, users, seed=seed, env_settings=env_settings,

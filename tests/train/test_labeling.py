@@ -109,6 +109,48 @@ def test_extra_negatives_longer_than_episode_and_min_positives_after():
     assert rep.filtered_positives == 1
 
 
+def of_user(steps: list[StepRecord], user: int) -> list[StepRecord]:
+    return [StepRecord(**{**s.to_dict(), "user": user}) for s in steps]
+
+
+def test_keep_best_keeps_the_desirable_steps_of_each_users_longest_sessions():
+    # user 7 plays three sessions (2, 4 and 3 continued steps), user 8 one (2 continued steps)
+    steps = (of_user(episode(0, "ccl", "bored"), 7) + of_user(episode(1, "ccccl", "bored"), 7)
+             + of_user(episode(2, "cccl", "low_rating"), 7) + of_user(episode(3, "ccl", "bored"), 8))
+    ex, rep = label_steps(steps, LabelOptions(keep_best=1))
+    assert labels(ex) == [
+        (0, 2, False),
+        (1, 0, True), (1, 1, True), (1, 2, True), (1, 3, True), (1, 4, False),
+        (2, 3, False),
+        (3, 0, True), (3, 1, True), (3, 2, False),
+    ]  # fmt: skip
+    assert (rep.below_best_episodes, rep.below_best_positives) == (2, 5)
+    assert (rep.desirable, rep.undesirable) == (6, 4)
+    assert "2 episodes (5 positives) below keep_best" in str(rep)
+    # the two longest of user 7's sessions; a user with fewer sessions than keep_best keeps them all
+    ex2, rep2 = label_steps(steps, LabelOptions(keep_best=2))
+    assert {e["episode"] for e in ex2 if e["label"]} == {1, 2, 3}
+    assert (rep2.below_best_episodes, rep2.below_best_positives) == (1, 2)
+    # off by default: every session gives its positives, as without the option
+    assert labels(label_steps(steps)[0]) == labels(label_steps(steps, LabelOptions(keep_best=0))[0])
+    assert label_steps(steps)[1].below_best_episodes == 0
+
+
+def test_keep_best_breaks_ties_by_return_then_episode():
+    a, b, c = (of_user(episode(e, "ccl", "bored"), 5) for e in (4, 2, 9))
+    b = [StepRecord(**{**s.to_dict(), "session_return": 99.0}) for s in b]
+    ex, _ = label_steps(a + b + c, LabelOptions(keep_best=1))
+    assert {e["episode"] for e in ex if e["label"]} == {2}  # same length: the higher return
+    ex, _ = label_steps(c + a, LabelOptions(keep_best=1))
+    assert {e["episode"] for e in ex if e["label"]} == {4}  # same length and return: the lower episode id
+
+
+@pytest.mark.parametrize("bad", [-1, True, 1.5, "1"])
+def test_keep_best_must_be_a_count(bad):
+    with pytest.raises(ValueError, match="keep_best"):
+        LabelOptions(keep_best=bad)
+
+
 def test_length_weighting_mean_one_per_label():
     steps = episode(0, "cl", "bored") + episode(1, "ccccl", "bored") + episode(2, "ccc", truncated=True)
     ex, _ = label_steps(steps, LabelOptions(min_positives=0, length_weighting=True))

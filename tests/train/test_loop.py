@@ -127,6 +127,33 @@ def test_compare_builds_the_paper_table(tmp_path, tiny_model_dir, capsys):
     assert "ulrec-offline" in capsys.readouterr().out
 
 
+def test_several_sessions_per_user_and_their_best_kept(tmp_path, tiny_model_dir):
+    from collections import Counter
+
+    from train.rollout import load_rollout
+
+    out = tmp_path / "run"
+    run_loop(_settings(tiny_model_dir, iterations=1, teacher="genre-cycle", episodes=6, sessions_per_user=3,
+                       keep_best=1, temperature=1.0), out, progress=False)
+    teacher, teacher_meta = load_rollout(out / "iter1" / "rollout")
+    own, own_meta = load_rollout(out / "iter1" / "rollout-own")
+    # the teacher plays each of its 6 users once; ULRec-P plays each of its 6 users 3 times
+    assert teacher_meta["sessions_per_user"] == 1 and len({r.episode for r in teacher}) == 6
+    users = Counter(r.user for r in own if r.step == 0)
+    assert own_meta["sessions_per_user"] == 3 and len(users) == 6 and set(users.values()) == {3}
+    # the labels keep the positives of each user's longest session only
+    from train.labeling import LabelOptions, label_steps
+
+    kept, report = label_steps(own, LabelOptions(min_positives=1, keep_best=1))
+    labels = json.loads((out / "iter1" / "labels-own" / "meta.json").read_text())
+    assert labels["options"]["keep_best"] == 1 and labels["report"] == report.to_dict()
+    user_of = {r.episode: r.user for r in own}
+    best = {e["episode"] for e in kept if e["label"]}
+    assert len({user_of[ep] for ep in best}) == len(best)  # at most one session of each user gives positives
+    all_kept, _ = label_steps(own, LabelOptions(min_positives=1))
+    assert report.desirable + report.below_best_positives == sum(e["label"] for e in all_kept)
+
+
 def test_teacher_sessions_seed_the_first_iteration(tmp_path, tiny_model_dir):
     from train.rollout import load_rollout
 

@@ -43,6 +43,25 @@ def test_cli_maps_the_stage_caps():
     assert s.to_dict()["kto_max_steps"] == 6
 
 
+def test_sessions_per_user_and_keep_best_are_validated_and_mapped():
+    for bad in (0, -1, 1.5, True):
+        with pytest.raises(ValueError, match="`sessions_per_user` must be a positive integer"):
+            LoopSettings(sessions_per_user=bad)
+    for bad in (-1, 0.5, True):
+        with pytest.raises(ValueError, match="`keep_best` must be a non-negative integer"):
+            LoopSettings(keep_best=bad)
+    args = build_parser().parse_args(["loop", "--out", "x", "--sessions-per-user", "4", "--keep-best", "1"])
+    s = loop_settings_from_args(args)
+    assert (s.sessions_per_user, s.keep_best) == (4, 1)
+    opts = s.label_options()
+    assert (opts.keep_best, opts.min_positives, opts.extra_negatives) == (1, s.min_positives, s.extra_negatives)
+    # settings saved before the options load with them off
+    d = s.to_dict()
+    del d["sessions_per_user"], d["keep_best"]
+    old = LoopSettings.from_dict(d)
+    assert (old.sessions_per_user, old.keep_best) == (1, 0)
+
+
 @pytest.mark.parametrize("saved", [LoopSettings(max_steps=4).to_dict(), {"not_a_setting": 1}])
 def test_demo_refuses_a_folder_of_other_settings(tmp_path, capsys, saved):
     import json
@@ -229,6 +248,9 @@ def test_a_fork_keeps_the_stages_its_changes_do_not_act_on():
     assert fork_kept_stages(1, teacher, ["episodes", "top_p"]) == ("rollout", "label", "tune-ulrec-p", "eval-ulrec-p")
     # ... but the labelling options relabel the teacher's sessions, ULRec-P's SFT data
     assert fork_kept_stages(1, teacher, ["temperature", "extra_negatives"]) == ()
+    assert fork_kept_stages(1, teacher, ["keep_best"]) == ()
+    # several sessions per user are ULRec-P's own sessions: the teacher plays each of its users once
+    assert fork_kept_stages(1, teacher, ["sessions_per_user"]) == ("rollout", "label", "tune-ulrec-p", "eval-ulrec-p")
     # with the teacher sized by `episodes`, more episodes are more teacher sessions
     assert fork_kept_stages(1, LoopSettings(teacher="genre-cycle-words"), ["episodes"]) == ()
     # without a teacher, iteration 1's rollout is the base model's own, ULRec-P's SFT data; later iterations have

@@ -7,6 +7,7 @@ import json
 import pytest
 
 from train.cli import main
+from train.labeling import load_examples
 from train.rollout import load_rollout, summarize_rollout
 
 
@@ -64,6 +65,27 @@ def test_rollout_of_a_baseline_writes_prompts_for_the_model(tmp_path, tiny_model
     records, meta = load_rollout(ro)
     assert records and all("<|im_start|>assistant" in r.prompt for r in records)
     assert meta["prompt"] == {"max_history": 15, "max_session": None, "worked_example": True}  # was null
+
+
+def test_rollout_plays_each_user_several_times_and_label_keeps_their_best(tmp_path, tiny_model_dir, capsys):
+    from collections import Counter
+
+    ro, lab = str(tmp_path / "ro"), str(tmp_path / "lab")
+    assert main(["rollout", "--world", "synthetic:3", "--policy", "random", "--llm-model", tiny_model_dir,
+                 "--episodes", "4", "--sessions-per-user", "3", "--max-episode-steps", "6", "--out", ro,
+                 "--no-progress"]) == 0
+    records, meta = load_rollout(ro)
+    assert meta["sessions_per_user"] == 3 and meta["episodes"] == 12
+    assert set(Counter(r.user for r in records if r.step == 0).values()) == {3}
+    assert main(["label", ro, "--out", lab, "--min-positives", "1", "--keep-best", "1"]) == 0
+    data = load_examples(lab)
+    user_of = {r.episode: r.user for r in records}
+    positives = {e["episode"] for e in data.examples if e["label"]}
+    assert len({user_of[ep] for ep in positives}) == len(positives)
+    assert data.meta["options"]["keep_best"] == 1
+    assert main(["rollout", "--world", "synthetic:3", "--policy", "random", "--llm-model", tiny_model_dir,
+                 "--sessions-per-user", "0", "--out", str(tmp_path / "ro0"), "--no-progress"]) == 2
+    assert "`sessions_per_user` must be a positive integer" in capsys.readouterr().err
 
 
 def test_rollout_of_a_baseline_takes_the_prompt_options_and_writes_what_the_agent_would(tmp_path, tiny_model_dir,
