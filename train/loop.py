@@ -99,10 +99,11 @@ class LoopSettings:
         sessions_per_user: Each own rollout plays each of its ``episodes`` train users this many times (sampling
             at ``temperature``), so one user's sessions differ only by the model's picks: ``episodes *
             sessions_per_user`` sessions in all. The teacher plays each of its users once.
-        keep_best: Labelling: of each user's sessions in a rollout, only the ``keep_best`` longest give desirable
-            examples (the others keep their undesirable ones); 0: all do. With ``sessions_per_user`` above it,
-            the continued steps of each user's best sessions are the ones imitated (rejection sampling); see
-            :class:`train.labeling.LabelOptions`.
+        keep_best: Labelling of the LLM's own sessions: of each user's sessions in a rollout, only the
+            ``keep_best`` longest give desirable examples (the others keep their undesirable ones); 0: all do.
+            With ``sessions_per_user`` above it, the continued steps of each user's best sessions are the ones
+            imitated (rejection sampling); see :class:`train.labeling.LabelOptions`. The teacher's sessions, one
+            per user, are labelled without it.
         references: Baselines evaluated once on the same test users (reference lines).
         teacher: A baseline (``mmr``, ``oracle``, ...) whose sessions replace the first iteration's rollouts, with
             the prompts the LLM would have seen; the paper tuned on a stronger model's trajectories. ``None``: the
@@ -279,12 +280,13 @@ class LoopSettings:
                             worked_example=self.worked_example, session_window=self.session_window,
                             completion=self.completion)
 
-    def label_options(self):
-        """The :class:`train.labeling.LabelOptions` of every labelling of the run (teacher's and own sessions)."""
+    def label_options(self, own: bool = True):
+        """The :class:`train.labeling.LabelOptions` of the run's labelling of the LLM's ``own`` sessions, or of the
+        teacher's (``own=False``: without ``keep_best``, as the teacher plays each user once)."""
         from train.labeling import LabelOptions
 
         return LabelOptions(min_positives=self.min_positives, extra_negatives=self.extra_negatives,
-                            keep_best=self.keep_best)
+                            keep_best=self.keep_best if own else 0)
 
     def stage_max_steps(self, stage: str) -> int | None:
         """The step cap of a tuning stage (``"sft"`` or ``"kto"``): its own cap, else ``max_steps``."""
@@ -435,16 +437,16 @@ def fork_kept_stages(at: int, parent: LoopSettings, changed: Sequence[str]) -> t
     that changes the settings ``changed`` may copy from its parent: each stage the changes do not act on.
 
     At iteration 1 with a teacher, the teacher's sessions, their labels and ULRec-P depend only on ``episodes``
-    (when ``teacher_episodes`` does not size the teacher apart) and the labelling options (``min_positives``,
-    ``extra_negatives``, ``keep_best``); the rollout temperature, ``top_p`` and ``sessions_per_user`` act on
-    ULRec-P's own sessions alone, so a fork that changes only those copies ULRec-P and reruns from its own
-    rollout. Everywhere else any of :data:`FORK_ROLLOUT_CHANGES` reruns the iteration from its rollout.
+    (when ``teacher_episodes`` does not size the teacher apart), ``min_positives`` and ``extra_negatives``; the
+    rollout temperature, ``top_p``, ``sessions_per_user`` and ``keep_best`` act on ULRec-P's own sessions alone,
+    so a fork that changes only those copies ULRec-P and reruns from its own rollout. Everywhere else any of
+    :data:`FORK_ROLLOUT_CHANGES` reruns the iteration from its rollout.
     """
     rollout_changes = set(changed) & set(FORK_ROLLOUT_CHANGES)
     if not rollout_changes:
         return tuple(_PRE_KTO_STAGES)
     if at == 1 and parent.teacher is not None:
-        teacher_inputs = {"min_positives", "extra_negatives", "keep_best"}
+        teacher_inputs = {"min_positives", "extra_negatives"}
         if parent.teacher_episodes is None:
             teacher_inputs.add("episodes")
         if not rollout_changes & teacher_inputs:
@@ -636,13 +638,15 @@ class _Run:
 
         return self.stage(f"iter{k}/{name}", run, folder)
 
-    def label(self, k: int, rollout: str = "rollout", name: str = "labels") -> dict[str, Any]:
+    def label(self, k: int, rollout: str = "rollout", name: str = "labels", teacher: bool = False) -> dict[str, Any]:
+        """Label iteration ``k``'s sessions in folder ``rollout`` into folder ``name`` (the ``teacher``'s, or the
+        LLM's own: :meth:`LoopSettings.label_options`)."""
         folder = self.out / f"iter{k}" / name
 
         def run() -> dict[str, Any]:
             from train.pipeline import label_folder
 
-            report = label_folder(self.out / f"iter{k}" / rollout, folder, self.settings.label_options(),
+            report = label_folder(self.out / f"iter{k}" / rollout, folder, self.settings.label_options(own=not teacher),
                                   meta={"iteration": k})
             return {"path": str(folder), "report": report.to_dict()}
 
@@ -765,7 +769,7 @@ class _Run:
             teacher = k == 1 and s.teacher is not None
             self.rollout(k, adapter, teacher=teacher)
             labels = self.out / f"iter{k}" / "labels"
-            self.label(k)
+            self.label(k, teacher=teacher)
             init = adapter
             if k == 1 and s.sft_first:
                 p_dir = self.out / f"iter{k}" / "ulrec-p"

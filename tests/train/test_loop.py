@@ -147,6 +147,8 @@ def test_several_sessions_per_user_and_their_best_kept(tmp_path, tiny_model_dir)
     kept, report = label_steps(own, LabelOptions(min_positives=1, keep_best=1))
     labels = json.loads((out / "iter1" / "labels-own" / "meta.json").read_text())
     assert labels["options"]["keep_best"] == 1 and labels["report"] == report.to_dict()
+    # the teacher's sessions are labelled without it
+    assert json.loads((out / "iter1" / "labels" / "meta.json").read_text())["options"]["keep_best"] == 0
     user_of = {r.episode: r.user for r in own}
     best = {e["episode"] for e in kept if e["label"]}
     assert len({user_of[ep] for ep in best}) == len(best)  # at most one session of each user gives positives

@@ -55,6 +55,7 @@ def test_sessions_per_user_and_keep_best_are_validated_and_mapped():
     assert (s.sessions_per_user, s.keep_best) == (4, 1)
     opts = s.label_options()
     assert (opts.keep_best, opts.min_positives, opts.extra_negatives) == (1, s.min_positives, s.extra_negatives)
+    assert s.label_options(own=False) == dataclasses.replace(opts, keep_best=0)  # the teacher's sessions
     # settings saved before the options load with them off
     d = s.to_dict()
     del d["sessions_per_user"], d["keep_best"]
@@ -248,9 +249,9 @@ def test_a_fork_keeps_the_stages_its_changes_do_not_act_on():
     assert fork_kept_stages(1, teacher, ["episodes", "top_p"]) == ("rollout", "label", "tune-ulrec-p", "eval-ulrec-p")
     # ... but the labelling options relabel the teacher's sessions, ULRec-P's SFT data
     assert fork_kept_stages(1, teacher, ["temperature", "extra_negatives"]) == ()
-    assert fork_kept_stages(1, teacher, ["keep_best"]) == ()
-    # several sessions per user are ULRec-P's own sessions: the teacher plays each of its users once
-    assert fork_kept_stages(1, teacher, ["sessions_per_user"]) == ("rollout", "label", "tune-ulrec-p", "eval-ulrec-p")
+    # several sessions per user and the best of them kept are ULRec-P's own: the teacher plays each user once
+    assert fork_kept_stages(1, teacher, ["sessions_per_user", "keep_best"]) == ("rollout", "label", "tune-ulrec-p",
+                                                                              "eval-ulrec-p")
     # with the teacher sized by `episodes`, more episodes are more teacher sessions
     assert fork_kept_stages(1, LoopSettings(teacher="genre-cycle-words"), ["episodes"]) == ()
     # without a teacher, iteration 1's rollout is the base model's own, ULRec-P's SFT data; later iterations have
