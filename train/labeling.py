@@ -79,7 +79,8 @@ class LabelOptions:
             (ties: the higher return, then the lower episode id); the others keep only their undesirable ones.
             With several sampled sessions per user this is rejection sampling: the continued steps of a user's
             best sessions are the ones imitated. Default 0 (off): every episode gives its desirable examples.
-            Applied after ``min_positives``.
+            The ranking is by outcome: a best session whose positives ``min_positives`` dropped (after
+            ``extra_negatives``) still takes its place, and the user's shorter sessions give none.
     """
 
     min_positives: int = 2

@@ -34,7 +34,7 @@ import numpy as np
 from agents.models import DTYPE_CHOICES
 from agents.prompting import COMPLETION_STYLES, SESSION_WINDOWS
 from agents.vllm_engine import ENGINES
-from train.labeling import BALANCE_BY
+from train.labeling import BALANCE_BY, LabelOptions
 from train.options import parse_episodes
 from train.pipeline import rule_options
 from train.tune import LR_SCHEDULES
@@ -101,6 +101,8 @@ class LoopSettings:
             sessions_per_user`` sessions in all. The teacher plays each of its users once.
         keep_best: Labelling of the LLM's own sessions: of each user's sessions in a rollout, only the
             ``keep_best`` longest give desirable examples (the others keep their undesirable ones); 0: all do.
+            Must be below ``sessions_per_user``. A user drawn twice (``episodes`` above the train users) counts
+            the sessions of both draws.
             With ``sessions_per_user`` above it, the continued steps of each user's best sessions are the ones
             imitated (rejection sampling); see :class:`train.labeling.LabelOptions`. The teacher's sessions, one
             per user, are labelled without it.
@@ -216,6 +218,14 @@ class LoopSettings:
         if isinstance(self.keep_best, bool) or not isinstance(self.keep_best, int) or self.keep_best < 0:
             raise ValueError(f"`keep_best` must be a non-negative integer (0: every session gives its desirable "
                              f"steps), got {self.keep_best!r}.")
+        if self.keep_best and self.keep_best >= self.sessions_per_user:
+            raise ValueError(f"`keep_best` {self.keep_best} keeps every one of a user's {self.sessions_per_user} "
+                             f"session(s): raise `sessions_per_user` above it (--sessions-per-user), or set "
+                             f"--keep-best 0.")
+        if self.sessions_per_user > 1 and self.temperature == 0:
+            raise ValueError(f"`sessions_per_user` {self.sessions_per_user} at temperature 0 plays the same greedy "
+                             f"session again for each user: sample (--temperature above 0), or set "
+                             f"--sessions-per-user 1.")
         if self.epochs <= 0:
             raise ValueError(f"`epochs` must be > 0, got {self.epochs}.")
         for name in ("lora_layers", "max_steps", "sft_max_steps", "kto_max_steps", "teacher_episodes"):
@@ -280,11 +290,16 @@ class LoopSettings:
                             worked_example=self.worked_example, session_window=self.session_window,
                             completion=self.completion)
 
-    def label_options(self, own: bool = True):
-        """The :class:`train.labeling.LabelOptions` of the run's labelling of the LLM's ``own`` sessions, or of the
-        teacher's (``own=False``: without ``keep_best``, as the teacher plays each user once)."""
-        from train.labeling import LabelOptions
+    def label_options(self, own: bool = True) -> LabelOptions:
+        """The labelling options of the run.
 
+        Args:
+            own: The LLM's own sessions (``True``), or the teacher's (``False``: without ``keep_best``, as the
+                teacher plays each user once).
+
+        Returns:
+            The :class:`train.labeling.LabelOptions` of ``min_positives``, ``extra_negatives`` and ``keep_best``.
+        """
         return LabelOptions(min_positives=self.min_positives, extra_negatives=self.extra_negatives,
                             keep_best=self.keep_best if own else 0)
 

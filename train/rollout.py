@@ -80,7 +80,8 @@ def collect_rollouts(
     """
     if isinstance(sessions_per_user, bool) or not isinstance(sessions_per_user, (int, np.integer)) \
             or sessions_per_user < 1:
-        raise ValueError(f"`sessions_per_user` must be a positive integer, got {sessions_per_user!r}.")
+        raise ValueError(f"`sessions_per_user` must be a positive integer (1: one session per user), got "
+                         f"{sessions_per_user!r}.")
     users = np.repeat(choose_users(world, split, episodes, seed), int(sessions_per_user))
     wrapped = _PromptingPolicy(policy, world, prompt_builder) if prompt_builder is not None else policy
     with Progress(None, f"rollout {policy.name}", unit="user-step", enabled=progress) as bar:  # its final line

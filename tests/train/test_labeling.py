@@ -145,6 +145,15 @@ def test_keep_best_breaks_ties_by_return_then_episode():
     assert {e["episode"] for e in ex if e["label"]} == {4}  # same length and return: the lower episode id
 
 
+def test_keep_best_ranks_by_outcome_before_min_positives():
+    # the longer session ends bored and keeps one positive after the extra negatives, below min_positives=2;
+    # it is still the user's best, so the shorter one's three positives are not kept
+    steps = of_user(episode(0, "cccccl", "bored"), 4) + of_user(episode(1, "cccl", "low_rating"), 4)
+    ex, rep = label_steps(steps, LabelOptions(extra_negatives=4, keep_best=1))
+    assert not any(e["label"] for e in ex)
+    assert (rep.filtered_episodes, rep.below_best_episodes, rep.below_best_positives) == (1, 1, 3)
+
+
 @pytest.mark.parametrize("bad", [-1, True, 1.5, "1"])
 def test_keep_best_must_be_a_count(bad):
     with pytest.raises(ValueError, match="keep_best"):

@@ -133,8 +133,9 @@ def test_several_sessions_per_user_and_their_best_kept(tmp_path, tiny_model_dir)
     from train.rollout import load_rollout
 
     out = tmp_path / "run"
+    # users who forgive low ratings (min_rating 2): longer sessions, so several of a user's sessions hold positives
     run_loop(_settings(tiny_model_dir, iterations=1, teacher="genre-cycle", episodes=6, sessions_per_user=3,
-                       keep_best=1, temperature=1.0), out, progress=False)
+                       keep_best=1, temperature=1.0, env={"min_rating": 2.0}), out, progress=False)
     teacher, teacher_meta = load_rollout(out / "iter1" / "rollout")
     own, own_meta = load_rollout(out / "iter1" / "rollout-own")
     # the teacher plays each of its 6 users once; ULRec-P plays each of its 6 users 3 times
@@ -151,7 +152,9 @@ def test_several_sessions_per_user_and_their_best_kept(tmp_path, tiny_model_dir)
     assert json.loads((out / "iter1" / "labels" / "meta.json").read_text())["options"]["keep_best"] == 0
     user_of = {r.episode: r.user for r in own}
     best = {e["episode"] for e in kept if e["label"]}
+    assert best and report.below_best_episodes > 0  # some sessions gave positives, some were not their user's best
     assert len({user_of[ep] for ep in best}) == len(best)  # at most one session of each user gives positives
+    assert len({r.user for r in teacher}) == 6  # six users, once each
     all_kept, _ = label_steps(own, LabelOptions(min_positives=1))
     assert report.desirable + report.below_best_positives == sum(e["label"] for e in all_kept)
 

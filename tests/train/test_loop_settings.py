@@ -50,6 +50,10 @@ def test_sessions_per_user_and_keep_best_are_validated_and_mapped():
     for bad in (-1, 0.5, True):
         with pytest.raises(ValueError, match="`keep_best` must be a non-negative integer"):
             LoopSettings(keep_best=bad)
+    with pytest.raises(ValueError, match="keeps every one of a user's 2 session.*--sessions-per-user"):
+        LoopSettings(sessions_per_user=2, keep_best=2)
+    with pytest.raises(ValueError, match="at temperature 0 plays the same greedy session.*--temperature"):
+        LoopSettings(sessions_per_user=2, temperature=0.0)
     args = build_parser().parse_args(["loop", "--out", "x", "--sessions-per-user", "4", "--keep-best", "1"])
     s = loop_settings_from_args(args)
     assert (s.sessions_per_user, s.keep_best) == (4, 1)

@@ -81,6 +81,7 @@ def test_rollout_plays_each_user_several_times_and_label_keeps_their_best(tmp_pa
     data = load_examples(lab)
     user_of = {r.episode: r.user for r in records}
     positives = {e["episode"] for e in data.examples if e["label"]}
+    assert positives and data.meta["report"]["below_best_episodes"] > 0
     assert len({user_of[ep] for ep in positives}) == len(positives)
     assert data.meta["options"]["keep_best"] == 1
     assert main(["rollout", "--world", "synthetic:3", "--policy", "random", "--llm-model", tiny_model_dir,
