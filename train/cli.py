@@ -443,7 +443,6 @@ def _cmd_rollout(args: argparse.Namespace) -> int:
                                 sessions_per_user=args.sessions_per_user, progress=not args.no_progress, meta={
                                     "policy": args.policy, "llm_model": args.llm_model, "llm_adapter": args.llm_adapter,
                                     "temperature": args.temperature, "seed": args.seed, "split": args.split,
-                                    "sessions_per_user": args.sessions_per_user,
                                     "env": env, "max_episode_steps": args.max_episode_steps})
     print(f"{summary['episodes']} episodes, {summary['steps']} steps, Len {summary['len_mean']:.2f}, "
           f"return {summary['return_mean']:.1f}, leave reasons {summary['leave_reasons']} -> {args.out}")

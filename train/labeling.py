@@ -97,7 +97,8 @@ class LabelOptions:
                 f"`extra_negatives` must be an int >= 0, got {self.extra_negatives!r}; use 0 to turn it off."
             )
         if isinstance(self.keep_best, bool) or not isinstance(self.keep_best, int) or self.keep_best < 0:
-            raise ValueError(f"`keep_best` must be an int >= 0, got {self.keep_best!r}; use 0 to turn it off.")
+            raise ValueError(f"`keep_best` must be a non-negative integer (0: every session gives its desirable "
+                             f"steps), got {self.keep_best!r}.")
         if isinstance(self.extra_negative_reasons, str):
             raise TypeError(
                 "`extra_negative_reasons` must be a tuple of reasons, got the string "

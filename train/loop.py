@@ -215,9 +215,7 @@ class LoopSettings:
             raise ValueError(f"`eval_episodes` must be a positive integer or 'all', got {self.eval_episodes!r}.")
         if not self.temperature >= 0:
             raise ValueError(f"`temperature` must be >= 0, got {self.temperature}.")
-        if isinstance(self.keep_best, bool) or not isinstance(self.keep_best, int) or self.keep_best < 0:
-            raise ValueError(f"`keep_best` must be a non-negative integer (0: every session gives its desirable "
-                             f"steps), got {self.keep_best!r}.")
+        self.label_options()  # validates min_positives, extra_negatives, keep_best
         if self.keep_best and self.keep_best >= self.sessions_per_user:
             raise ValueError(f"`keep_best` {self.keep_best} keeps every one of a user's {self.sessions_per_user} "
                              f"session(s): raise `sessions_per_user` above it (--sessions-per-user), or set "
@@ -638,17 +636,16 @@ class _Run:
                     s.model, adapter=adapter, temperature=s.temperature, top_p=s.top_p, batch_size=s.gen_batch_size,
                     seed=s.seed + k, prompt_format=s.prompt_format, dtype=s.dtype, engine=s.engine,
                     allow_unsafe_pickle=self.allow_unsafe_pickle, trust_remote_code=self.trust_remote_code)
-            episodes = s.teacher_sessions if teacher else s.episodes
+            episodes, per_user = (s.teacher_sessions, 1) if teacher else (s.episodes, s.sessions_per_user)
             summary = rollout_to_folder(policy, self.world, folder, episodes=episodes, split="train", seed=s.seed + k,
-                                        sessions_per_user=1 if teacher else s.sessions_per_user,
+                                        sessions_per_user=per_user,
                                         env_settings=s.env, max_episode_steps=s.max_episode_steps,
                                         batch_size=s.gen_batch_size, prompt_format=s.prompt_format,
                                         tokenizer=tokenizer, progress=self.progress,
                                         journal=self.journal(f"iter{k}/{name}"),
                                         journal_tag={"adapter": adapter, "model": s.model, "teacher": teacher},
                                         meta={"policy": s.teacher if teacher else "llm", "adapter": adapter,
-                                              "iteration": k,
-                                              "sessions_per_user": 1 if teacher else s.sessions_per_user})
+                                              "iteration": k})
             return {"path": str(folder), "summary": summary}
 
         return self.stage(f"iter{k}/{name}", run, folder)

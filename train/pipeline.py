@@ -48,8 +48,8 @@ def rollout_to_folder(
 
     The LLM recommender records its own prompts (in its own :class:`~agents.prompting.PromptFormat`). Any other
     policy's steps get the prompt the LLM would have been shown, written with ``tokenizer`` in ``prompt_format``
-    (both needed then). The summary records the world, its fingerprint, the prompt format and its version, the
-    dtype of an LLM, and ``meta``.
+    (both needed then). The summary records the world, its fingerprint, the sessions of each user, the prompt
+    format and its version, the dtype of an LLM, and ``meta``.
 
     Args:
         policy, world: What to run, where.
@@ -81,6 +81,7 @@ def rollout_to_folder(
     records = collect_rollouts(policy, world, prompt_builder=builder, completion_builder=completion, **run)
     return save_rollout(records, out, {
         "world": world.name, "world_fingerprint": world.fingerprint(), **dict(meta or {}),
+        "sessions_per_user": int(run.get("sessions_per_user", 1)),
         "prompt_format_version": PROMPT_FORMAT_VERSION, "prompt": fmt.to_dict(),
         "dtype": getattr(policy, "dtype_name", None),
         **({"engine": policy.engine} if isinstance(getattr(policy, "engine", None), str) else {}),
