@@ -109,7 +109,8 @@ def format_rows(rows: list[dict[str, Any]], before: dict[str, Any] | None) -> st
         lines.append(f"| {what} (before) | {before['len_mean']:.2f} ± {before['len_ci95']:.2f} "
                      f"| {before['return_mean']:.1f} ± {before['return_ci95']:.1f} | | | | | | | |")
     for i, r in enumerate(rows):
-        name = "control (the run's own)" if i == 0 else ", ".join(f"{k}={v}" for k, v in r["changes"].items())
+        name = ("control (the run's own)" if i == 0
+                else ", ".join(f"{k}={v}" for k, v in r["changes"].items()) or "nothing changed (a rerun)")
         delta = "" if i == 0 else f"{r['len_mean'] - control['len_mean']:+.2f}"
         counts = f"{r['desirable']} / {r['undesirable']}"
         if r.get("trained_on") is not None and r["desirable"] is not None and r["undesirable"] is not None \

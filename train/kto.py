@@ -33,6 +33,7 @@ import logging
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from datasets import Dataset, IterableDataset
@@ -42,7 +43,7 @@ from trl.trainer.kto_trainer import DataCollatorForUnpairedPreference
 from trl.trainer.utils import use_adapter
 
 from train.encoding import EncodingReport, encode_examples
-from train.labeling import TRL_WEIGHT_BAND, weighted_ratio
+from train.labeling import TRL_WEIGHT_BAND, loss_terms_of, weighted_ratio
 from train.logprobs import (
     AlignedBatch,
     SharedPrefix,
@@ -73,6 +74,13 @@ class ULRecKTOConfig(KTOConfig):
         sft_alpha (`float`, *optional*, defaults to `0.1`):
             Weight ``alpha`` of the SFT term in ``loss = KTO + alpha * SFT`` (the paper's value). ``0`` gives plain
             KTO.
+        prompt_cache (`bool`, *optional*, defaults to `True`):
+            Score completion positions only and take the KL pairs from the prompts' key/value cache.
+        share_prompt_prefix (`bool`, *optional*, defaults to `True`):
+            Run the prefix shared by a batch's prompts once per batch.
+        shuffle_train (`bool`, *optional*, defaults to `True`):
+            Shuffle the training rows once (seeded by ``data_seed``, else ``seed``) before they are batched in
+            order: TRL's KTO samples sequentially, so unshuffled a step-capped stage sees only its data's first rows.
     """
 
     sft_alpha: float = field(
@@ -96,6 +104,15 @@ class ULRecKTOConfig(KTOConfig):
             "Same numbers and gradients."
         },
     )
+    shuffle_train: bool = field(
+        default=True,
+        metadata={
+            "help": "Shuffle the training rows once, seeded by `data_seed` (else `seed`), before the KL pairs are "
+            "formed. TRL's KTO reads its data in order (`train_sampling_strategy` 'sequential': its KL pairs are "
+            "neighbours in a fixed-order batch), so without this a stage capped by `max_steps` trains on the first "
+            "rows of its data only, and each batch holds consecutive steps of one session."
+        },
+    )
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -109,8 +126,9 @@ class UnpairedCollatorWithWeights(DataCollatorForUnpairedPreference):
 
     def torch_call(self, examples: list[dict[str, Any]]) -> dict[str, Any]:
         out = super().torch_call(examples)
-        if "sample_weight" in examples[0]:
-            out["sample_weight"] = torch.tensor([float(e["sample_weight"]) for e in examples], dtype=torch.float32)
+        for key in ("sample_weight", "in_kto", "in_sft"):
+            if key in examples[0]:
+                out[key] = torch.tensor([float(e[key]) for e in examples], dtype=torch.float32)
         return out
 
 
@@ -139,7 +157,10 @@ class ULRecKTOTrainer(KTOTrainer):
     Takes TRL's arguments unchanged; ``args`` may be a plain ``KTOConfig`` (then ``alpha`` is 0.1) or a
     :class:`ULRecKTOConfig`. ``processing_class`` must be given (no hub look-ups). The training data needs
     ``prompt``, ``completion`` and ``label`` columns (and optionally ``weight``), or pre-encoded ``prompt_ids`` and
-    ``completion_ids``.
+    ``completion_ids``. An optional ``loss_terms`` column (:data:`train.labeling.LOSS_TERMS`) says which terms each
+    example enters: ``"both"`` (the default), ``"kto"`` or ``"sft"`` (desirable examples only). The KTO term is
+    then the weighted mean over the batch's KTO examples, and the SFT term the mean over the tokens of its SFT
+    examples; the reward metrics count KTO examples only.
 
     Attributes:
         encoding_report: How the training set was tokenized (how many prompts were cut).
@@ -180,12 +201,20 @@ class ULRecKTOTrainer(KTOTrainer):
                 logger.warning("%s set: %s", dataset_name, report)
         if dataset_name == "train":
             self.encoding_report = report
+            if getattr(args, "shuffle_train", False):
+                seed = args.data_seed if args.data_seed is not None else args.seed
+                rows = [rows[i] for i in np.random.default_rng(seed).permutation(len(rows))]
         keep = {"prompt_ids": [], "completion_ids": [], "label": [], "sample_weight": []}
+        terms = [loss_terms_of({"loss_terms": r.get("loss_terms") or "both", "label": bool(r["label"])}, i)
+                 for i, r in enumerate(rows)]
         for r in rows:
             keep["prompt_ids"].append(list(r["prompt_ids"]))
             keep["completion_ids"].append(list(r["completion_ids"]))
             keep["label"].append(bool(r["label"]))
             keep["sample_weight"].append(float(r.get("weight", r.get("sample_weight", 1.0))))
+        if any(t != "both" for t in terms):  # the default data keeps the columns (and batches) it always had
+            keep["in_kto"] = [float(t != "sft") for t in terms]
+            keep["in_sft"] = [float(t != "kto") for t in terms]
         if self.calculate_KL:
             # mismatched pairs for the KL estimate: rotate completions by one within each training batch
             bs, comp, kl = args.per_device_train_batch_size, keep["completion_ids"], []
@@ -194,8 +223,9 @@ class ULRecKTOTrainer(KTOTrainer):
                 kl.extend(block[-1:] + block[:-1])
             keep["KL_completion_ids"] = kl
         if dataset_name == "train":
-            n_des = sum(keep["label"])
-            n_und = len(keep["label"]) - n_des
+            in_kto = [lab for lab, t in zip(keep["label"], terms) if t != "sft"]
+            n_des = sum(in_kto)
+            n_und = len(in_kto) - n_des
             ratio = weighted_ratio(n_des, n_und, self.desirable_weight, self.undesirable_weight)
             lo, hi = TRL_WEIGHT_BAND
             if n_des and n_und and not lo <= ratio <= hi:
@@ -210,8 +240,8 @@ class ULRecKTOTrainer(KTOTrainer):
 
     def _set_signature_columns_if_needed(self) -> None:
         super()._set_signature_columns_if_needed()
-        if "sample_weight" not in self._signature_columns:
-            self._signature_columns = [*self._signature_columns, "sample_weight"]
+        extra = [c for c in ("sample_weight", "in_kto", "in_sft") if c not in self._signature_columns]
+        self._signature_columns = [*self._signature_columns, *extra]
 
     # ----------------------------------------------------------------------------------------------- loss
     def compute_loss(self, model: Any, inputs: dict[str, Any], return_outputs: bool = False, num_items_in_batch=None):
@@ -255,9 +285,16 @@ class ULRecKTOTrainer(KTOTrainer):
         )
         if "sample_weight" in batch:
             weights = weights * batch["sample_weight"].to(weights)
-        kto_loss = (weights * per_example).mean()
+        in_kto = labels.new_ones(labels.shape)
+        if "in_kto" in batch:  # examples of the SFT term only: out of the KTO mean and of the reward metrics
+            in_kto = batch["in_kto"].to(labels.device) > 0
+            kto_loss = (weights * per_example * in_kto).sum() / in_kto.sum().clamp(min=1)
+        else:
+            kto_loss = (weights * per_example).mean()
 
         des_mask = token_mask & labels[:, None]
+        if "in_sft" in batch:
+            des_mask = des_mask & (batch["in_sft"].to(labels.device) > 0)[:, None]
         n_des_tokens = des_mask.sum()
         if n_des_tokens > 0:
             sft_loss = -(per_token * des_mask).sum() / n_des_tokens
@@ -267,7 +304,8 @@ class ULRecKTOTrainer(KTOTrainer):
         if getattr(self, "aux_loss_enabled", False) and getattr(outputs, "aux_loss", None) is not None:
             loss = loss + self.router_aux_loss_coef * outputs.aux_loss
 
-        self._log_kto_metrics(mode, labels, logps.detach(), (self.beta * logratios).detach(), kl, kto_loss, sft_loss)
+        self._log_kto_metrics(mode, labels, logps.detach(), (self.beta * logratios).detach(), kl, kto_loss, sft_loss,
+                              in_kto)
         if return_outputs:
             with torch.no_grad():
                 outputs = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
@@ -309,13 +347,14 @@ class ULRecKTOTrainer(KTOTrainer):
                   if self.calculate_KL else None)
         return logps, kl
 
-    def _log_kto_metrics(self, mode, labels, logps, rewards, kl, kto_loss, sft_loss) -> None:
+    def _log_kto_metrics(self, mode, labels, logps, rewards, kl, kto_loss, sft_loss, in_kto=None) -> None:
         gather = self.accelerator.gather_for_metrics
         m = self._metrics[mode]
         m["kl"].append(kl.item())
         m["loss/kto"].append(gather(kto_loss.detach()).mean().item())
         m["loss/sft"].append(gather(sft_loss.detach()).mean().item())
-        for name, sel in (("chosen", labels), ("rejected", ~labels)):
+        scored = in_kto if in_kto is not None else torch.ones_like(labels)
+        for name, sel in (("chosen", labels & scored), ("rejected", ~labels & scored)):
             n = gather(sel.sum()).sum().item()
             if n:
                 m[f"rewards/{name}"].append(gather(rewards[sel].sum()).sum().item() / n)

@@ -35,6 +35,8 @@ __all__ = [
     "LabelledData",
     "label_steps",
     "label_counts",
+    "kto_label_counts",
+    "loss_terms_of",
     "recommend_weights",
     "subsample_to_band",
     "weighted_ratio",
@@ -43,6 +45,7 @@ __all__ = [
     "EXAMPLES_FORMAT_VERSION",
     "TRL_WEIGHT_BAND",
     "BALANCE_BY",
+    "LOSS_TERMS",
 ]
 
 EXAMPLES_FORMAT_VERSION = 1
@@ -51,6 +54,10 @@ EXAMPLES_FORMAT_VERSION = 1
 #: How a KTO stage balances its labels: loss weights (:func:`recommend_weights`) or a subset
 #: (:func:`subsample_to_band`); ``train.tune.TuneConfig.balance_by``.
 BALANCE_BY = ("weights", "subsample")
+
+#: Which terms of ULRec's KTO-stage loss an example enters (its optional ``loss_terms`` key; ``"both"`` when absent):
+#: both, the KTO term only, or the SFT term only (desirable examples only). The SFT stage ignores the key.
+LOSS_TERMS = ("both", "kto", "sft")
 
 TRL_WEIGHT_BAND = (1.0, 4.0 / 3.0)
 """TRL's recommended band (from Eq. 8 of the KTO paper) for
@@ -319,6 +326,27 @@ def label_counts(examples: Iterable[Mapping[str, Any]]) -> tuple[int, int]:
     return n_des, n_und
 
 
+def loss_terms_of(example: Mapping[str, Any], index: int = 0) -> str:
+    """The ``loss_terms`` of an example (:data:`LOSS_TERMS`; ``"both"`` when the key is absent), checked.
+
+    Raises:
+        ValueError: An unknown value, or ``"sft"`` on an undesirable example (the SFT term imitates desirable steps).
+    """
+    terms = example.get("loss_terms", "both")
+    if terms not in LOSS_TERMS:
+        raise ValueError(f"example {index} has loss_terms {terms!r}; use one of {', '.join(map(repr, LOSS_TERMS))}.")
+    if terms == "sft" and example["label"] is not True:
+        raise ValueError(f"example {index} is undesirable with loss_terms 'sft'; the SFT term imitates desirable "
+                         "examples only: give it 'kto' or 'both'.")
+    return terms
+
+
+def kto_label_counts(examples: Iterable[Mapping[str, Any]]) -> tuple[int, int]:
+    """``(n_desirable, n_undesirable)`` of the examples that enter the KTO term (``loss_terms`` other than ``"sft"``):
+    the counts that :func:`recommend_weights` and :func:`subsample_to_band` balance."""
+    return label_counts(e for i, e in enumerate(examples) if loss_terms_of(e, i) != "sft")
+
+
 def weighted_ratio(n_desirable: int, n_undesirable: int, desirable_weight: float, undesirable_weight: float) -> float:
     """``(desirable_weight * n_desirable) / (undesirable_weight * n_undesirable)``: TRL wants it in ``[1, 4/3]``."""
     if n_undesirable <= 0 or undesirable_weight <= 0:
@@ -372,6 +400,7 @@ def subsample_to_band(examples: Sequence[Mapping[str, Any]], seed: int = 0,
     since the batch mean no longer divides by the weighted-away examples (so, next to ULRec's SFT term, which is a
     mean over desirable tokens, the KTO term weighs that much more). And a step-capped stage, which sees only
     ``max_steps * batch_size`` examples, meets the rarer label as often as the other instead of a few times.
+    Examples that enter the SFT term only (``loss_terms`` ``"sft"``) are neither counted nor cut.
 
     Args:
         examples: Labelled examples (``label`` bool).
@@ -384,14 +413,14 @@ def subsample_to_band(examples: Sequence[Mapping[str, Any]], seed: int = 0,
     Raises:
         ValueError: A label has no example, or ``target`` is outside the band.
     """
-    n_des, n_und = label_counts(examples)
+    n_des, n_und = kto_label_counts(examples)
     d_w, u_w = recommend_weights(n_des, n_und, target)  # checks the counts and the target
     if d_w == 1.0 and u_w == 1.0:
         return list(examples)
     majority = d_w < 1.0  # the label that is cut: desirable when d_w < 1
     n_major = n_des if majority else n_und
     keep_n = max(1, round(n_major * (d_w if majority else u_w)))
-    idx = [i for i, e in enumerate(examples) if e["label"] is majority]
+    idx = [i for i, e in enumerate(examples) if e["label"] is majority and loss_terms_of(e, i) != "sft"]
     kept = set(np.random.default_rng(seed).choice(idx, size=keep_n, replace=False).tolist())
     return [e for i, e in enumerate(examples) if e["label"] is not majority or i in kept]
 

@@ -47,6 +47,8 @@ __all__ = ["LoopSettings", "Manifest", "run_loop", "run_compare", "evaluate_llm"
 REFERENCE_POLICIES = ("random", "greedy", "mmr", "oracle")
 REFERENCE_CHOICES = ("init", "ulrec-p")
 KTO_LOSS_TYPES = ("kto", "apo_zero_unpaired")
+#: What the SFT term of each KTO stage imitates: every desirable example of its data, or the teacher's alone.
+SFT_DATA_CHOICES = ("all", "teacher")
 PRESETS_NAMES = ("headline",)
 
 
@@ -130,6 +132,10 @@ class LoopSettings:
             it (0: only iteration k's).
         teacher_replay: KTO data of every iteration also holds the teacher's desirable steps (ULRec-P's SFT
             data; needs ``teacher``).
+        sft_data: What the SFT term of each KTO stage (``sft_alpha``) imitates: ``"all"`` (every desirable example
+            of the stage's data, each also in the KTO term) or ``"teacher"`` (the teacher's replayed desirable
+            steps alone, which then enter only the SFT term, while the KTO term scores only the LLM's own labelled
+            sessions; needs ``teacher_replay``). See the ``loss_terms`` of :class:`train.kto.ULRecKTOTrainer`.
         loss_type: TRL's KTO loss for unpaired data: ``"kto"`` or ``"apo_zero_unpaired"``.
         kto_lr_decay: The KTO learning rate of iteration k is ``kto_learning_rate * kto_lr_decay ** (k - 1)``.
         kto_lr_schedule: The learning-rate schedule within each KTO stage: ``"cosine"`` (a 10% warm-up, then
@@ -189,6 +195,7 @@ class LoopSettings:
     reference: str = field(default="init", metadata={"choices": REFERENCE_CHOICES})
     replay: int = 0
     teacher_replay: bool = False
+    sft_data: str = field(default="all", metadata={"choices": SFT_DATA_CHOICES})
     loss_type: str = field(default="kto", metadata={"choices": KTO_LOSS_TYPES})
     kto_lr_decay: float = 1.0
     kto_lr_schedule: str = field(default="cosine", metadata={"choices": LR_SCHEDULES})
@@ -254,6 +261,11 @@ class LoopSettings:
             raise ValueError("`teacher_replay` needs a `teacher` (its sessions are what is replayed); without a "
                              "teacher set it False (`--no-teacher-replay`, e.g. `--preset headline --teacher none "
                              "--no-teacher-replay`).")
+        if self.sft_data not in SFT_DATA_CHOICES:
+            raise ValueError(f"`sft_data` must be one of {', '.join(SFT_DATA_CHOICES)}, got {self.sft_data!r}.")
+        if self.sft_data == "teacher" and not self.teacher_replay:
+            raise ValueError("`sft_data` 'teacher' imitates the teacher's replayed steps and needs `teacher_replay` "
+                             "(--teacher-replay, with a --teacher); without them use --sft-data all.")
         if self.teacher_episodes is not None and self.teacher is None:
             raise ValueError("`teacher_episodes` sizes the teacher's sessions and needs a `teacher`; without a teacher "
                              "set it None (`--teacher-episodes none`, e.g. `--preset headline --teacher none "
@@ -432,7 +444,8 @@ def resume_settings(out: Path, saved: LoopSettings, given: LoopSettings, log: Ca
 FORK_CHANGES = ("iterations", "temperature", "top_p", "episodes", "min_positives", "extra_negatives",
                 "sessions_per_user", "keep_best",
                 "kto_learning_rate", "kto_lr_decay", "kto_lr_schedule", "kto_max_steps", "beta", "sft_alpha",
-                "reference", "replay", "teacher_replay", "loss_type", "kto_balance", "kto_balance_from", "save_steps")
+                "reference", "replay", "teacher_replay", "sft_data", "loss_type", "kto_balance", "kto_balance_from",
+                "save_steps")
 #: Of those, the ones that change iteration K's sessions or their labels: a fork that changes one reruns iteration
 #: K from the first stage it acts on (see :func:`fork_kept_stages`); otherwise it copies iteration K's stages before
 #: the KTO data.
@@ -666,31 +679,38 @@ class _Run:
 
     def merge_data(self, k: int, own: str) -> dict[str, Any]:
         """Iteration ``k``'s KTO data: its own labels (``own``), the own labels of the ``replay`` iterations
-        before it and, with ``teacher_replay``, the teacher's desirable steps; written to ``iterK/kto-data``."""
+        before it and, with ``teacher_replay``, the teacher's desirable steps; written to ``iterK/kto-data``.
+        With ``sft_data="teacher"`` the own examples enter the KTO term only and the teacher's the SFT term only
+        (their ``loss_terms``)."""
         folder = self.out / f"iter{k}" / "kto-data"
 
         def run() -> dict[str, Any]:
-            from train.labeling import label_counts, load_examples, save_examples
+            from train.labeling import kto_label_counts, label_counts, load_examples, save_examples
 
             s = self.settings
             sources = [self.out / f"iter{k}" / own]  # iteration j's own sessions: the teacher played iteration 1's
             sources += [self.out / f"iter{j}" / ("labels-own" if j == 1 and s.teacher is not None else "labels")
                         for j in range(max(1, k - s.replay), k)]
+            split = s.sft_data == "teacher"
             examples: list[dict[str, Any]] = []
             counts = {}
             first = None
             for src in sources:
                 data = load_examples(src)
                 first = first or data
-                examples += data.examples
-                counts[str(src)] = dict(zip(("desirable", "undesirable"), label_counts(data.examples)))
+                examples += [{**e, "loss_terms": "kto"} for e in data.examples] if split else data.examples
+                counts[str(src)] = dict(zip(("desirable", "undesirable"), label_counts(data.examples)),
+                                        **({"loss_terms": "kto"} if split else {}))
             if s.teacher_replay:
                 teacher = load_examples(self.out / "iter1" / "labels")
-                kept = [e for e in teacher.examples if e["label"]]
+                kept = [{**e, "loss_terms": "sft"} if split else e for e in teacher.examples if e["label"]]
                 examples += kept
-                counts[str(teacher.path)] = {"desirable": len(kept), "undesirable": 0}
+                counts[str(teacher.path)] = {"desirable": len(kept), "undesirable": 0,
+                                             **({"loss_terms": "sft"} if split else {})}
             n_des, n_und = label_counts(examples)
             report = {"desirable": n_des, "undesirable": n_und, "sources": counts}
+            if split:
+                report["kto"] = dict(zip(("desirable", "undesirable"), kto_label_counts(examples)))
             save_examples(examples, folder, world_fingerprint=first.world_fingerprint,
                           extra_meta={"prompt_format_version": first.meta.get("prompt_format_version"), "iteration": k,
                                       "prompt": first.meta.get("prompt"), "world": first.meta.get("world"),

@@ -28,7 +28,15 @@ from typing import TYPE_CHECKING, Any, Literal, Mapping, Sequence
 
 from agents.models import ADAPTER_SIDECAR_FILE
 from train.encoding import EncodingReport
-from train.labeling import BALANCE_BY, LabelledData, label_counts, load_examples, recommend_weights, subsample_to_band
+from train.labeling import (
+    BALANCE_BY,
+    LabelledData,
+    kto_label_counts,
+    label_counts,
+    load_examples,
+    recommend_weights,
+    subsample_to_band,
+)
 from ulrec_env.storage import atomic_write_text
 from ulrec_env.safe_io import read_text_bounded
 
@@ -317,11 +325,12 @@ def check_examples(
     """The checks :func:`tune` runs before loading any model.
 
     Returns:
-        ``(n_desirable, n_undesirable)``.
+        ``(n_desirable, n_undesirable)``; for KTO, of the examples that enter its KTO term
+        (:func:`train.labeling.kto_label_counts`).
 
     Raises:
         ValueError: Unknown stage; empty data; data labelled on another world's catalog; KTO without both labels;
-            KTO with batch size 1; SFT without desirable examples.
+            KTO with batch size 1; KTO with an unknown ``loss_terms``; SFT without desirable examples.
     """
     if stage not in _STAGES:
         raise ValueError(f"`stage` must be 'sft' or 'kto', got {stage!r}.")
@@ -342,6 +351,7 @@ def check_examples(
             )
     n_des, n_und = label_counts(examples)
     if stage == "kto":
+        n_des, n_und = kto_label_counts(examples)  # checks each example's loss_terms
         if n_des == 0 or n_und == 0:
             raise ValueError(
                 f"KTO needs both labels, got {n_des} desirable and {n_und} undesirable examples; "
@@ -448,7 +458,7 @@ def tune(
             world=world,
         )
         train_examples = _balanced_examples(stage, labelled.examples, cfg, args, n_des, n_und, seed)
-        args = _args_for_data(stage, args, cfg, *label_counts(train_examples))
+        args = _args_for_data(stage, args, cfg, *(kto_label_counts if stage == "kto" else label_counts)(train_examples))
         lm, tok, base_id = _load_model(model, tokenizer, cfg, bool(args.bf16))
         args = _args_for_model(args, lm)
         named_base = base_id if isinstance(model, (str, os.PathLike)) or model is None else None  # checkable
@@ -588,8 +598,8 @@ def _build_trainer(stage: Stage, lm: Any, ref_model: Any, peft_config: Any, tok:
 
         from train.kto import ULRecKTOTrainer
 
-        keep = ("prompt", "completion", "label", "weight")
-        rows = [{k: e.get(k, 1.0) for k in keep} for e in examples]
+        rows = [{"prompt": e["prompt"], "completion": e["completion"], "label": e["label"],
+                 "weight": e.get("weight", 1.0), "loss_terms": e.get("loss_terms", "both")} for e in examples]
         trainer = ULRecKTOTrainer(
             lm, ref_model=ref_model, args=args, train_dataset=Dataset.from_list(rows), processing_class=tok,
             peft_config=peft_config,
@@ -624,7 +634,8 @@ def _hyperparameters(stage: Stage, args: Any) -> dict[str, Any]:
     }
     if stage == "kto":
         hyper.update(beta=args.beta, sft_alpha=getattr(args, "sft_alpha", 0.1), desirable_weight=args.desirable_weight,
-                     undesirable_weight=args.undesirable_weight, loss_type=args.loss_type)
+                     undesirable_weight=args.undesirable_weight, loss_type=args.loss_type,
+                     shuffle_train=bool(getattr(args, "shuffle_train", False)))
     return hyper
 
 
@@ -634,9 +645,11 @@ def _sidecar(stage: Stage, args: Any, cfg: TuneConfig, trainer: Any, lm: Any, la
     """The content of :data:`SIDECAR_FILE`: what was trained, on what, and how.
 
     Args:
-        counts: ``(desirable, undesirable, trained on)`` example counts.
+        counts: ``(desirable, undesirable, trained on)`` example counts (for KTO, the labels of its KTO term;
+            examples of the SFT term only are counted apart, as ``sft_only_examples``).
     """
     n_des, n_und, n_train = counts
+    n_sft_only = sum(e.get("loss_terms") == "sft" for e in labelled.examples) if stage == "kto" else 0
     return {
         "format_version": SIDECAR_VERSION,
         "stage": stage,
@@ -648,6 +661,7 @@ def _sidecar(stage: Stage, args: Any, cfg: TuneConfig, trainer: Any, lm: Any, la
         "prompt": labelled.meta.get("prompt"),
         "world_fingerprint": labelled.world_fingerprint,
         "label_counts": {"desirable": n_des, "undesirable": n_und},
+        **({"sft_only_examples": n_sft_only} if n_sft_only else {}),
         "label_report": labelled.meta.get("report"),
         "n_train_examples": n_train,
         **({"balance_by": cfg.balance_by} if stage == "kto" and cfg.balance_weights else {}),

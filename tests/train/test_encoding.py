@@ -62,7 +62,7 @@ def test_trainers_see_the_agents_tokens(tiny_tokenizer, tiny_model, small_world,
     sft, _ = sft_dataset(examples, tiny_tokenizer, None)
     assert sft["input_ids"] == [ids for ids, e in zip(expected, examples) if e["label"]]
     args = ULRecKTOConfig(output_dir=str(tmp_path / "kto"), per_device_train_batch_size=2, report_to=[], use_cpu=True,
-                          bf16=False)
+                          bf16=False, shuffle_train=False)  # the rows in their order, to compare
     kto = ULRecKTOTrainer(tiny_model, ref_model=None, args=args, train_dataset=Dataset.from_list(examples),
                           processing_class=tiny_tokenizer,
                           peft_config=LoraConfig(r=2, target_modules=["q_proj"], task_type="CAUSAL_LM"))

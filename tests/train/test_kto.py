@@ -46,7 +46,7 @@ def make_trainer(model, tokenizer, examples, tmp_path, **kw):
         use_cpu=True,
         logging_steps=1,
         save_strategy="no",
-        seed=0,
+        seed=kw.pop("seed", 0),
         **kw,
     )
     peft = LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], task_type="CAUSAL_LM")
@@ -72,7 +72,7 @@ def test_kto_steps_change_lora_weights(tiny_model, tiny_tokenizer, default_world
 
 def test_masked_logprob_is_sum_over_title_tokens(tiny_model, tiny_tokenizer, default_world, tmp_path):
     examples = make_examples(default_world, 4)
-    trainer = make_trainer(tiny_model, tiny_tokenizer, examples, tmp_path)
+    trainer = make_trainer(tiny_model, tiny_tokenizer, examples, tmp_path, shuffle_train=False)  # rows in order
     batch = first_batch(trainer)
     model = trainer.model.eval()
     with torch.no_grad():
@@ -215,7 +215,8 @@ def test_loss_at_alpha_zero_equals_trl_kto_trainer(tiny_model_factory, tiny_toke
                   report_to=[], bf16=False, use_cpu=True, save_strategy="no", seed=0, **{_checkpointing_field(): False})
     ours = ULRecKTOTrainer(
         tiny_model_factory(1), ref_model=tiny_model_factory(0), processing_class=tiny_tokenizer,
-        args=ULRecKTOConfig(output_dir=str(tmp_path / "ours"), sft_alpha=0.0, prompt_cache=prompt_cache, **common),
+        args=ULRecKTOConfig(output_dir=str(tmp_path / "ours"), sft_alpha=0.0, prompt_cache=prompt_cache,
+                            shuffle_train=False, **common),  # TRL's trainer keeps the rows' order
         train_dataset=Dataset.from_list(examples),
     )
     stock = KTOTrainer(
@@ -236,3 +237,76 @@ def test_loss_at_alpha_zero_equals_trl_kto_trainer(tiny_model_factory, tiny_toke
     assert kls[1] > 0  # the reference point is not clamped away: the KL term takes part
     assert kls[0] == pytest.approx(kls[1], rel=1e-4)
     assert losses[0] == pytest.approx(losses[1], rel=1e-4)
+
+
+def test_loss_terms_keep_each_example_to_its_term(tiny_model_factory, tiny_tokenizer, default_world, tmp_path):
+    """An example with ``loss_terms`` "sft" enters the SFT term and nothing else; one with "kto" the KTO term (its
+    weighted mean over the batch's KTO examples, and the reward metrics) and nothing else."""
+    examples = make_examples(default_world, 4)  # labels False, True, True, False
+    examples = [{**e, "loss_terms": "sft" if i == 1 else "kto"} for i, e in enumerate(examples)]
+    trainer = ULRecKTOTrainer(
+        tiny_model_factory(1), ref_model=tiny_model_factory(0), processing_class=tiny_tokenizer,
+        args=ULRecKTOConfig(output_dir=str(tmp_path / "kto"), per_device_train_batch_size=4, sft_alpha=0.5,
+                            loss_type="apo_zero_unpaired", desirable_weight=0.5, undesirable_weight=1.0, report_to=[],
+                            bf16=False, use_cpu=True, save_strategy="no", seed=0, **{_checkpointing_field(): False}),
+        train_dataset=Dataset.from_list(examples),
+    )
+    batch = first_batch(trainer)
+    in_kto, in_sft = batch["in_kto"] > 0, batch["in_sft"] > 0
+    assert int(in_kto.sum()) == 3 and int(in_sft.sum()) == 1 and not torch.any(in_kto & in_sft)
+    trainer.model.eval()
+    metrics = trainer._metrics["eval"]
+
+    def run(b):
+        with torch.no_grad():
+            loss = trainer.compute_loss(trainer.model, b).item()
+        return loss, metrics["loss/kto"][-1], metrics["loss/sft"][-1], metrics["rewards/chosen"][-1]
+
+    loss, kto, sft, chosen = run(batch)
+    assert loss == pytest.approx(kto + 0.5 * sft, rel=1e-5)
+    plain = {k: v for k, v in batch.items() if k not in ("in_kto", "in_sft")}
+    # the KTO term: the same loss as a batch of the KTO examples alone (APO-zero has no batch-wide KL term)
+    only_kto = {k: v[in_kto] if isinstance(v, torch.Tensor) else v for k, v in plain.items()}
+    _, kto_alone, _, chosen_alone = run(only_kto)
+    assert kto == pytest.approx(kto_alone, rel=1e-5) and chosen == pytest.approx(chosen_alone, rel=1e-5)
+    # the SFT term: that of the whole batch with the SFT example as its only desirable one
+    _, _, sft_alone, _ = run({**plain, "label": plain["label"].bool() & in_sft})
+    assert sft > 0 and sft == pytest.approx(sft_alone, rel=1e-5)
+    # and neither equals the default, where every example enters both terms
+    _, kto_both, sft_both, _ = run(plain)
+    assert kto_both != pytest.approx(kto, rel=1e-3) and sft_both != pytest.approx(sft, rel=1e-3)
+
+
+def test_an_undesirable_example_cannot_be_sft_only(tiny_model, tiny_tokenizer, default_world, tmp_path):
+    """``loss_terms`` is checked when the data is prepared: a known value, and "sft" on desirable examples only."""
+    examples = [{**e, "loss_terms": "sft"} for e in make_examples(default_world, 4)]
+    with pytest.raises(ValueError, match="undesirable with loss_terms 'sft'"):
+        make_trainer(tiny_model, tiny_tokenizer, examples, tmp_path)
+    examples = [{**e, "loss_terms": "kt0"} for e in make_examples(default_world, 4)]
+    with pytest.raises(ValueError, match="loss_terms 'kt0'"):
+        make_trainer(tiny_model, tiny_tokenizer, examples, tmp_path)
+
+
+def test_training_rows_are_shuffled_once_by_the_seed(tiny_model_factory, tiny_tokenizer, default_world, tmp_path):
+    """TRL's KTO reads its rows in order (its KL pairs are neighbours in a batch): the trainer shuffles them once,
+    by the seed, so a step-capped stage does not train on its data's first rows only; the KL completions are the
+    shuffled rows' neighbours."""
+    examples = make_examples(default_world, 24)
+    completions = [tiny_tokenizer(e["completion"], add_special_tokens=False)["input_ids"] for e in examples]
+
+    def order(seed, **kw):
+        trainer = make_trainer(tiny_model_factory(0), tiny_tokenizer, examples, tmp_path / f"{seed}-{kw}", seed=seed,
+                               **kw)
+        assert trainer.args.train_sampling_strategy == "sequential"  # the only shuffle is the trainer's own
+        data = trainer.train_dataset
+        rows = [completions.index(c) for c in data["completion_ids"]]
+        for start in range(0, len(rows), 4):  # batch size 4: each row's KL completion is its batch neighbour's
+            block = data["completion_ids"][start:start + 4]
+            assert data["KL_completion_ids"][start:start + 4] == block[-1:] + block[:-1]
+        return rows
+
+    assert order(0, shuffle_train=False) == list(range(24))
+    first = order(0)
+    assert sorted(first) == list(range(24)) and first != list(range(24))
+    assert order(0) == first and order(1) != first
+

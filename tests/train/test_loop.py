@@ -326,6 +326,20 @@ def test_fixed_reference_replay_and_learning_rate_decay(tmp_path, tiny_model_dir
     assert t2["reference_adapter"] == p_dir and t2["learning_rate"] == pytest.approx(5e-4)
     assert t2["train_curve"] and all("step" in row and "kl" in row for row in t2["train_curve"])
     assert training[(1, "ulrec")]["rollout_stage"] == "iter1/rollout-own"
+    assert side1["hyperparameters"]["shuffle_train"] is True  # the KTO stages train on their rows shuffled
+    # --sft-data teacher (a fork at 2): the same rows, the own ones in the KTO term only, the teacher's in the SFT
+    # term only; the stage balances and counts the KTO term's labels
+    fork = tmp_path / "fork"
+    assert main(["loop", "--fork-from", str(out), "--fork-at", "2", "--sft-data", "teacher", "--out", str(fork),
+                 "--no-progress"]) == 0
+    split = load_examples(fork / "iter2" / "kto-data")
+    assert [{k: v for k, v in e.items() if k != "loss_terms"} for e in split.examples] == merged2
+    n_own = len(own2) + len(parts[0])
+    assert [e["loss_terms"] for e in split.examples] == ["kto"] * n_own + ["sft"] * (len(merged2) - n_own)
+    assert split.meta["report"]["kto"] == dict(zip(("desirable", "undesirable"), label_counts(own2 + parts[0])))
+    side_f = json.loads((fork / "iter2" / "ulrec" / "ulrec_adapter.json").read_text())
+    assert side_f["label_counts"] == split.meta["report"]["kto"]
+    assert side_f["sft_only_examples"] == len(merged2) - n_own > 0
 
 
 def test_loop_settings_of_the_replay_options():

@@ -67,6 +67,19 @@ def test_sessions_per_user_and_keep_best_are_validated_and_mapped():
     assert (old.sessions_per_user, old.keep_best) == (1, 0)
 
 
+def test_sft_data_is_validated_and_mapped():
+    with pytest.raises(ValueError, match="`sft_data` must be one of all, teacher"):
+        LoopSettings(sft_data="own")
+    with pytest.raises(ValueError, match="`sft_data` 'teacher' .* needs `teacher_replay`.*--sft-data all"):
+        LoopSettings(teacher="genre-cycle", sft_data="teacher")
+    args = build_parser().parse_args(["loop", "--out", "x", "--teacher", "genre-cycle", "--teacher-replay",
+                                      "--sft-data", "teacher"])
+    assert loop_settings_from_args(args).sft_data == "teacher"
+    d = LoopSettings().to_dict()
+    del d["sft_data"]
+    assert LoopSettings.from_dict(d).sft_data == "all"  # settings saved before the option
+
+
 @pytest.mark.parametrize("saved", [LoopSettings(max_steps=4).to_dict(), {"not_a_setting": 1}])
 def test_demo_refuses_a_folder_of_other_settings(tmp_path, capsys, saved):
     import json

@@ -56,6 +56,11 @@ def test_rows_say_what_each_fork_changed_and_count_the_kto_symptoms(tmp_path, ca
     out = capsys.readouterr().out
     assert "| reference=init | 5.50 ± 0.50 |" in out and "| -1.50 |" in out and "| 2/3, 2/3 |" in out
     assert json.loads((tmp_path / "t.json").read_text())["rows"][1]["len_mean"] == 5.5
+    # a fork that changes nothing (but its iterations) is a rerun of the stage, and says so
+    rerun = _run(tmp_path / "rerun", [_eval(1, 6.0, []), _eval(2, 7.5, [_log(1.0, 0.0, 0.1)])],
+                 fork={"parent": str(parent.resolve()), "at": 2, "changed": {"iterations": [3, 2]}})
+    mod.main([str(parent), str(rerun), "--iteration", "2"])
+    assert "| nothing changed (a rerun) | 7.50 ± 0.50 |" in capsys.readouterr().out
 
 
 def test_a_run_that_is_not_a_fork_of_the_parent_at_that_iteration_is_refused(tmp_path):
