@@ -347,14 +347,13 @@ class ULRecKTOTrainer(KTOTrainer):
                   if self.calculate_KL else None)
         return logps, kl
 
-    def _log_kto_metrics(self, mode, labels, logps, rewards, kl, kto_loss, sft_loss, in_kto=None) -> None:
+    def _log_kto_metrics(self, mode, labels, logps, rewards, kl, kto_loss, sft_loss, in_kto) -> None:
         gather = self.accelerator.gather_for_metrics
         m = self._metrics[mode]
         m["kl"].append(kl.item())
         m["loss/kto"].append(gather(kto_loss.detach()).mean().item())
         m["loss/sft"].append(gather(sft_loss.detach()).mean().item())
-        scored = in_kto if in_kto is not None else torch.ones_like(labels)
-        for name, sel in (("chosen", labels & scored), ("rejected", ~labels & scored)):
+        for name, sel in (("chosen", labels & in_kto), ("rejected", ~labels & in_kto)):
             n = gather(sel.sum()).sum().item()
             if n:
                 m[f"rewards/{name}"].append(gather(rewards[sel].sum()).sum().item() / n)

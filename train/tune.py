@@ -349,9 +349,8 @@ def check_examples(
                 f"fingerprint {fp}: the catalogs differ. Tune on rollouts of this world, or pass the world they came "
                 "from."
             )
-    n_des, n_und = label_counts(examples)
+    n_des, n_und = (kto_label_counts if stage == "kto" else label_counts)(examples)  # KTO: checks loss_terms
     if stage == "kto":
-        n_des, n_und = kto_label_counts(examples)  # checks each example's loss_terms
         if n_des == 0 or n_und == 0:
             raise ValueError(
                 f"KTO needs both labels, got {n_des} desirable and {n_und} undesirable examples; "
