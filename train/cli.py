@@ -182,6 +182,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--balance-by", default="weights", choices=BALANCE_CHOICES,
                    help="kto stage: balance desirable against undesirable examples by TRL's loss weights (weights) "
                         "or by a seeded subset of the commoner label with weights 1 (subsample)")
+    t.add_argument("--no-shuffle", action="store_true",
+                   help="kto stage: train on the rows in the data's order (by default they are shuffled once, seeded "
+                        "by --seed, since the KTO trainer batches them in order to form its KL pairs)")
     t.add_argument("--full-finetune", action="store_true", help="train all weights instead of LoRA")
     t.add_argument("--lora-layers", type=int, default=None,
                    help="LoRA only in the last N transformer blocks (about 2x faster steps on a CPU with 10 of 30); default all")
@@ -490,13 +493,15 @@ def _cmd_tune(args: argparse.Namespace) -> int:
     from train.pipeline import stage_trainer_args
     from train.tune import TuneConfig, lr_schedule_args, tune
 
-    if args.stage == "sft" and (args.beta is not None or args.sft_alpha is not None or args.balance_by != "weights"):
-        raise SystemExit("ulrec tune: --beta, --sft-alpha and --balance-by belong to the kto stage")
+    if args.stage == "sft" and (args.beta is not None or args.sft_alpha is not None or args.balance_by != "weights"
+                                or args.no_shuffle):
+        raise SystemExit("ulrec tune: --beta, --sft-alpha, --balance-by and --no-shuffle belong to the kto stage")
     trainer_args = stage_trainer_args(args.stage, args.out, lora=not args.full_finetune, seed=args.seed,
                                       dtype=args.dtype, progress=not args.no_progress, max_steps=args.max_steps,
                                       num_train_epochs=args.epochs, learning_rate=args.learning_rate,
                                       per_device_train_batch_size=args.batch_size, beta=args.beta,
-                                      sft_alpha=args.sft_alpha, **lr_schedule_args(args.lr_schedule))
+                                      sft_alpha=args.sft_alpha, shuffle_train=False if args.no_shuffle else None,
+                                      **lr_schedule_args(args.lr_schedule))
     result = tune(args.stage, args.data, args.model, out=args.out, init_adapter=args.init_adapter,
                   max_steps=args.max_steps, seed=args.seed,
                   config=TuneConfig(trainer_args=trainer_args, full_finetune=args.full_finetune, overwrite=args.overwrite,

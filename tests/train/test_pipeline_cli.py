@@ -46,9 +46,17 @@ def test_rollout_label_tune_bench(tmp_path, tiny_model_dir, capsys):
     assert read_sidecar(kto)["hyperparameters"]["lr_scheduler_type"] == "cosine"
     assert side["n_train_examples"] == len(subsample_to_band(load_examples(lab).examples, seed=3))
     assert read_sidecar(kto)["balance_by"] == "weights"
-    with pytest.raises(SystemExit, match="--balance-by belong to the kto stage"):
+    assert read_sidecar(kto)["hyperparameters"]["shuffle_train"] is True  # the KTO rows are shuffled by default
+    with pytest.raises(SystemExit, match="--balance-by and --no-shuffle belong to the kto stage"):
         main(["tune", "--stage", "sft", "--data", lab, "--model", tiny_model_dir, "--out", str(tmp_path / "s2"),
               "--balance-by", "subsample"])
+    with pytest.raises(SystemExit, match="--no-shuffle belong to the kto stage"):
+        main(["tune", "--stage", "sft", "--data", lab, "--model", tiny_model_dir, "--out", str(tmp_path / "s3"),
+              "--no-shuffle"])
+    ordered = str(tmp_path / "kto-ordered")  # --no-shuffle: the rows in the data's order, recorded in the sidecar
+    assert main(["tune", "--stage", "kto", "--data", lab, "--model", tiny_model_dir, "--init-adapter", sft,
+                 "--out", ordered, "--max-steps", "1", "--batch-size", "4", "--no-shuffle"]) == 0
+    assert read_sidecar(ordered)["hyperparameters"]["shuffle_train"] is False
 
     out = tmp_path / "bench.json"
     assert main(["bench", "--world", world, "--policies", "greedy,llm", "--llm-model", tiny_model_dir,
