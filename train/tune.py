@@ -85,6 +85,7 @@ def lr_schedule_args(schedule: str) -> dict[str, Any]:
     an adapter whose own schedule ended near 0 (the loop's KTO stages after ULRec-P) starts at full rate with it,
     where ``"cosine"`` climbs back up to the rate first.
 
+    >>> from train.tune import lr_schedule_args
     >>> lr_schedule_args("constant")
     {'lr_scheduler_type': 'constant', 'warmup_steps': 0}
     """
