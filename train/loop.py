@@ -692,21 +692,21 @@ class _Run:
             sources += [self.out / f"iter{j}" / ("labels-own" if j == 1 and s.teacher is not None else "labels")
                         for j in range(max(1, k - s.replay), k)]
             split = s.sft_data == "teacher"
+            own_mark = {"loss_terms": "kto"} if split else {}  # what each source's examples and counts carry
+            teacher_mark = {"loss_terms": "sft"} if split else {}
             examples: list[dict[str, Any]] = []
             counts = {}
             first = None
             for src in sources:
                 data = load_examples(src)
                 first = first or data
-                examples += [{**e, "loss_terms": "kto"} for e in data.examples] if split else data.examples
-                counts[str(src)] = dict(zip(("desirable", "undesirable"), label_counts(data.examples)),
-                                        **({"loss_terms": "kto"} if split else {}))
+                examples += [{**e, **own_mark} for e in data.examples]
+                counts[str(src)] = {**dict(zip(("desirable", "undesirable"), label_counts(data.examples))), **own_mark}
             if s.teacher_replay:
                 teacher = load_examples(self.out / "iter1" / "labels")
-                kept = [{**e, "loss_terms": "sft"} if split else e for e in teacher.examples if e["label"]]
+                kept = [{**e, **teacher_mark} for e in teacher.examples if e["label"]]
                 examples += kept
-                counts[str(teacher.path)] = {"desirable": len(kept), "undesirable": 0,
-                                             **({"loss_terms": "sft"} if split else {})}
+                counts[str(teacher.path)] = {"desirable": len(kept), "undesirable": 0, **teacher_mark}
             n_des, n_und = label_counts(examples)
             report = {"desirable": n_des, "undesirable": n_und, "sources": counts}
             if split:

@@ -315,6 +315,12 @@ def _load_data(data: Any) -> LabelledData:
     )
 
 
+def _stage_label_counts(stage: Stage, examples: Sequence[Mapping[str, Any]]) -> tuple[int, int]:
+    """``(n_desirable, n_undesirable)`` that a stage trains on: for KTO those of its KTO term (checking each
+    example's ``loss_terms``, :func:`train.labeling.kto_label_counts`), for SFT all."""
+    return (kto_label_counts if stage == "kto" else label_counts)(examples)
+
+
 def check_examples(
     stage: Stage,
     examples: Sequence[Mapping[str, Any]],
@@ -350,7 +356,7 @@ def check_examples(
                 f"fingerprint {fp}: the catalogs differ. Tune on rollouts of this world, or pass the world they came "
                 "from."
             )
-    n_des, n_und = (kto_label_counts if stage == "kto" else label_counts)(examples)  # KTO: checks loss_terms
+    n_des, n_und = _stage_label_counts(stage, examples)
     if stage == "kto":
         if n_des == 0 or n_und == 0:
             raise ValueError(
@@ -458,7 +464,7 @@ def tune(
             world=world,
         )
         train_examples = _balanced_examples(stage, labelled.examples, cfg, args, n_des, n_und, seed)
-        args = _args_for_data(stage, args, cfg, *(kto_label_counts if stage == "kto" else label_counts)(train_examples))
+        args = _args_for_data(stage, args, cfg, *_stage_label_counts(stage, train_examples))
         lm, tok, base_id = _load_model(model, tokenizer, cfg, bool(args.bf16))
         args = _args_for_model(args, lm)
         named_base = base_id if isinstance(model, (str, os.PathLike)) or model is None else None  # checkable
