@@ -38,6 +38,7 @@ __all__ = [
     "encode_completions",
     "encode_prompt",
     "format_item",
+    "genres_part",
     "item_completion",
     "parse_completion",
     "prompt_of_observation",
@@ -305,6 +306,26 @@ def parse_completion(completion: str, prompt_format: PromptFormat | Mapping[str,
     if PromptFormat.coerce(prompt_format).completion == "genres-title" and GENRES_SEPARATOR in text:
         text = text.split(GENRES_SEPARATOR, 1)[1]
     return text.strip()
+
+
+def genres_part(completion: str) -> str:
+    """The genres a ``"genres-title"`` completion writes, up to and including the colon of
+    :data:`GENRES_SEPARATOR` (``"Sci-Fi/Drama: Moon Base\\n"`` -> ``"Sci-Fi/Drama:"``): the part of the choice that
+    a boredom leave is about. A completion without the separator (an item without genres) is returned whole.
+    For ``"genres-title"`` completions only: in a title completion, a title's own ``": "`` would be taken for it.
+
+    Raises:
+        ValueError: the completion is empty, or its genres part is (it starts with the separator).
+    """
+    if not isinstance(completion, str) or not completion:
+        raise ValueError(f"`completion` must be a non-empty string, got {completion!r}.")
+    text = completion.split(COMPLETION_TERMINATOR, 1)[0]
+    if GENRES_SEPARATOR not in text:
+        return completion
+    genres = text.split(GENRES_SEPARATOR, 1)[0]
+    if not genres.strip():
+        raise ValueError(f"completion {completion!r} has no genres before {GENRES_SEPARATOR!r}.")
+    return genres + GENRES_SEPARATOR.rstrip()
 
 
 def encode_prompt(tokenizer: Any, prompt: str) -> list[int]:

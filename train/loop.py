@@ -49,6 +49,8 @@ REFERENCE_CHOICES = ("init", "ulrec-p")
 KTO_LOSS_TYPES = ("kto", "apo_zero_unpaired")
 #: What the SFT term of each KTO stage imitates: every desirable example of its data, or the teacher's alone.
 SFT_DATA_CHOICES = ("all", "teacher")
+#: What the KTO term scores of each of the LLM's own completions: all of it, or (genres-title) its genres.
+KTO_SCORES_CHOICES = ("completion", "genres")
 PRESETS_NAMES = ("headline",)
 
 
@@ -136,6 +138,11 @@ class LoopSettings:
             of the stage's data, each also in the KTO term) or ``"teacher"`` (the teacher's replayed desirable
             steps alone, which then enter only the SFT term, while the KTO term scores only the LLM's own labelled
             sessions; needs ``teacher_replay``). See the ``loss_terms`` of :class:`train.kto.ULRecKTOTrainer`.
+        kto_scores: What the KTO term scores of each of the LLM's own labelled steps: ``"completion"`` (all of
+            it, genres and title) or ``"genres"`` (the genres part alone, :func:`agents.prompting.genres_part`:
+            each own example's completion is cut to it in the stage's data, so its rewards, reference and KL pairs
+            count those tokens only). Needs ``completion="genres-title"`` and ``sft_data="teacher"`` (the own
+            examples then enter the KTO term only; the SFT term imitates the teacher's whole completions).
         loss_type: TRL's KTO loss for unpaired data: ``"kto"`` or ``"apo_zero_unpaired"``.
         kto_lr_decay: The KTO learning rate of iteration k is ``kto_learning_rate * kto_lr_decay ** (k - 1)``.
         kto_lr_schedule: The learning-rate schedule within each KTO stage: ``"cosine"`` (a 10% warm-up, then
@@ -196,6 +203,7 @@ class LoopSettings:
     replay: int = 0
     teacher_replay: bool = False
     sft_data: str = field(default="all", metadata={"choices": SFT_DATA_CHOICES})
+    kto_scores: str = field(default="completion", metadata={"choices": KTO_SCORES_CHOICES})
     loss_type: str = field(default="kto", metadata={"choices": KTO_LOSS_TYPES})
     kto_lr_decay: float = 1.0
     kto_lr_schedule: str = field(default="cosine", metadata={"choices": LR_SCHEDULES})
@@ -266,6 +274,13 @@ class LoopSettings:
         if self.sft_data == "teacher" and not self.teacher_replay:
             raise ValueError("`sft_data` 'teacher' imitates the teacher's replayed steps and needs `teacher_replay` "
                              "(--teacher-replay, with a --teacher); without them use --sft-data all.")
+        if self.kto_scores not in KTO_SCORES_CHOICES:
+            raise ValueError(f"`kto_scores` must be one of {', '.join(KTO_SCORES_CHOICES)}, got {self.kto_scores!r}.")
+        if self.kto_scores == "genres" and (self.completion != "genres-title" or self.sft_data != "teacher"):
+            raise ValueError("`kto_scores` 'genres' scores the genres the LLM wrote and needs `completion` "
+                             "'genres-title' and `sft_data` 'teacher' (--completion genres-title --sft-data teacher, "
+                             "so that the SFT term still learns whole completions); otherwise use "
+                             "--kto-scores completion.")
         if self.teacher_episodes is not None and self.teacher is None:
             raise ValueError("`teacher_episodes` sizes the teacher's sessions and needs a `teacher`; without a teacher "
                              "set it None (`--teacher-episodes none`, e.g. `--preset headline --teacher none "
@@ -444,8 +459,8 @@ def resume_settings(out: Path, saved: LoopSettings, given: LoopSettings, log: Ca
 FORK_CHANGES = ("iterations", "temperature", "top_p", "episodes", "min_positives", "extra_negatives",
                 "sessions_per_user", "keep_best",
                 "kto_learning_rate", "kto_lr_decay", "kto_lr_schedule", "kto_max_steps", "beta", "sft_alpha",
-                "reference", "replay", "teacher_replay", "sft_data", "loss_type", "kto_balance", "kto_balance_from",
-                "save_steps")
+                "reference", "replay", "teacher_replay", "sft_data", "kto_scores", "loss_type", "kto_balance",
+                "kto_balance_from", "save_steps")
 #: Of those, the ones that change iteration K's sessions or their labels: a fork that changes one reruns iteration
 #: K from the first stage it acts on (see :func:`fork_kept_stages`); otherwise it copies iteration K's stages before
 #: the KTO data.
@@ -681,10 +696,11 @@ class _Run:
         """Iteration ``k``'s KTO data: its own labels (``own``), the own labels of the ``replay`` iterations
         before it and, with ``teacher_replay``, the teacher's desirable steps; written to ``iterK/kto-data``.
         With ``sft_data="teacher"`` the own examples enter the KTO term only and the teacher's the SFT term only
-        (their ``loss_terms``)."""
+        (their ``loss_terms``); with ``kto_scores="genres"`` each own example's completion is cut to its genres."""
         folder = self.out / f"iter{k}" / "kto-data"
 
         def run() -> dict[str, Any]:
+            from agents.prompting import genres_part
             from train.labeling import kto_label_counts, label_counts, load_examples, save_examples
 
             s = self.settings
@@ -700,7 +716,10 @@ class _Run:
             for src in sources:
                 data = load_examples(src)
                 first = first or data
-                examples += [{**e, **own_mark} for e in data.examples]
+                if s.kto_scores == "genres":
+                    examples += [{**e, "completion": genres_part(e["completion"]), **own_mark} for e in data.examples]
+                else:
+                    examples += [{**e, **own_mark} for e in data.examples]
                 counts[str(src)] = {**dict(zip(("desirable", "undesirable"), label_counts(data.examples))), **own_mark}
             if s.teacher_replay:
                 teacher = load_examples(self.out / "iter1" / "labels")
@@ -711,6 +730,8 @@ class _Run:
             report = {"desirable": n_des, "undesirable": n_und, "sources": counts}
             if split:
                 report["kto"] = dict(zip(("desirable", "undesirable"), kto_label_counts(examples)))
+            if s.kto_scores != "completion":
+                report["kto_scores"] = s.kto_scores
             save_examples(examples, folder, world_fingerprint=first.world_fingerprint,
                           extra_meta={"prompt_format_version": first.meta.get("prompt_format_version"), "iteration": k,
                                       "prompt": first.meta.get("prompt"), "world": first.meta.get("world"),

@@ -11,6 +11,7 @@ from agents.prompting import (
     encode_completion,
     encode_prompt,
     format_item,
+    genres_part,
     item_completion,
     parse_completion,
 )
@@ -135,6 +136,26 @@ def test_genres_title_completions_write_the_genres_first(small_world, tiny_token
     assert build_prompt(w, [1, 2], [3], [4.0], tiny_tokenizer, fmt) == build_prompt(w, [1, 2], [3], [4.0], tiny_tokenizer)
     # every catalog item still has its own completion, so the agent's trie can tell them apart
     assert len({item_completion(w, i, fmt) for i in range(w.n_items)}) == w.n_items
+
+
+def test_genres_part_is_the_genres_and_a_token_prefix_of_the_completion(small_world, tiny_tokenizer):
+    w = small_world
+    fmt = PromptFormat(completion="genres-title")
+    for item in range(w.n_items):
+        comp = item_completion(w, item, fmt)
+        part = genres_part(comp)
+        if w.genres[item]:
+            assert part == "/".join(w.genres[item]) + ":"
+            # the KTO term scores exactly the completion's first tokens (``--kto-scores genres``)
+            ids = encode_completion(tiny_tokenizer, comp)
+            head = encode_completion(tiny_tokenizer, part)
+            assert 0 < len(head) < len(ids) and ids[: len(head)] == head
+        else:
+            assert part == comp
+    with pytest.raises(ValueError, match="no genres before"):
+        genres_part(": Moon Base\n")
+    with pytest.raises(ValueError, match="`completion` must be a non-empty string"):
+        genres_part("")
 
 
 def test_completion_style_is_recorded_only_when_not_the_default():

@@ -214,7 +214,8 @@ def test_teacher_sessions_seed_the_first_iteration(tmp_path, tiny_model_dir):
 
 def test_genres_title_completions_run_through_the_loop(tmp_path, tiny_model_dir):
     from agents.llm import LLMRecommender
-    from agents.prompting import PromptFormat, item_completion
+    from agents.prompting import PromptFormat, genres_part, item_completion
+    from train.labeling import load_examples
     from train.rollout import load_rollout
     from ulrec_env.worlds.spec import world_from_spec
 
@@ -234,6 +235,20 @@ def test_genres_title_completions_run_through_the_loop(tmp_path, tiny_model_dir)
     # the adapter remembers the style, so an agent loaded from it decodes in it
     agent = LLMRecommender.from_pretrained(tiny_model_dir, adapter=str(out / "iter1" / "ulrec"))
     assert agent.prompt_format.completion == "genres-title"
+    # --kto-scores genres (a fork at 1): the own steps' completions cut to their genres, in the KTO term only;
+    # the teacher's desirable steps whole, in the SFT term only
+    fork = tmp_path / "fork"
+    assert main(["loop", "--fork-from", str(out), "--fork-at", "1", "--teacher-replay", "--sft-data", "teacher",
+                 "--kto-scores", "genres", "--out", str(fork), "--no-progress"]) == 0
+    data = load_examples(fork / "iter1" / "kto-data")
+    own = load_examples(out / "iter1" / "labels-own").examples
+    teacher = [e for e in load_examples(out / "iter1" / "labels").examples if e["label"]]
+    assert data.examples == ([{**e, "completion": genres_part(e["completion"]), "loss_terms": "kto"} for e in own]
+                             + [{**e, "loss_terms": "sft"} for e in teacher])
+    assert any(e["completion"].endswith(":") for e in data.examples[:len(own)])
+    assert data.meta["report"]["kto_scores"] == "genres"
+    assert json.loads((fork / "settings.json").read_text())["kto_scores"] == "genres"
+    assert (fork / "iter1" / "ulrec" / "adapter_model.safetensors").is_file()
 
 
 def test_prompt_rules_read_no_more_than_the_prompt(tiny_model_dir):

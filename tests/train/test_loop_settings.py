@@ -80,6 +80,23 @@ def test_sft_data_is_validated_and_mapped():
     assert LoopSettings.from_dict(d).sft_data == "all"  # settings saved before the option
 
 
+def test_kto_scores_is_validated_and_mapped():
+    with pytest.raises(ValueError, match="`kto_scores` must be one of completion, genres"):
+        LoopSettings(kto_scores="title")
+    teacher = dict(teacher="genre-cycle", teacher_replay=True)
+    for bad in (dict(teacher, sft_data="teacher"), dict(teacher, completion="genres-title")):
+        with pytest.raises(ValueError, match="`kto_scores` 'genres' .* needs `completion` 'genres-title' and "
+                                             "`sft_data` 'teacher'.*--kto-scores completion"):
+            LoopSettings(kto_scores="genres", **bad)
+    args = build_parser().parse_args(["loop", "--out", "x", "--teacher", "genre-cycle", "--teacher-replay",
+                                      "--sft-data", "teacher", "--completion", "genres-title",
+                                      "--kto-scores", "genres"])
+    assert loop_settings_from_args(args).kto_scores == "genres"
+    d = LoopSettings().to_dict()
+    del d["kto_scores"]
+    assert LoopSettings.from_dict(d).kto_scores == "completion"  # settings saved before the option
+
+
 @pytest.mark.parametrize("saved", [LoopSettings(max_steps=4).to_dict(), {"not_a_setting": 1}])
 def test_demo_refuses_a_folder_of_other_settings(tmp_path, capsys, saved):
     import json
