@@ -142,7 +142,8 @@ class LoopSettings:
             it, genres and title) or ``"genres"`` (the genres part alone, :func:`agents.prompting.genres_part`:
             each own example's completion is cut to it in the stage's data, so its rewards, reference and KL pairs
             count those tokens only). Needs ``completion="genres-title"`` and ``sft_data="teacher"`` (the own
-            examples then enter the KTO term only; the SFT term imitates the teacher's whole completions).
+            examples then enter the KTO term only; the SFT term imitates the teacher's whole completions). It acts
+            on the loop's KTO stages; ``ulrec compare``'s ablations train on the labelled sessions as they are.
         loss_type: TRL's KTO loss for unpaired data: ``"kto"`` or ``"apo_zero_unpaired"``.
         kto_lr_decay: The KTO learning rate of iteration k is ``kto_learning_rate * kto_lr_decay ** (k - 1)``.
         kto_lr_schedule: The learning-rate schedule within each KTO stage: ``"cosine"`` (a 10% warm-up, then
