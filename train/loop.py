@@ -711,16 +711,14 @@ class _Run:
             split = s.sft_data == "teacher"
             own_mark = {"loss_terms": "kto"} if split else {}  # what each source's examples and counts carry
             teacher_mark = {"loss_terms": "sft"} if split else {}
+            cut = genres_part if s.kto_scores == "genres" else str  # what the KTO term scores of an own completion
             examples: list[dict[str, Any]] = []
             counts = {}
             first = None
             for src in sources:
                 data = load_examples(src)
                 first = first or data
-                if s.kto_scores == "genres":
-                    examples += [{**e, "completion": genres_part(e["completion"]), **own_mark} for e in data.examples]
-                else:
-                    examples += [{**e, **own_mark} for e in data.examples]
+                examples += [{**e, "completion": cut(e["completion"]), **own_mark} for e in data.examples]
                 counts[str(src)] = {**dict(zip(("desirable", "undesirable"), label_counts(data.examples))), **own_mark}
             if s.teacher_replay:
                 teacher = load_examples(self.out / "iter1" / "labels")
