@@ -169,24 +169,40 @@ class GenreCyclePolicy(Policy):
     more, case-folded) with a read history title: a small LLM tends to copy words from its prompt, so this
     variant's choices are the closest to what the untuned model already does (``genre-cycle-words``).
 
+    With ``avoid_rated_below`` it also reads the ratings the prompt shows: an item sharing a genre with one of the
+    last ``max_session`` shown items rated below that value (as the prompt writes it, to one decimal) drops to the
+    lowest tier of items not shown yet. Ratings are in the prompt, so ``peeks`` stays False.
+
     Args:
         max_history: How many of the most recent history items it reads (set it to the prompt's ``max_history``).
         window: How many of the most recent recommended items' genres it avoids (at most the prompt's
             ``max_session``, so that it reads nothing the prompt hides).
         seed: Seed of the random choice among qualifying items.
         copy_words: Prefer titles that share a word with the read history.
+        avoid_rated_below: Avoid the genres of recent shown items rated below this (None: ratings unread).
+        max_session: How many of the most recent shown items' ratings it reads (None: all; set it to the prompt's
+            ``max_session``).
     """
 
     name = "genre-cycle"
 
-    def __init__(self, max_history: int = 15, window: int = 2, seed: int | None = 0, copy_words: bool = False) -> None:
+    def __init__(self, max_history: int = 15, window: int = 2, seed: int | None = 0, copy_words: bool = False,
+                 avoid_rated_below: float | None = None, max_session: int | None = None) -> None:
         super().__init__()
-        for arg, value in (("max_history", max_history), ("window", window)):
+        for arg, value in (("max_history", max_history), ("window", window), ("max_session", max_session)):
+            if value is None and arg == "max_session":
+                continue
             if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0:
                 raise ValueError(f"`{arg}` must be an integer >= 0, got {value!r}.")
+        if avoid_rated_below is not None and (isinstance(avoid_rated_below, bool)
+                                              or not isinstance(avoid_rated_below, (int, float, np.number))
+                                              or not np.isfinite(avoid_rated_below)):
+            raise ValueError(f"`avoid_rated_below` must be a finite number (a rating) or None, got {avoid_rated_below!r}.")
         self.max_history = int(max_history)
         self.window = int(window)
         self.copy_words = bool(copy_words)
+        self.avoid_rated_below = None if avoid_rated_below is None else float(avoid_rated_below)
+        self.max_session = None if max_session is None else int(max_session)
         self._seed = seed
         self._rng = np.random.default_rng(seed)
 
@@ -215,7 +231,8 @@ class GenreCyclePolicy(Policy):
         """How much the rule wants each item, ``(n, n_items)`` int8: 2 for an item whose genres are all in the read
         history and none in the window ("fresh and liked"), 1 for one with no genre in the window ("fresh"), 0 for
         any other item not shown yet, -1 for items already shown; with ``copy_words``, 3 for a fresh and liked item
-        whose title shares a word with a read history title. The rule picks at random among its highest tier, so
+        whose title shares a word with a read history title; with ``avoid_rated_below``, 0 for any item not shown
+        yet that shares a genre with a read shown item rated below it. The rule picks at random among its highest tier, so
         ``tiers(obs)[i, a]`` against ``tiers(obs)[i].max()`` says whether another policy's action ``a`` is one
         the rule could have taken (``benchmarks/teacher_tiers.py``)."""
         from scipy import sparse
@@ -242,6 +259,17 @@ class GenreCyclePolicy(Policy):
             # (n, n_items): shares a word with a read history title; a third tier above "fresh and liked".
             shared = ((read @ self._words) @ self._words.T).toarray() > 0
             tier += fresh & liked & shared
+        if self.avoid_rated_below is not None:
+            # (n, n_items): shares a genre with a read shown item rated below the threshold; lowest unshown tier.
+            rec = np.asarray(obs["recommended"])
+            filled = np.minimum(np.asarray(obs["step"]).reshape(-1), rec.shape[1])
+            seen = rec.shape[1] if self.max_session is None else self.max_session
+            recent = window_items(rec, filled, seen)
+            cols = np.clip(filled[:, None] + np.arange(-seen, 0)[None, :], 0, rec.shape[1] - 1)
+            rated = np.round(np.asarray(obs["rewards"], dtype=np.float64)[np.arange(rec.shape[0])[:, None], cols], 1)
+            low = np.where(rated < self.avoid_rated_below, recent, -1)
+            low_genres = selector(low, low >= 0) @ member
+            tier[(low_genres > 0).astype(np.float64) @ member.T > 0] = 0
         tier[shown_mask(obs["recommended"], n_items)] = -1
         return tier
 

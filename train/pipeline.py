@@ -29,9 +29,10 @@ def writes_own_prompts(policy: Policy) -> bool:
 
 def rule_options(prompt_format: PromptFormat) -> dict[str, Any]:
     """The context for the prompt-reading rules (``genre-cycle``, ``genre-cycle-words``) that makes them read no more
-    history and session than prompts in ``prompt_format`` show (``max_history``, a ``window`` of at most 2)."""
+    history and session than prompts in ``prompt_format`` show (``max_history``, a ``window`` of at most 2, and
+    ``max_session``: the shown steps whose ratings a rule with ``avoid_rated_below`` reads)."""
     window = 2 if prompt_format.max_session is None else min(2, prompt_format.max_session)
-    return {"max_history": prompt_format.max_history, "window": window}
+    return {"max_history": prompt_format.max_history, "window": window, "max_session": prompt_format.max_session}
 
 
 def rollout_to_folder(

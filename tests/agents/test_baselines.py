@@ -239,6 +239,44 @@ def test_genre_cycle_last_tier_and_items_without_genres(small_world):
     assert int(policy.act_batch(obs)[0]) not in window
 
 
+def test_genre_cycle_avoids_genres_rated_low_in_the_read_session(default_world):
+    """With ``avoid_rated_below`` an item sharing a genre with one of the last ``max_session`` shown items rated
+    below the threshold (as the prompt rounds it) drops to tier 0, and the pick avoids it whenever another item
+    is above tier 0; items rated low before the read steps, or not low enough, change nothing."""
+    world = default_world
+    env = ULRecVectorEnv(num_envs=16, world=world, max_episode_steps=12, autoreset_mode="disabled",
+                         min_rating=-np.inf, leave_rule="billp", distance_threshold=1e-9)
+    plain = GenreCyclePolicy(max_history=6, window=2, seed=1).bind(world, env)
+    rated = GenreCyclePolicy(max_history=6, window=2, seed=1, avoid_rated_below=4.0, max_session=4).bind(world, env)
+    obs, _ = env.reset(seed=0, options={"users": world.test_users[:16]})
+    demoted = 0
+    for _ in range(8):
+        base, tiers, actions = plain.tiers(obs), rated.tiers(obs), rated.act_batch(obs)
+        for r, a in enumerate(actions):
+            step = int(obs["step"][r, 0])
+            read = range(max(0, step - 4), step)
+            low = set().union(set(), *(world.genres[obs["recommended"][r][k]] for k in read
+                                       if round(float(obs["rewards"][r][k]), 1) < 4.0))
+            hit = np.array([bool(set(world.genres[i]) & low) for i in range(world.n_items)]) & (base[r] >= 0)
+            expect = np.where(hit, 0, base[r])
+            assert (tiers[r] == expect).all()
+            demoted += int((hit & (base[r] > 0)).sum())
+            if tiers[r].max() > 0:
+                assert not hit[a]
+        obs, _, _, _, _ = env.step(actions)
+    assert demoted > 0
+    # A threshold no rating falls under leaves the tiers as they were.
+    never = GenreCyclePolicy(max_history=6, window=2, avoid_rated_below=-1.0, max_session=2).bind(world)
+    assert (never.tiers(obs) == plain.tiers(obs)).all()
+    for bad in ({"avoid_rated_below": float("nan")}, {"avoid_rated_below": "3"}, {"max_session": -1}):
+        with pytest.raises(ValueError, match=next(iter(bad))):
+            GenreCyclePolicy(**bad)
+    from agents.benchmark import make_policy
+
+    spec = make_policy("genre-cycle-words:avoid_rated_below=3.0", max_history=6, window=2, max_session=4)
+    assert (spec.avoid_rated_below, spec.max_session, spec.copy_words) == (3.0, 4, True)
+
+
 def test_genre_cycle_is_seeded_and_validates(small_world):
     env = ULRecVectorEnv(num_envs=4, world=small_world, max_episode_steps=5, autoreset_mode="disabled")
     policy = GenreCyclePolicy(seed=0)  # one object: run_policy's reset(seed) alone must make runs repeat

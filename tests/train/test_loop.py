@@ -254,8 +254,10 @@ def test_genres_title_completions_run_through_the_loop(tmp_path, tiny_model_dir)
 def test_prompt_rules_read_no_more_than_the_prompt(tiny_model_dir):
     from train.pipeline import rule_options
 
-    assert rule_options(_settings(tiny_model_dir, max_history=6, max_session=1).prompt_format) == {"max_history": 6, "window": 1}
-    assert rule_options(_settings(tiny_model_dir, max_history=3, max_session=None).prompt_format) == {"max_history": 3, "window": 2}
+    six = rule_options(_settings(tiny_model_dir, max_history=6, max_session=1).prompt_format)
+    assert six == {"max_history": 6, "window": 1, "max_session": 1}
+    three = rule_options(_settings(tiny_model_dir, max_history=3, max_session=None).prompt_format)
+    assert three == {"max_history": 3, "window": 2, "max_session": None}
 
 
 def test_kill_9_inside_a_tuning_stage_resumes_from_its_checkpoint(tmp_path, tiny_model_dir):
