@@ -197,7 +197,8 @@ class GenreCyclePolicy(Policy):
         if avoid_rated_below is not None and (isinstance(avoid_rated_below, bool)
                                               or not isinstance(avoid_rated_below, (int, float, np.number))
                                               or not np.isfinite(avoid_rated_below)):
-            raise ValueError(f"`avoid_rated_below` must be a finite number (a rating) or None, got {avoid_rated_below!r}.")
+            raise ValueError(f"`avoid_rated_below` must be a finite number (a rating) or None, "
+                             f"got {avoid_rated_below!r}.")
         self.max_history = int(max_history)
         self.window = int(window)
         self.copy_words = bool(copy_words)
@@ -232,8 +233,8 @@ class GenreCyclePolicy(Policy):
         history and none in the window ("fresh and liked"), 1 for one with no genre in the window ("fresh"), 0 for
         any other item not shown yet, -1 for items already shown; with ``copy_words``, 3 for a fresh and liked item
         whose title shares a word with a read history title; with ``avoid_rated_below``, 0 for any item not shown
-        yet that shares a genre with a read shown item rated below it. The rule picks at random among its highest tier, so
-        ``tiers(obs)[i, a]`` against ``tiers(obs)[i].max()`` says whether another policy's action ``a`` is one
+        yet that shares a genre with a read shown item rated below it. The rule picks at random among its highest
+        tier, so ``tiers(obs)[i, a]`` against ``tiers(obs)[i].max()`` says whether another policy's action ``a`` is one
         the rule could have taken (``benchmarks/teacher_tiers.py``)."""
         from scipy import sparse
 
