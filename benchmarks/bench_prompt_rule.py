@@ -23,8 +23,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from agents.baselines import GenreCyclePolicy, GreedyPolicy, MMRPolicy, RandomPolicy  # noqa: E402
-from agents.oracle import OraclePolicy  # noqa: E402
 from agents.benchmark import benchmark, format_table, write_json  # noqa: E402
+from agents.oracle import OraclePolicy  # noqa: E402
 from ulrec_env.worlds.spec import world_from_spec  # noqa: E402
 
 
