@@ -262,12 +262,10 @@ class GenreCyclePolicy(Policy):
             tier += fresh & liked & shared
         if self.avoid_rated_below is not None:
             # (n, n_items): shares a genre with a read shown item rated below the threshold; lowest unshown tier.
-            rec = np.asarray(obs["recommended"])
-            filled = np.minimum(np.asarray(obs["step"]).reshape(-1), rec.shape[1])
-            seen = rec.shape[1] if self.max_session is None else self.max_session
-            recent = window_items(rec, filled, seen)
-            cols = np.clip(filled[:, None] + np.arange(-seen, 0)[None, :], 0, rec.shape[1] - 1)
-            rated = np.round(np.asarray(obs["rewards"], dtype=np.float64)[np.arange(rec.shape[0])[:, None], cols], 1)
+            seen = np.shape(obs["recommended"])[1] if self.max_session is None else self.max_session
+            recent = window_items(obs["recommended"], obs["step"], seen)
+            # The same slots' ratings; where the session is shorter, `recent` is -1 whatever the rating reads.
+            rated = np.round(window_items(np.asarray(obs["rewards"], dtype=np.float64), obs["step"], seen), 1)
             low = np.where(rated < self.avoid_rated_below, recent, -1)
             low_genres = selector(low, low >= 0) @ member
             tier[(low_genres > 0).astype(np.float64) @ member.T > 0] = 0
