@@ -210,6 +210,18 @@ def write_json(doc: Mapping[str, Any], path: str | os.PathLike) -> None:
     atomic_write_text(path, json.dumps(doc, indent=2, default=float))
 
 
+def policy_colours(n: int) -> list[Any]:
+    """``n`` distinct colours, one per policy of a plot: matplotlib's default cycle (``C0`` ...) up to its 10, else
+    ``tab20`` (up to 20), else evenly spaced ``turbo`` colours, so that no two policies of a plot share a colour."""
+    if n <= 10:
+        return [f"C{i}" for i in range(n)]
+    import matplotlib
+
+    if n <= 20:
+        return [matplotlib.colormaps["tab20"](i) for i in range(n)]
+    return [matplotlib.colormaps["turbo"](i / (n - 1)) for i in range(n)]
+
+
 def plot_results(doc: Mapping[str, Any], path: str | os.PathLike, title: str | None = None) -> None:
     """Bars (Len and Traj Reward with 95% intervals) and the distribution of session lengths per policy."""
     try:
@@ -223,17 +235,18 @@ def plot_results(doc: Mapping[str, Any], path: str | os.PathLike, title: str | N
     names = [r["policy"] for r in rows]
     fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
     x = np.arange(len(rows))
+    colours = policy_colours(len(rows))
     for ax, key, label in ((axes[0], "len", "Len (continued steps)"), (axes[1], "return", "Traj Reward")):
         means = [r[f"{key}_mean"] for r in rows]
         cis = [0.0 if math.isnan(r[f"{key}_ci95"]) else r[f"{key}_ci95"] for r in rows]
-        ax.bar(x, means, yerr=cis, capsize=4, color=[f"C{i}" for i in range(len(rows))])
+        ax.bar(x, means, yerr=cis, capsize=4, color=colours)
         ax.set_xticks(x, names, rotation=30, ha="right")
         ax.set_title(label + " (mean, 95% CI)")
     ax = axes[2]
     for i, r in enumerate(rows):
         h = np.asarray(r["length_histogram"], dtype=float)
         cdf = np.cumsum(h) / max(h.sum(), 1.0)
-        ax.step(np.arange(h.size), cdf, where="post", label=r["policy"], color=f"C{i}")
+        ax.step(np.arange(h.size), cdf, where="post", label=r["policy"], color=colours[i])
     ax.set_xlabel("session length (continued steps)")
     ax.set_ylabel("share of sessions <= length")
     ax.set_title("Distribution of session lengths")

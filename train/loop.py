@@ -31,6 +31,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
+from agents.benchmark import policy_colours
 from agents.models import DTYPE_CHOICES
 from agents.prompting import COMPLETION_STYLES, SESSION_WINDOWS
 from agents.vllm_engine import ENGINES
@@ -467,11 +468,10 @@ FORK_CHANGES = ("iterations", "temperature", "top_p", "episodes", "min_positives
 #: the KTO data.
 FORK_ROLLOUT_CHANGES = ("temperature", "top_p", "episodes", "min_positives", "extra_negatives", "sessions_per_user",
                         "keep_best")
-#: Iteration K's stages before its KTO data, and the folder each writes.
-_PRE_KTO_STAGES = {"rollout": "rollout", "label": "labels", "tune-ulrec-p": "ulrec-p", "eval-ulrec-p": None,
-                   "rollout-own": "rollout-own", "labels-own": "labels-own"}
-#: At iteration 1 with a teacher: the stages of the teacher's sessions and ULRec-P (ULRec-P's own sessions follow).
-_TEACHER_STAGES = ("rollout", "label", "tune-ulrec-p", "eval-ulrec-p")
+#: At iteration 1 with a teacher: the stages of the teacher's sessions and ULRec-P, and the folder each writes.
+_TEACHER_STAGES = {"rollout": "rollout", "label": "labels", "tune-ulrec-p": "ulrec-p", "eval-ulrec-p": None}
+#: Iteration K's stages before its KTO data, and the folder each writes: those above, then ULRec-P's own sessions.
+_PRE_KTO_STAGES = {**_TEACHER_STAGES, "rollout-own": "rollout-own", "labels-own": "labels-own"}
 
 
 def fork_kept_stages(at: int, parent: LoopSettings, changed: Sequence[str]) -> tuple[str, ...]:
@@ -492,7 +492,7 @@ def fork_kept_stages(at: int, parent: LoopSettings, changed: Sequence[str]) -> t
         if parent.teacher_episodes is None:
             teacher_inputs.add("episodes")
         if not rollout_changes & teacher_inputs:
-            return _TEACHER_STAGES
+            return tuple(_TEACHER_STAGES)
     return ()
 
 
@@ -968,8 +968,10 @@ def plot_learning_curve(doc: Mapping[str, Any], path: Path) -> None:
         raise ImportError("plotting needs matplotlib: pip install 'ulrec[plot]'") from None
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
     evals = doc["evals"]
+    references = doc.get("references", [])
+    colours = policy_colours(3 + len(references))  # base, ULRec-P and ULRec first, then one per reference
     for ax, key, label in ((axes[0], "len", "Len (continued steps)"), (axes[1], "return", "Traj Reward")):
-        for pol, marker in (("base", "o"), ("ulrec-p", "s"), ("ulrec", "D")):
+        for colour, (pol, marker) in zip(colours, (("base", "o"), ("ulrec-p", "s"), ("ulrec", "D"))):
             pts = [e for e in evals if e["policy"] == pol]
             if pol == "ulrec":
                 pts = [e for e in evals if e["policy"] in ("base", "ulrec")]  # the curve starts at the base model
@@ -978,10 +980,11 @@ def plot_learning_curve(doc: Mapping[str, Any], path: Path) -> None:
             x = [e["iteration"] for e in pts]
             y = [e[f"{key}_mean"] for e in pts]
             ci = [0.0 if np.isnan(e[f"{key}_ci95"]) else e[f"{key}_ci95"] for e in pts]
-            ax.errorbar(x, y, yerr=ci, marker=marker, capsize=4, label=pol, linestyle="-" if pol == "ulrec" else "none")
-        for i, r in enumerate(doc.get("references", [])):
-            ax.axhline(r[f"{key}_mean"], color=f"C{i + 3}", linestyle=":", linewidth=1)
-            ax.annotate(r["policy"], (0, r[f"{key}_mean"]), fontsize=8, color=f"C{i + 3}", va="bottom")
+            ax.errorbar(x, y, yerr=ci, marker=marker, capsize=4, label=pol, color=colour,
+                        linestyle="-" if pol == "ulrec" else "none")
+        for colour, r in zip(colours[3:], references):
+            ax.axhline(r[f"{key}_mean"], color=colour, linestyle=":", linewidth=1)
+            ax.annotate(r["policy"], (0, r[f"{key}_mean"]), fontsize=8, color=colour, va="bottom")
         ax.set_xlabel("iteration")
         ax.set_xticks(sorted({int(e["iteration"]) for e in evals}) or [0])
         ax.set_title(label + " on test users")

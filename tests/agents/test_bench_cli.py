@@ -75,3 +75,15 @@ def test_help_lists_every_registered_policy_name_whole(command, capsys, monkeypa
         words = set(re.split(r"[\s,;:]+", block))
         missing = [name for name in registered() if name not in words]
         assert not missing, f"{command} --help: {block.split()[0]} splits or omits {missing}"
+
+
+@pytest.mark.parametrize("n", [1, 3, 10, 11, 20, 21, 40])
+def test_policy_colours_are_distinct_for_any_number_of_policies(n):
+    matplotlib = pytest.importorskip("matplotlib")
+    from agents.benchmark import policy_colours
+
+    colours = policy_colours(n)
+    assert len(colours) == n
+    assert len({matplotlib.colors.to_rgba(c) for c in colours}) == n  # no two policies of a plot share a colour
+    if n <= 10:
+        assert colours == [f"C{i}" for i in range(n)]  # the default cycle, as before, where it suffices
