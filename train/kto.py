@@ -43,7 +43,7 @@ from trl.trainer.kto_trainer import DataCollatorForUnpairedPreference
 from trl.trainer.utils import use_adapter
 
 from train.encoding import EncodingReport, encode_examples
-from train.labeling import TRL_WEIGHT_BAND, loss_terms_of, weighted_ratio
+from train.labeling import TRL_WEIGHT_BAND, kto_label_counts, loss_terms_of, weighted_ratio
 from train.logprobs import (
     AlignedBatch,
     SharedPrefix,
@@ -223,9 +223,7 @@ class ULRecKTOTrainer(KTOTrainer):
                 kl.extend(block[-1:] + block[:-1])
             keep["KL_completion_ids"] = kl
         if dataset_name == "train":
-            in_kto = [lab for lab, t in zip(keep["label"], terms) if t != "sft"]
-            n_des = sum(in_kto)
-            n_und = len(in_kto) - n_des
+            n_des, n_und = kto_label_counts({"label": lab, "loss_terms": t} for lab, t in zip(keep["label"], terms))
             ratio = weighted_ratio(n_des, n_und, self.desirable_weight, self.undesirable_weight)
             lo, hi = TRL_WEIGHT_BAND
             if n_des and n_und and not lo <= ratio <= hi:
