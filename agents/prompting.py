@@ -302,10 +302,17 @@ def item_completion(world: World, item: int, prompt_format: PromptFormat | Mappi
 def parse_completion(completion: str, prompt_format: PromptFormat | Mapping[str, Any] | None = None) -> str:
     """The title part of a completion: the text before the first terminator, stripped; for a ``"genres-title"``
     format, the text after the first ``": "`` of that (all of it when there is none)."""
-    text = completion.split(COMPLETION_TERMINATOR, 1)[0]
-    if PromptFormat.coerce(prompt_format).completion == "genres-title" and GENRES_SEPARATOR in text:
-        text = text.split(GENRES_SEPARATOR, 1)[1]
+    text, at = _text_and_separator(completion)
+    if PromptFormat.coerce(prompt_format).completion == "genres-title" and at >= 0:
+        text = text[at + len(GENRES_SEPARATOR):]
     return text.strip()
+
+
+def _text_and_separator(completion: str) -> tuple[str, int]:
+    """A completion's text before its first terminator, and where :data:`GENRES_SEPARATOR` first occurs in that
+    text (-1: nowhere): the one split that :func:`parse_completion` and :func:`genres_part` read."""
+    text = completion.split(COMPLETION_TERMINATOR, 1)[0]
+    return text, text.find(GENRES_SEPARATOR)
 
 
 def genres_part(completion: str) -> str:
@@ -319,10 +326,10 @@ def genres_part(completion: str) -> str:
     """
     if not isinstance(completion, str) or not completion:
         raise ValueError(f"`completion` must be a non-empty string, got {completion!r}.")
-    text = completion.split(COMPLETION_TERMINATOR, 1)[0]
-    if GENRES_SEPARATOR not in text:
+    text, at = _text_and_separator(completion)
+    if at < 0:
         return completion
-    genres = text.split(GENRES_SEPARATOR, 1)[0]
+    genres = text[:at]
     if not genres.strip():
         raise ValueError(f"completion {completion!r} has no genres before {GENRES_SEPARATOR!r}.")
     return genres + GENRES_SEPARATOR.rstrip()
