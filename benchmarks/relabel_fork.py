@@ -4,7 +4,8 @@
 that means ULRec-P's SFT again (the teacher's labels change too). To ask only "what if the model's own sessions
 were labelled with other options?", this script forks RUN at K keeping every stage before the KTO data (the
 teacher's labels and ULRec-P included), relabels the own rollout of iteration K (``iterK/rollout-own`` at K = 1
-with a teacher, else ``iterK/rollout``) with the options given, and records that in the fork's ``fork.json``
+with a teacher, else ``iterK/rollout``) with the options given (``--extra-negatives``, ``--min-positives``, and
+``--keep-best`` for a run that played each user several times), and records that in the fork's ``fork.json``
 under ``changed`` (so ``benchmarks/loop_variants.py`` names it). The iterations before K and the teacher's data
 that the KTO data replays keep the parent's labels. Then the loop finishes the fork::
 
@@ -30,27 +31,29 @@ from train.pipeline import label_folder  # noqa: E402
 from ulrec_env.storage import atomic_write_text  # noqa: E402
 
 
+#: The label options this script may change for the own sessions of one iteration (see train.labeling.LabelOptions).
+RELABEL_OPTIONS = ("extra_negatives", "min_positives", "keep_best")
+
+
 def relabel_fork(parent: Path, out: Path, at: int, iterations: int, extra_negatives: int | None,
-                 min_positives: int | None) -> dict:
+                 min_positives: int | None, keep_best: int | None = None) -> dict:
     """Fork ``parent`` at ``at`` into ``out`` and relabel iteration ``at``'s own sessions; returns the new report."""
-    if extra_negatives is None and min_positives is None:
-        raise SystemExit("nothing to relabel: give --extra-negatives and/or --min-positives.")
+    given = {k: v for k, v in zip(RELABEL_OPTIONS, (extra_negatives, min_positives, keep_best)) if v is not None}
+    if not given:
+        raise SystemExit("nothing to relabel: give --extra-negatives, --min-positives and/or --keep-best.")
     settings = LoopSettings.from_run(parent)
     settings = dataclasses.replace(settings, iterations=iterations)
+    opts = dataclasses.replace(settings.label_options(), **given)  # validated before anything is written
+    if keep_best and keep_best >= settings.sessions_per_user:
+        raise SystemExit(f"--keep-best {keep_best} keeps every one of a user's {settings.sessions_per_user} sessions "
+                         f"in {parent}: give a number below its sessions_per_user, or 0.")
     fork_run(parent, at, settings, out)
     own = "-own" if at == 1 and settings.teacher is not None else ""
     label_stage = f"iter{at}/labels-own" if own else f"iter{at}/label"
     manifest = Manifest(out)
     if label_stage not in manifest.stages:
         raise SystemExit(f"{parent} has no finished stage {label_stage} to relabel; fork it at another iteration.")
-    changed = {}
-    opts = settings.label_options()
-    if extra_negatives is not None:
-        changed["extra_negatives (own sessions of this iteration only)"] = [settings.extra_negatives, extra_negatives]
-        opts = dataclasses.replace(opts, extra_negatives=extra_negatives)
-    if min_positives is not None:
-        changed["min_positives (own sessions of this iteration only)"] = [settings.min_positives, min_positives]
-        opts = dataclasses.replace(opts, min_positives=min_positives)
+    changed = {f"{k} (own sessions of this iteration only)": [getattr(settings, k), v] for k, v in given.items()}
     folder = out / f"iter{at}" / f"labels{own}"
     shutil.rmtree(folder)
     report = label_folder(out / f"iter{at}" / f"rollout{own}", folder, opts,
@@ -73,8 +76,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--iterations", type=int, default=None, help="the fork's iterations (default: --at)")
     ap.add_argument("--extra-negatives", type=int, default=None)
     ap.add_argument("--min-positives", type=int, default=None)
+    ap.add_argument("--keep-best", type=int, default=None,
+                    help="only each user's K longest own sessions give desirable steps (0: every session)")
     a = ap.parse_args(argv)
-    report = relabel_fork(a.parent, a.out, a.at, a.iterations or a.at, a.extra_negatives, a.min_positives)
+    report = relabel_fork(a.parent, a.out, a.at, a.iterations or a.at, a.extra_negatives, a.min_positives,
+                          a.keep_best)
     print(json.dumps(report))
     print(f"now: ulrec loop --fork-from {a.parent} --fork-at {a.at} --iterations {a.iterations or a.at} --resume "
           f"--out {a.out}")

@@ -47,3 +47,28 @@ def test_the_own_sessions_are_relabelled_and_everything_before_them_is_the_paren
     assert stages["iter1/tune-ulrec-p"] == json.loads((parent / "manifest.json").read_text())["stages"]["iter1/tune-ulrec-p"]
     with pytest.raises(SystemExit, match="nothing to relabel"):
         mod.relabel_fork(parent, tmp_path / "f2", 1, 1, None, None)
+    with pytest.raises(SystemExit, match="keeps every one of a user's 1 sessions"):  # one session per user here
+        mod.relabel_fork(parent, tmp_path / "f3", 1, 1, None, None, 1)
+    assert not (tmp_path / "f3").exists()
+
+
+def test_keep_best_relabels_the_own_sessions_of_a_run_that_played_each_user_twice(tmp_path, tiny_model_dir):
+    mod = load_benchmark("relabel_fork")
+    parent, fork = tmp_path / "run", tmp_path / "fork"
+    assert main(["loop", "--world", "synthetic:3", "--model", tiny_model_dir, "--iterations", "1", "--episodes", "8",
+                 "--sessions-per-user", "2", "--eval-episodes", "4", "--max-episode-steps", "6", "--max-steps", "2",
+                 "--train-batch-size", "4", "--gen-batch-size", "8", "--min-positives", "1", "--min-rating", "3.0",
+                 "--references", "greedy", "--teacher", "genre-cycle", "--teacher-replay", "--temperature", "1.0",
+                 "--no-progress", "--out", str(parent)]) == 0
+    assert mod.main([str(parent), str(fork), "--at", "1", "--keep-best", "1"]) == 0
+    records, _ = load_rollout(fork / "iter1" / "rollout-own")
+    expected, report = label_steps(records, LabelOptions(min_positives=1, extra_negatives=0, keep_best=1))
+    relabelled = load_examples(fork / "iter1" / "labels-own").examples
+    assert [(e["episode"], e["step"], e["label"]) for e in relabelled] == \
+        [(e["episode"], e["step"], e["label"]) for e in expected]
+    assert report.below_best_episodes > 0  # some sessions lost their desirable steps to their user's other session
+    before = load_examples(parent / "iter1" / "labels-own").examples
+    assert label_counts(relabelled)[0] < label_counts(before)[0]
+    assert label_counts(relabelled)[1] == label_counts(before)[1]  # leave steps stay undesirable in every session
+    doc = json.loads((fork / "fork.json").read_text())
+    assert doc["changed"] == {"keep_best (own sessions of this iteration only)": [0, 1]}
