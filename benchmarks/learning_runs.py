@@ -29,6 +29,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from train.loop import policy_evals  # noqa: E402
 from ulrec_env.safe_io import read_text_bounded  # noqa: E402
 
 GOAL_X_BASE = 3.6
@@ -36,12 +37,7 @@ GOAL_ORACLE_SHARE = 0.70
 
 
 def _row(name: str, doc: dict[str, Any], base_len: float | None) -> dict[str, Any]:
-    evals = doc["evals"]
-
-    def one(policy: str) -> list[dict[str, Any]]:
-        return sorted((e for e in evals if e["policy"] == policy), key=lambda e: int(e["iteration"]))
-
-    base, ulrec_p, ulrec = one("base"), one("ulrec-p"), one("ulrec")
+    base, ulrec_p, ulrec = (policy_evals(doc, p) for p in ("base", "ulrec-p", "ulrec"))
     if not ulrec:
         raise SystemExit(f"{name}: no ULRec evaluation in its metrics.json; name a run that finished an iteration.")
     oracle = [r for r in doc.get("references", []) if r["policy"] == "oracle"]

@@ -23,6 +23,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from train.loop import policy_evals  # noqa: E402
 from ulrec_env.safe_io import read_text_bounded  # noqa: E402
 
 
@@ -55,7 +56,8 @@ def read_run(run: Path, parent: Path | None, iteration: int) -> tuple[dict[str, 
 
 
 def _ulrec_eval(doc: dict[str, Any], iteration: int) -> dict[str, Any] | None:
-    evals = [e for e in doc["evals"] if e["policy"] == "ulrec" and int(e["iteration"]) == iteration]
+    """ULRec's newest evaluation at ``iteration``; None without one."""
+    evals = policy_evals(doc, "ulrec", iteration)
     return evals[-1] if evals else None
 
 
@@ -87,7 +89,7 @@ def variant_row(run: Path, doc: dict[str, Any], changes: dict[str, Any], iterati
 
 def _ulrec_p_row(doc: dict[str, Any]) -> dict[str, Any] | None:
     """ULRec-P's evaluation (iteration 1), the adapter iteration 1's KTO stage starts from; None without one."""
-    evals = [e for e in doc["evals"] if e["policy"] == "ulrec-p"]
+    evals = policy_evals(doc, "ulrec-p")
     if not evals:
         return None
     e = evals[-1]

@@ -957,6 +957,14 @@ def _tensorboard_writer(folder: Path):
     return SummaryWriter(str(folder))
 
 
+def policy_evals(doc: Mapping[str, Any], policy: str, iteration: int | None = None) -> list[dict[str, Any]]:
+    """The evaluations of ``policy`` (``"base"``, ``"ulrec-p"``, ``"ulrec"``, an ablation's name) in a run's
+    ``metrics.json`` document, in iteration order (evaluations of one iteration in the order they were recorded, so
+    the last is the newest); with ``iteration``, that iteration's only."""
+    found = [e for e in doc["evals"] if e["policy"] == policy and (iteration is None or int(e["iteration"]) == iteration)]
+    return sorted(found, key=lambda e: int(e["iteration"]))
+
+
 def plot_learning_curve(doc: Mapping[str, Any], path: Path) -> None:
     """Len and Traj Reward per iteration (95% CI) with the reference policies as horizontal lines."""
     try:
@@ -972,9 +980,9 @@ def plot_learning_curve(doc: Mapping[str, Any], path: Path) -> None:
     colours = policy_colours(3 + len(references))  # base, ULRec-P and ULRec first, then one per reference
     for ax, key, label in ((axes[0], "len", "Len (continued steps)"), (axes[1], "return", "Traj Reward")):
         for colour, (pol, marker) in zip(colours, (("base", "o"), ("ulrec-p", "s"), ("ulrec", "D"))):
-            pts = [e for e in evals if e["policy"] == pol]
+            pts = policy_evals(doc, pol)
             if pol == "ulrec":
-                pts = [e for e in evals if e["policy"] in ("base", "ulrec")]  # the curve starts at the base model
+                pts = policy_evals(doc, "base") + pts  # the curve starts at the base model
             if not pts:
                 continue
             x = [e["iteration"] for e in pts]
