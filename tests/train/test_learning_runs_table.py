@@ -57,3 +57,14 @@ def test_bad_arguments_say_what_to_give(tmp_path):
     f.write_text(json.dumps({"evals": [_e("base", 0, 4.0, 0.2, 16.0)]}))
     with pytest.raises(SystemExit, match="no ULRec evaluation"):
         mod.main([f"x={f}"])
+
+
+def test_policy_evals_reads_one_policy_in_iteration_order():
+    from train.loop import policy_evals
+
+    doc = {"evals": [_e("ulrec", 2, 8.0, 0.5, 32.0), _e("base", 0, 4.0, 0.2, 16.0), _e("ulrec", 1, 7.0, 0.5, 28.0),
+                     _e("ulrec", 2, 8.5, 0.5, 34.0), _e("kto-no-sft", 1, 7.5, 0.5, 30.0)]}
+    assert [(e["iteration"], e["len_mean"]) for e in policy_evals(doc, "ulrec")] == [(1, 7.0), (2, 8.0), (2, 8.5)]
+    assert [e["len_mean"] for e in policy_evals(doc, "ulrec", 2)] == [8.0, 8.5]  # recorded order kept: last is newest
+    assert [e["len_mean"] for e in policy_evals(doc, "kto-no-sft")] == [7.5]
+    assert policy_evals(doc, "ulrec-p") == [] and policy_evals(doc, "ulrec", 3) == []
