@@ -978,11 +978,11 @@ def plot_learning_curve(doc: Mapping[str, Any], path: Path) -> None:
     evals = doc["evals"]
     references = doc.get("references", [])
     colours = policy_colours(3 + len(references))  # base, ULRec-P and ULRec first, then one per reference
+    series = {pol: policy_evals(doc, pol) for pol in ("base", "ulrec-p", "ulrec")}
+    series["ulrec"] = series["base"] + series["ulrec"]  # the curve starts at the base model
     for ax, key, label in ((axes[0], "len", "Len (continued steps)"), (axes[1], "return", "Traj Reward")):
         for colour, (pol, marker) in zip(colours, (("base", "o"), ("ulrec-p", "s"), ("ulrec", "D"))):
-            pts = policy_evals(doc, pol)
-            if pol == "ulrec":
-                pts = policy_evals(doc, "base") + pts  # the curve starts at the base model
+            pts = series[pol]
             if not pts:
                 continue
             x = [e["iteration"] for e in pts]
