@@ -14,14 +14,18 @@ from train.rollout import load_rollout
 pytestmark = pytest.mark.slow
 
 
+def _parent_run(out, model, *options):
+    """A one-iteration loop with a teacher on a tiny world and model: the run a fork relabels."""
+    assert main(["loop", "--world", "synthetic:3", "--model", model, "--iterations", "1", "--eval-episodes", "4",
+                 "--max-episode-steps", "6", "--max-steps", "2", "--train-batch-size", "4", "--gen-batch-size", "8",
+                 "--min-positives", "1", "--min-rating", "3.0", "--references", "greedy", "--teacher", "genre-cycle",
+                 "--teacher-replay", "--no-progress", *options, "--out", str(out)]) == 0
+
+
 def test_the_own_sessions_are_relabelled_and_everything_before_them_is_the_parents(tmp_path, tiny_model_dir):
     mod = load_benchmark("relabel_fork")
     parent, fork = tmp_path / "run", tmp_path / "fork"
-    assert main(["loop", "--world", "synthetic:3", "--model", tiny_model_dir, "--iterations", "1", "--episodes", "12",
-                 "--eval-episodes", "4", "--max-episode-steps", "6", "--max-steps", "2", "--train-batch-size", "4",
-                 "--gen-batch-size", "8", "--min-positives", "1", "--min-rating", "3.0", "--references", "greedy",
-                 "--teacher", "genre-cycle", "--teacher-replay", "--extra-negatives", "0", "--no-progress",
-                 "--out", str(parent)]) == 0
+    _parent_run(parent, tiny_model_dir, "--episodes", "12", "--extra-negatives", "0")
     report = mod.main([str(parent), str(fork), "--at", "1", "--extra-negatives", "2", "--min-positives", "3"])
     assert report == 0
     records, _ = load_rollout(fork / "iter1" / "rollout-own")
@@ -55,11 +59,7 @@ def test_the_own_sessions_are_relabelled_and_everything_before_them_is_the_paren
 def test_keep_best_relabels_the_own_sessions_of_a_run_that_played_each_user_twice(tmp_path, tiny_model_dir):
     mod = load_benchmark("relabel_fork")
     parent, fork = tmp_path / "run", tmp_path / "fork"
-    assert main(["loop", "--world", "synthetic:3", "--model", tiny_model_dir, "--iterations", "1", "--episodes", "8",
-                 "--sessions-per-user", "2", "--eval-episodes", "4", "--max-episode-steps", "6", "--max-steps", "2",
-                 "--train-batch-size", "4", "--gen-batch-size", "8", "--min-positives", "1", "--min-rating", "3.0",
-                 "--references", "greedy", "--teacher", "genre-cycle", "--teacher-replay", "--temperature", "1.0",
-                 "--no-progress", "--out", str(parent)]) == 0
+    _parent_run(parent, tiny_model_dir, "--episodes", "8", "--sessions-per-user", "2", "--temperature", "1.0")
     assert mod.main([str(parent), str(fork), "--at", "1", "--keep-best", "1"]) == 0
     records, _ = load_rollout(fork / "iter1" / "rollout-own")
     expected, report = label_steps(records, LabelOptions(min_positives=1, extra_negatives=0, keep_best=1))
