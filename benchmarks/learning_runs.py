@@ -29,7 +29,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from train.loop import policy_evals  # noqa: E402
+from train.loop import policy_evals, reference_row  # noqa: E402
 from ulrec_env.safe_io import read_text_bounded  # noqa: E402
 
 GOAL_X_BASE = 3.6
@@ -40,7 +40,7 @@ def _row(name: str, doc: dict[str, Any], base_len: float | None) -> dict[str, An
     base, ulrec_p, ulrec = (policy_evals(doc, p) for p in ("base", "ulrec-p", "ulrec"))
     if not ulrec:
         raise SystemExit(f"{name}: no ULRec evaluation in its metrics.json; name a run that finished an iteration.")
-    oracle = [r for r in doc.get("references", []) if r["policy"] == "oracle"]
+    oracle = reference_row(doc, "oracle")
     last = ulrec[-1]
     denominator = base_len if base_len is not None else (base[0]["len_mean"] if base else None)
     lens = [e["len_mean"] for e in ulrec]
@@ -58,7 +58,7 @@ def _row(name: str, doc: dict[str, Any], base_len: float | None) -> dict[str, An
         if ulrec_p else None,
         "x_base": last["len_mean"] / denominator if denominator else None,
         "x_own_base": last["len_mean"] / base[0]["len_mean"] if base else None,
-        "oracle_share": last["return_mean"] / oracle[0]["return_mean"] if oracle else None,
+        "oracle_share": last["return_mean"] / oracle["return_mean"] if oracle else None,
         "machine": machine,
     }
     return row

@@ -43,10 +43,11 @@ def relabel_fork(parent: Path, out: Path, at: int, iterations: int, extra_negati
         raise SystemExit("nothing to relabel: give --extra-negatives, --min-positives and/or --keep-best.")
     settings = LoopSettings.from_run(parent)
     settings = dataclasses.replace(settings, iterations=iterations)
-    opts = dataclasses.replace(settings.label_options(), **given)  # validated before anything is written
-    if keep_best and keep_best >= settings.sessions_per_user:
-        raise SystemExit(f"--keep-best {keep_best} keeps every one of a user's {settings.sessions_per_user} sessions "
-                         f"in {parent}: give a number below its sessions_per_user, or 0.")
+    try:  # the loop's own checks of these options (keep_best against the run's sessions_per_user), before any write
+        dataclasses.replace(settings, **given)
+    except ValueError as e:
+        raise SystemExit(f"{parent}: {e}") from None
+    opts = dataclasses.replace(settings.label_options(), **given)
     fork_run(parent, at, settings, out)
     own = "-own" if at == 1 and settings.teacher is not None else ""
     label_stage = f"iter{at}/labels-own" if own else f"iter{at}/label"

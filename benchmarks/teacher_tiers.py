@@ -112,12 +112,17 @@ def format_rows(rows: list[dict[str, Any]]) -> str:
     return "\n".join(out)
 
 
-def _run_metrics(run: Path) -> list[dict[str, Any]]:
-    path = run / "metrics.json"
-    if not path.is_file():
-        return []
-    doc = json.loads(read_text_bounded(path, "a run's metrics.json"))
-    return list(doc.get("evals", [])) + list(doc.get("references", []))
+def _recorded_len(doc: Mapping[str, Any] | None, row: dict[str, Any]) -> float | None:
+    """The Len the run's metrics.json recorded for a probed row (an LLM at its iteration, or a reference rule)."""
+    from train.loop import policy_evals, reference_row
+
+    if doc is None:
+        return None
+    if row["iteration"] is None:
+        ref = reference_row(doc, row["policy"])
+        return None if ref is None else ref["len_mean"]
+    same = policy_evals(doc, row["policy"], row["iteration"])
+    return same[-1]["len_mean"] if same else None
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
@@ -176,13 +181,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     notes = []
     if args.episodes is None:
-        recorded = _run_metrics(args.run)
+        path = args.run / "metrics.json"
+        metrics = json.loads(read_text_bounded(path, "a run's metrics.json")) if path.is_file() else None
         for r in rows:
-            same = [e for e in recorded
-                    if e["policy"] == r["policy"] and (r["iteration"] is None or int(e.get("iteration") or 0) == r["iteration"])]
-            if same and abs(same[-1]["len_mean"] - r["len_mean"]) > 1e-9:
+            recorded = _recorded_len(metrics, r)
+            if recorded is not None and abs(recorded - r["len_mean"]) > 1e-9:
                 notes.append(f"{r['policy']} @{r['iteration']}: Len {r['len_mean']:.3f} here, "
-                             f"{same[-1]['len_mean']:.3f} in the run's metrics.json")
+                             f"{recorded:.3f} in the run's metrics.json")
     doc = {"run": str(args.run), "rule": args.rule, "rule_options": context, "users": int(len(users)),
            "seed": settings.seed, "rows": rows, "differs_from_run": notes}
     print(format_rows(rows))

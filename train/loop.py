@@ -965,6 +965,12 @@ def policy_evals(doc: Mapping[str, Any], policy: str, iteration: int | None = No
     return sorted(found, key=lambda e: int(e["iteration"]))
 
 
+def reference_row(doc: Mapping[str, Any], policy: str) -> dict[str, Any] | None:
+    """The row of reference policy ``policy`` (``"oracle"``, ``"random"``, a rule's name) in a run's ``metrics.json``
+    document, or ``None`` where the run did not evaluate it."""
+    return next((r for r in doc.get("references", []) if r["policy"] == policy), None)
+
+
 def plot_learning_curve(doc: Mapping[str, Any], path: Path) -> None:
     """Len and Traj Reward per iteration (95% CI) with the reference policies as horizontal lines."""
     try:

@@ -68,3 +68,12 @@ def test_policy_evals_reads_one_policy_in_iteration_order():
     assert [e["len_mean"] for e in policy_evals(doc, "ulrec", 2)] == [8.0, 8.5]  # recorded order kept: last is newest
     assert [e["len_mean"] for e in policy_evals(doc, "kto-no-sft")] == [7.5]
     assert policy_evals(doc, "ulrec-p") == [] and policy_evals(doc, "ulrec", 3) == []
+
+
+def test_reference_row_finds_a_reference_by_name_or_none():
+    from train.loop import reference_row
+
+    doc = _doc([(7.0, 0.5)])
+    assert reference_row(doc, "oracle") == {"policy": "oracle", "return_mean": 80.0}
+    assert reference_row(doc, "random")["policy"] == "random"
+    assert reference_row(doc, "mmr") is None and reference_row({"evals": []}, "oracle") is None

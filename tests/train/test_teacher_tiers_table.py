@@ -54,14 +54,21 @@ def test_the_base_model_row_is_the_loops_evaluation_and_a_differing_run_is_noted
     world = world_from_spec(settings.world)
     users = eval_users(world, settings)
     loop_row = evaluate_llm(world, settings, users, None, "base", progress=False)
-    (run / "metrics.json").write_text(json.dumps({"evals": [{**loop_row, "iteration": 0, "len_mean": 99.0}],
-                                                  "references": []}))
-    doc = mod.main([str(run), "--rules", "", "--llm", "base"])
-    (row,) = doc["rows"]
+    # the run recorded other figures: a base row at iteration 0, a reference row for the rule, and a base row at
+    # another iteration that must not be matched
+    (run / "metrics.json").write_text(json.dumps({
+        "evals": [{**loop_row, "iteration": 0, "len_mean": 99.0}, {**loop_row, "iteration": 1, "len_mean": 77.0}],
+        "references": [{"policy": "random", "len_mean": 42.0}]}))
+    doc = mod.main([str(run), "--rules", "random", "--llm", "base"])
+    row, rule_row = doc["rows"]
     assert (row["policy"], row["iteration"], row["adapter"]) == ("base", 0, None)
     assert row["len_mean"] == loop_row["len_mean"] and row["steps"] == loop_row["user_steps"]
     assert 0.0 <= row["top_share"] <= 1.0
-    assert doc["differs_from_run"] and "99.000 in the run's metrics.json" in capsys.readouterr().out
+    assert rule_row["policy"] == "random" and rule_row["iteration"] is None
+    assert doc["differs_from_run"] == [
+        f"base @0: Len {row['len_mean']:.3f} here, 99.000 in the run's metrics.json",
+        f"random @None: Len {rule_row['len_mean']:.3f} here, 42.000 in the run's metrics.json"]
+    assert "99.000 in the run's metrics.json" in capsys.readouterr().out
 
 
 def test_adapters_are_found_in_loop_order_and_bad_input_is_named(tmp_path):
