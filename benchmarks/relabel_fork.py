@@ -44,10 +44,11 @@ def relabel_fork(parent: Path, out: Path, at: int, iterations: int, extra_negati
     settings = LoopSettings.from_run(parent)
     settings = dataclasses.replace(settings, iterations=iterations)
     try:  # the loop's own checks of these options (keep_best against the run's sessions_per_user), before any write
-        dataclasses.replace(settings, **given)
+        opts = dataclasses.replace(settings, **given).label_options()
     except ValueError as e:
-        raise SystemExit(f"{parent}: {e}") from None
-    opts = dataclasses.replace(settings.label_options(), **given)
+        hint = (f" A fork keeps the parent's sessions_per_user ({settings.sessions_per_user}): give --keep-best below it."
+                if "`keep_best`" in str(e) else "")
+        raise SystemExit(f"{parent}: {e}{hint}") from None
     fork_run(parent, at, settings, out)
     own = "-own" if at == 1 and settings.teacher is not None else ""
     label_stage = f"iter{at}/labels-own" if own else f"iter{at}/label"

@@ -116,7 +116,7 @@ def _recorded_len(doc: Mapping[str, Any] | None, row: dict[str, Any]) -> float |
     """The Len the run's metrics.json recorded for a probed row (an LLM at its iteration, or a reference rule)."""
     from train.loop import policy_evals, reference_row
 
-    if doc is None:
+    if doc is None or "evals" not in doc:
         return None
     if row["iteration"] is None:
         ref = reference_row(doc, row["policy"])
@@ -186,7 +186,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         for r in rows:
             recorded = _recorded_len(metrics, r)
             if recorded is not None and abs(recorded - r["len_mean"]) > 1e-9:
-                notes.append(f"{r['policy']} @{r['iteration']}: Len {r['len_mean']:.3f} here, "
+                name = r["policy"] if r["iteration"] is None else f"{r['policy']} @{r['iteration']}"
+                notes.append(f"{name}: Len {r['len_mean']:.3f} here, "
                              f"{recorded:.3f} in the run's metrics.json")
     doc = {"run": str(args.run), "rule": args.rule, "rule_options": context, "users": int(len(users)),
            "seed": settings.seed, "rows": rows, "differs_from_run": notes}

@@ -67,7 +67,7 @@ def test_the_base_model_row_is_the_loops_evaluation_and_a_differing_run_is_noted
     assert rule_row["policy"] == "random" and rule_row["iteration"] is None
     assert doc["differs_from_run"] == [
         f"base @0: Len {row['len_mean']:.3f} here, 99.000 in the run's metrics.json",
-        f"random @None: Len {rule_row['len_mean']:.3f} here, 42.000 in the run's metrics.json"]
+        f"random: Len {rule_row['len_mean']:.3f} here, 42.000 in the run's metrics.json"]
     assert "99.000 in the run's metrics.json" in capsys.readouterr().out
 
 
