@@ -46,8 +46,7 @@ def relabel_fork(parent: Path, out: Path, at: int, iterations: int, extra_negati
     try:  # the loop's own checks of these options (keep_best against the run's sessions_per_user), before any write
         opts = dataclasses.replace(settings, **given).label_options()
     except ValueError as e:
-        hint = (f" A fork keeps the parent's sessions_per_user ({settings.sessions_per_user}): give --keep-best below it."
-                if "`keep_best`" in str(e) else "")
+        hint = f" A fork keeps the parent's sessions_per_user ({settings.sessions_per_user})." if keep_best else ""
         raise SystemExit(f"{parent}: {e}{hint}") from None
     fork_run(parent, at, settings, out)
     own = "-own" if at == 1 and settings.teacher is not None else ""
