@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import sys
 import time
 from collections import defaultdict
@@ -34,6 +33,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+from train.provenance import cpu_model  # noqa: E402
 
 LOOP_PROMPTS = {"max_history": 6, "max_session": 4, "worked_example": False}
 
@@ -166,7 +166,7 @@ def main(argv: list[str] | None = None) -> dict:
         "auto_dtype": auto_dtype,
         "torch_threads": torch.get_num_threads(),
         "cpu_count": os.cpu_count(),
-        "cpu": platform.processor() or platform.machine(),
+        "cpu": cpu_model(),
         "load_avg_start": load_avg_start,
         "load_avg_end": os.getloadavg(),
         "torch": torch.__version__,

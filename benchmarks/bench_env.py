@@ -24,6 +24,7 @@ sys.path.insert(0, str(ROOT))  # the reference lives with the tests, outside the
 import ulrec_env  # noqa: E402,F401  (registers ULRec-v0)
 from tests.ulrec_env.billp_reference import BiLLPReference  # noqa: E402
 from ulrec_env.worlds import synthetic  # noqa: E402
+from train.provenance import cpu_model  # noqa: E402
 
 
 def _actions(world, n: int, seed: int = 0) -> np.ndarray:
@@ -112,7 +113,7 @@ def main(argv=None) -> dict:
         print(f"{name:42s} {rule:13s} {rate:14,.0f} {rate / ref_rate:10.2f} {rate / tight_rate:8.2f}")
     result = {
         "world": world.name,
-        "machine": {"processor": platform.processor() or platform.machine(), "python": platform.python_version()},
+        "machine": {"processor": cpu_model(), "python": platform.python_version()},
         "settings": {"steps": args.steps, "rounds": args.rounds, "num_envs": args.num_envs, "vector_steps": args.vector_steps,
                      "distance_threshold": thr, "window": 4, "min_rating": "-inf (rating rule off so sessions last)"},
         "results": [{"implementation": n, "rule": r, "user_steps_per_s": rate, "ratio_to_reference": rate / ref_rate, "ratio_to_tight_reference": rate / tight_rate,

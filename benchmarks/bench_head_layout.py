@@ -23,13 +23,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import sys
 import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+from train.provenance import cpu_model  # noqa: E402
 
 LOOP_PROMPTS = {"max_history": 6, "max_session": 4, "worked_example": False}
 
@@ -135,7 +135,7 @@ def main(argv: list[str] | None = None) -> dict:
         "torch": torch.__version__,
         "torch_threads": torch.get_num_threads(),
         "cpu_count": os.cpu_count(),
-        "cpu": platform.processor() or platform.machine(),
+        "cpu": cpu_model(),
         "load_avg_start": load_avg_start,
         "load_avg_end": os.getloadavg(),
         "linear": linear_rows,

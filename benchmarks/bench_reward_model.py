@@ -26,6 +26,7 @@ from ulrec_env import ULRecEnv
 from ulrec_env.reward_model import evaluate_split
 from ulrec_env.user_model import redundancy
 from ulrec_env.worlds.movielens import _parse, find_movielens_100k, movielens_100k
+from train.provenance import cpu_model
 
 
 def greedy_action(env: ULRecEnv) -> int:
@@ -171,7 +172,7 @@ def main() -> None:
         "cache_hit_seconds": min(hits),
         "env_defaults": dict(world.env_defaults),
         "sessions": sessions,
-        "machine": {"python": platform.python_version(), "processor": platform.processor() or platform.machine()},
+        "machine": {"python": platform.python_version(), "processor": cpu_model()},
     }
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
     Path(args.json).write_text(json.dumps(out, indent=2))

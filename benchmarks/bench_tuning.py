@@ -29,13 +29,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from train.provenance import cpu_model  # noqa: E402
 
 ROWS = ("sft", "sft-top10", "kto-trl-defaults", "kto-trl-fp32-nockpt", "ulrec-kto", "ulrec-kto-top10",
         "ulrec-kto-noshare", "ulrec-kto-top10-noshare", "sft-noshare")
@@ -186,7 +186,7 @@ def main() -> None:
     payload = {
         "benchmark": "tuning",
         "device": "cpu",
-        "machine": platform.processor() or platform.machine(),
+        "machine": cpu_model(),
         "cpu_count": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
         "versions": {"torch": torch.__version__, "transformers": transformers.__version__, "trl": trl.__version__},

@@ -34,7 +34,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import sys
 import time
 from pathlib import Path
@@ -44,6 +43,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from bench_agent_sessions import LOOP_PROMPTS  # noqa: E402
+from train.provenance import cpu_model  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -153,7 +153,7 @@ def main(argv: list[str] | None = None) -> dict:
         "torch": torch.__version__,
         "torch_threads": torch.get_num_threads(),
         "cpu_count": os.cpu_count(),
-        "cpu": platform.processor() or platform.machine(),
+        "cpu": cpu_model(),
         "cuda": torch.cuda.is_available(),
         "load_avg_start": load_avg_start,
         "load_avg_end": os.getloadavg(),
