@@ -19,9 +19,7 @@ users, or a changed world, would).
 from __future__ import annotations
 
 import argparse
-import json
 import sys
-from collections import defaultdict
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -29,7 +27,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.teacher_tiers import TIER_NAMES  # noqa: E402
+from benchmarks.teacher_tiers import TIER_NAMES, report  # noqa: E402
 
 #: The rollout folders of a loop iteration and the labels made from each.
 ROLLOUT_LABELS = (("rollout", "labels"), ("rollout-own", "labels-own"))
@@ -43,13 +41,11 @@ def replay_tiers(records: Sequence[Any], world, rule, *, env_settings: dict[str,
         ``{(episode, step): (tier of the pick, highest tier offered)}`` (tier -1: an item already shown), and how
         many steps the replay answered with another feedback or leave reason than the recorded one.
     """
+    from train.labeling import _group_episodes
     from ulrec_env.vector_env import ULRecVectorEnv
 
-    by_episode: dict[int, list[Any]] = defaultdict(list)
-    for r in records:
-        by_episode[int(r.episode)].append(r)
-    episodes = sorted(by_episode)
-    sessions = [sorted(by_episode[e], key=lambda r: r.step) for e in episodes]
+    sessions = _group_episodes(records)  # the labelling's own grouping: by episode, each sorted by step
+    episodes = [s[0].episode for s in sessions]
     for e, steps in zip(episodes, sessions):
         if [r.step for r in steps] != list(range(len(steps))):
             raise ValueError(f"episode {e}: its steps are not 0..{len(steps) - 1}; is the rollout complete?")
@@ -149,12 +145,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if not rows:
         raise SystemExit(f"{args.run}: no labelled rollout (iterK/rollout with iterK/labels) yet.")
     doc = {"run": str(args.run), "rule": args.rule, "rows": rows, "replay_differs": notes}
-    print(format_rows(rows))
-    for n in notes:
-        print("note:", n)
-    if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(doc, indent=2) + "\n")
+    report(format_rows(rows), notes, doc, args.json)
     return doc
 
 

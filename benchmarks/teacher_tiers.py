@@ -112,6 +112,18 @@ def format_rows(rows: list[dict[str, Any]]) -> str:
     return "\n".join(out)
 
 
+def report(table: str, notes: list[str], doc: dict[str, Any], json_path: str | None) -> None:
+    """Print a tiers table and its notes, and write ``doc`` to ``json_path`` (if given) with
+    :func:`agents.benchmark.write_json`; shared by this script and ``benchmarks/label_tiers.py``."""
+    from agents.benchmark import write_json
+
+    print(table)
+    for n in notes:
+        print("note:", n)
+    if json_path:
+        write_json(doc, json_path)
+
+
 def _recorded_len(doc: Mapping[str, Any] | None, row: dict[str, Any]) -> float | None:
     """The Len the run's metrics.json recorded for a probed row (an LLM at its iteration, or a reference rule)."""
     from train.loop import policy_evals, reference_row
@@ -191,12 +203,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                              f"{recorded:.3f} in the run's metrics.json")
     doc = {"run": str(args.run), "rule": args.rule, "rule_options": context, "users": int(len(users)),
            "seed": settings.seed, "rows": rows, "differs_from_run": notes}
-    print(format_rows(rows))
-    for n in notes:
-        print("note:", n)
-    if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(doc, indent=2) + "\n")
+    report(format_rows(rows), notes, doc, args.json)
     return doc
 
 
