@@ -18,7 +18,7 @@ from ulrec_env import World
 from ulrec_env.storage import atomic_write_text
 from ulrec_env.vector_env import ULRecVectorEnv
 
-__all__ = ["Sessions", "run_policy", "summarize", "choose_users", "mean_ci95"]
+__all__ = ["Sessions", "run_policy", "summarize", "choose_users", "mean_ci95", "paired_difference"]
 
 
 @dataclass
@@ -285,18 +285,72 @@ def user_mean_ci95(users: np.ndarray, x: np.ndarray) -> tuple[float, float]:
     x = np.asarray(x, dtype=np.float64)
     if x.size == 0:
         return float("nan"), float("nan")
-    uniq, inverse = np.unique(users, return_inverse=True)
-    if uniq.size == x.size:
-        return mean_ci95(x)
-    per_user = np.bincount(inverse, weights=x) / np.bincount(inverse)
-    return mean_ci95(per_user)
+    uniq, per_user = per_user_means(users, x)
+    return mean_ci95(x if uniq.size == x.size else per_user)
+
+
+def per_user_means(users: np.ndarray, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The distinct users (sorted) and the mean of ``x`` over each one's sessions."""
+    uniq, inverse = np.unique(np.asarray(users), return_inverse=True)
+    x = np.asarray(x, dtype=np.float64)
+    return uniq, np.bincount(inverse, weights=x, minlength=uniq.size) / np.bincount(inverse, minlength=uniq.size)
+
+
+def paired_difference(before: Mapping[str, Any], after: Mapping[str, Any], key: str = "len") -> dict[str, Any]:
+    """How much ``after`` beats ``before`` on the same users: the mean over users of ``after``'s per-user mean
+    minus ``before``'s, with its 95% Student-t interval (:func:`mean_ci95` of the differences).
+
+    Two policies evaluated on the same users and seeds are compared more tightly this way than by whether their
+    own intervals overlap, since a user who stays long with one tends to stay long with the other.
+
+    Args:
+        before, after: rows of :func:`summarize` (``ulrec bench`` / ``ulrec loop`` evaluations) that carry
+            ``per_user``; only the users both rows hold are paired.
+        key: ``"len"`` (continued steps) or ``"return"`` (Traj Reward).
+
+    Returns:
+        ``{"mean": ..., "ci95": ..., "users": n}``; ``mean - ci95 > 0`` says ``after`` is ahead at 95%.
+
+    Raises:
+        ValueError: a row without ``per_user`` (written before ulrec kept it), an unknown ``key``, or no user in
+            common.
+
+    Examples:
+        >>> from agents.evaluation import paired_difference
+        >>> a = {"policy": "a", "per_user": {"users": [0, 1, 2], "len": [3.0, 5.0, 4.0], "return": [1, 2, 1]}}
+        >>> b = {"policy": "b", "per_user": {"users": [0, 1, 2], "len": [4.0, 7.0, 4.0], "return": [1, 2, 2]}}
+        >>> d = paired_difference(a, b)
+        >>> d["mean"], d["users"]
+        (1.0, 3)
+    """
+    if key not in ("len", "return"):
+        raise ValueError(f"key={key!r}: use 'len' or 'return'.")
+    sides = []
+    for row in (before, after):
+        pu = row.get("per_user")
+        if not isinstance(pu, Mapping) or key not in pu or "users" not in pu:
+            raise ValueError(f"row {row.get('policy')!r} has no per_user {key!r}: it was written before ulrec kept "
+                             "per-user means; evaluate the policy again to pair it.")
+        users = np.asarray(pu["users"], dtype=np.int64)
+        values = np.asarray(pu[key], dtype=np.float64)
+        if users.shape != values.shape:
+            raise ValueError(f"row {row.get('policy')!r}: per_user holds {users.size} users and {values.size} values.")
+        sides.append(dict(zip(users.tolist(), values.tolist())))
+    common = sorted(set(sides[0]) & set(sides[1]))
+    if not common:
+        raise ValueError(f"rows {before.get('policy')!r} and {after.get('policy')!r} share no user: evaluate both on "
+                         "the same users.")
+    diff = np.array([sides[1][u] - sides[0][u] for u in common])
+    mean, ci = mean_ci95(diff)
+    return {"mean": mean, "ci95": ci, "users": len(common)}
 
 
 def summarize(name: str, sessions: Sessions, world: World, peeks: bool = False,
               max_episode_steps: int = 100) -> dict[str, Any]:
     """The row of the benchmark table (and of the JSON) for one policy; ``length_histogram`` counts sessions
     by length ``0..max_episode_steps``. Means and intervals take the user as the unit (:func:`user_mean_ci95`);
-    ``users`` is the number of distinct users."""
+    ``users`` is the number of distinct users, and ``per_user`` their ids (sorted) with each one's mean Len and
+    Traj Reward, which :func:`paired_difference` pairs across policies."""
     len_mean, len_ci = user_mean_ci95(sessions.users, sessions.lengths)
     ret_mean, ret_ci = user_mean_ci95(sessions.users, sessions.returns)
     steps = int(sessions.lengths.sum())
@@ -310,6 +364,8 @@ def summarize(name: str, sessions: Sessions, world: World, peeks: bool = False,
     ild = [float(dist[np.ix_(i, i)].sum() / (i.size * (i.size - 1))) / scale for i in sessions.items if i.size > 1]
     shown = np.unique(np.concatenate(sessions.items)) if sessions.items else np.zeros(0)
     user_steps = sessions.user_steps
+    users_u, len_u = per_user_means(sessions.users, sessions.lengths)
+    _, ret_u = per_user_means(sessions.users, sessions.returns)
     return {
         "policy": name,
         "peeks": bool(peeks),
@@ -328,6 +384,7 @@ def summarize(name: str, sessions: Sessions, world: World, peeks: bool = False,
         "seconds": sessions.seconds,
         "user_steps_per_s": user_steps / sessions.seconds if sessions.seconds > 0 else float("nan"),
         "length_histogram": np.bincount(sessions.lengths, minlength=max_episode_steps + 1).tolist(),
+        "per_user": {"users": users_u.tolist(), "len": len_u.tolist(), "return": ret_u.tolist()},
         "per_seed": {
             str(int(s)): {"len_mean": float(sessions.lengths[sessions.seeds == s].mean()),
                           "return_mean": float(sessions.returns[sessions.seeds == s].mean())}

@@ -294,6 +294,11 @@ def _print_evals(doc: dict) -> None:
     print(format_table({"results": rows, "world": doc["world"], "settings": {
         "split": "test", "episodes": s["eval_episodes"], "seeds": [s["seed"]],
         "env": {"leave_rule": s["env"].get("leave_rule", "satisfaction")}, "max_episode_steps": s["max_episode_steps"]}}))
+    if doc.get("paired"):
+        print("Paired on the same users (mean of per-user differences, 95% interval):")
+        for p in doc["paired"]:
+            d = p["len"]
+            print(f"  {p['policy']} - {p['against']}: Len {d['mean']:+.2f} ± {d['ci95']:.2f} ({d['users']} users)")
 
 
 def settings_for_command(args: argparse.Namespace):

@@ -9,7 +9,7 @@ A run lives in one folder::
     runs/NAME/iter1/labels/        examples.jsonl, meta.json
     runs/NAME/iter1/ulrec-p/       adapter (SFT on positives), iteration 1 only
     runs/NAME/iter1/ulrec/         adapter (KTO + alpha * SFT)
-    runs/NAME/metrics.json|csv     evaluations; learning_curve.png
+    runs/NAME/metrics.json|csv     evaluations (and, in the JSON, paired differences: paired_steps); learning_curve.png
 
 Every stage writes its outputs atomically and is entered in the manifest only when they are complete, so
 ``--resume`` after ``kill -9`` at any moment reruns at most the interrupted stage (its partial folder is
@@ -43,7 +43,7 @@ from ulrec_env.safe_io import read_text_bounded
 from ulrec_env.storage import atomic_write_text
 
 __all__ = ["LoopSettings", "Manifest", "run_loop", "run_compare", "evaluate_llm", "REFERENCE_POLICIES", "PRESETS",
-           "describe_settings", "resume_settings", "settings_diff", "fork_kept_stages"]
+           "describe_settings", "resume_settings", "settings_diff", "fork_kept_stages", "paired_steps"]
 
 REFERENCE_POLICIES = ("random", "greedy", "mmr", "oracle")
 REFERENCE_CHOICES = ("init", "ulrec-p")
@@ -415,6 +415,33 @@ def evaluate_llm(world, settings: LoopSettings, users: np.ndarray, adapter: str 
                            max_episode_steps=settings.max_episode_steps, batch_size=settings.gen_batch_size,
                            progress=progress, journal=journal, journal_tag={"adapter": adapter, "model": settings.model},
                            name=name)
+
+
+def paired_steps(evals: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """Each ULRec evaluation of a run paired, user by user, with the model it was tuned from (ULRec-P, or the base
+    model without one, at the first iteration; the previous ULRec after) and with ULRec-P
+    (:func:`agents.evaluation.paired_difference` of Len and Traj Reward). Evaluations written before ulrec kept
+    per-user means (a fork's parent rows, say) are left out."""
+    from agents.evaluation import paired_difference
+
+    def named(e: Mapping[str, Any]) -> str:
+        return f"{e['policy']}@{e.get('iteration', 0)}"
+
+    def usable(e: Mapping[str, Any] | None) -> bool:
+        return e is not None and isinstance(e.get("per_user"), Mapping)
+
+    base = next((e for e in evals if e["policy"] == "base"), None)
+    ulrec_p = next((e for e in evals if e["policy"] == "ulrec-p"), None)
+    out: list[dict[str, Any]] = []
+    previous = ulrec_p or base
+    for e in sorted((e for e in evals if e["policy"] == "ulrec"), key=lambda e: int(e.get("iteration", 0))):
+        against = [previous] + ([ulrec_p] if ulrec_p is not None and ulrec_p is not previous else [])
+        for a in against:
+            if usable(a) and usable(e):
+                out.append({"policy": named(e), "against": named(a),
+                            "len": paired_difference(a, e, "len"), "return": paired_difference(a, e, "return")})
+        previous = e
+    return out
 
 
 def eval_users(world, settings: LoopSettings) -> np.ndarray:
@@ -855,7 +882,7 @@ class _Run:
         evals = [{**v["eval"], "training": self._training_of(key)} for key, v in st.items() if "eval" in v]
         refs = st.get("references", {}).get("rows", [])
         doc = {"settings": self.settings.to_dict(), "world": self.world.name, "evals": evals, "references": refs,
-               "sessions": self.sessions}
+               "paired": paired_steps(evals), "sessions": self.sessions}
         atomic_write_text(self.out / "metrics.json", json.dumps(doc, indent=2, default=float))
         atomic_write_text(self.out / "metrics.csv", self._csv())
         try:

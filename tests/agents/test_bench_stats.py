@@ -66,3 +66,43 @@ def test_per_session_rows_carry_raw_ids(tmp_path):
         assert s["user_id"] == world.user_ids[s["user"]]
         assert s["item_ids"] == [world.item_ids[i] for i in s["items"]]
     json.dumps(doc)  # JSON-ready
+
+
+def test_paired_difference_pairs_users_by_id_and_is_tighter_than_overlap():
+    from agents.baselines import GreedyPolicy, RandomPolicy
+    from agents.evaluation import paired_difference, run_policy, summarize
+
+    world = world_from_spec("synthetic:3")
+    users = world.test_users
+    rows = [summarize(n, run_policy(p, world, users, seed=0, max_episode_steps=20), world, max_episode_steps=20)
+            for n, p in (("random", RandomPolicy()), ("greedy", GreedyPolicy()))]
+    # per_user holds each distinct user's mean, sorted by id, and averages back to the row's mean
+    pu = rows[1]["per_user"]
+    assert pu["users"] == sorted(np.unique(users).tolist()) and len(pu["len"]) == len(pu["return"]) == len(pu["users"])
+    assert np.mean(pu["len"]) == pytest.approx(rows[1]["len_mean"])
+    assert np.mean(pu["return"]) == pytest.approx(rows[1]["return_mean"])
+    d = paired_difference(rows[0], rows[1])
+    diff = np.asarray(rows[1]["per_user"]["len"]) - np.asarray(rows[0]["per_user"]["len"])
+    assert d["users"] == len(pu["users"]) and (d["mean"], d["ci95"]) == pytest.approx(mean_ci95(diff))
+    assert d["mean"] == pytest.approx(rows[1]["len_mean"] - rows[0]["len_mean"])
+    assert paired_difference(rows[1], rows[0], "return")["mean"] == pytest.approx(
+        rows[0]["return_mean"] - rows[1]["return_mean"])
+    # users are matched by id, not by position: a shuffled, partial row pairs only the users it holds
+    keep = np.random.default_rng(1).permutation(len(pu["users"]))[: len(pu["users"]) // 2]
+    partial = {"policy": "part", "per_user": {k: [v[i] for i in keep] for k, v in rows[1]["per_user"].items()}}
+    d_part = paired_difference(rows[0], partial)
+    assert d_part["users"] == keep.size and d_part["mean"] == pytest.approx(diff[keep].mean())
+
+
+def test_paired_difference_refuses_rows_it_cannot_pair():
+    from agents.evaluation import paired_difference
+
+    a = {"policy": "a", "per_user": {"users": [0, 1], "len": [1.0, 2.0], "return": [1.0, 2.0]}}
+    with pytest.raises(ValueError, match="row 'old' has no per_user 'len'.*evaluate the policy again"):
+        paired_difference({"policy": "old", "len_mean": 3.0}, a)
+    with pytest.raises(ValueError, match="share no user"):
+        paired_difference(a, {"policy": "b", "per_user": {"users": [5], "len": [1.0], "return": [0.0]}})
+    with pytest.raises(ValueError, match="key='reward': use 'len' or 'return'"):
+        paired_difference(a, a, key="reward")
+    with pytest.raises(ValueError, match="2 users and 1 values"):
+        paired_difference(a, {"policy": "c", "per_user": {"users": [0, 1], "len": [1.0], "return": [0.0, 1.0]}})

@@ -44,6 +44,15 @@ def test_loop_runs_every_stage_and_writes_metrics(tmp_path, tiny_model_dir):
 
     agent = LLMRecommender.from_pretrained(tiny_model_dir, adapter=str(out / "iter2" / "ulrec"))
     assert agent.prompt_format.to_dict() == {"max_history": 10, "max_session": 5, "worked_example": False}
+    # Each ULRec evaluation is paired, user by user, with the model it was tuned from and with ULRec-P.
+    assert [(p["policy"], p["against"]) for p in doc["paired"]] == [
+        ("ulrec@1", "ulrec-p@1"), ("ulrec@2", "ulrec@1"), ("ulrec@2", "ulrec-p@1")]
+    by_name = {f"{e['policy']}@{e['iteration']}": e for e in doc["evals"]}
+    for p in doc["paired"]:
+        after, before = by_name[p["policy"]], by_name[p["against"]]
+        assert p["len"]["users"] == 6
+        assert p["len"]["mean"] == pytest.approx(after["len_mean"] - before["len_mean"])
+        assert p["return"]["mean"] == pytest.approx(after["return_mean"] - before["return_mean"])
     csv_rows = (out / "metrics.csv").read_text().splitlines()
     assert len(csv_rows) == 5 and csv_rows[0].startswith("iteration,policy,len_mean")
     with pytest.raises(ValueError, match="already holds a run; pass --resume"):
@@ -408,6 +417,8 @@ def test_a_fork_copies_the_iterations_before_it_and_runs_the_rest(tmp_path, tiny
     assert main(["loop", *common, "--out", str(parent)]) == 0
     assert main(["loop", "--fork-from", str(parent), "--fork-at", "2", "--sft-alpha", "0", "--out", str(fork),
                  "--no-progress"]) == 0
+    printed = capsys.readouterr().out  # the table, then the paired differences (the fork's ULRec @2 against @1)
+    assert "Paired on the same users" in printed and "ulrec@2 - ulrec@1: Len " in printed
     doc = json.loads((fork / "fork.json").read_text())
     assert doc["parent"] == str(parent.resolve()) and doc["at"] == 2 and doc["changed"] == {"sft_alpha": [0.1, 0.0]}
     assert doc["copied_stages"] == sorted(["references", "iter0/eval", "iter1/rollout", "iter1/label",
