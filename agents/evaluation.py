@@ -300,8 +300,9 @@ def paired_difference(before: Mapping[str, Any], after: Mapping[str, Any], key: 
     """How much ``after`` beats ``before`` on the same users: the mean over users of ``after``'s per-user mean
     minus ``before``'s, with its 95% Student-t interval (:func:`mean_ci95` of the differences).
 
-    Two policies evaluated on the same users and seeds are compared more tightly this way than by whether their
-    own intervals overlap, since a user who stays long with one tends to stay long with the other.
+    For two policies evaluated on the same users and seeds this interval is never wider than the sum of the two
+    rows' own half-widths (what "intervals apart" asks the difference of means to exceed), and narrower still where
+    a user who stays long with one policy tends to stay long with the other.
 
     Args:
         before, after: rows of :func:`summarize` (``ulrec bench`` / ``ulrec loop`` evaluations) that carry

@@ -68,7 +68,7 @@ def test_per_session_rows_carry_raw_ids(tmp_path):
     json.dumps(doc)  # JSON-ready
 
 
-def test_paired_difference_pairs_users_by_id_and_is_tighter_than_overlap():
+def test_paired_difference_pairs_users_by_id():
     from agents.baselines import GreedyPolicy, RandomPolicy
     from agents.evaluation import paired_difference, run_policy, summarize
 
