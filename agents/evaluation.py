@@ -286,6 +286,7 @@ def user_mean_ci95(users: np.ndarray, x: np.ndarray) -> tuple[float, float]:
     if x.size == 0:
         return float("nan"), float("nan")
     uniq, per_user = per_user_means(users, x)
+    # each user once: the same values, kept in the sessions' order so that sums round as they always have
     return mean_ci95(x if uniq.size == x.size else per_user)
 
 
@@ -300,21 +301,21 @@ def paired_difference(before: Mapping[str, Any], after: Mapping[str, Any], key: 
     """How much ``after`` beats ``before`` on the same users: the mean over users of ``after``'s per-user mean
     minus ``before``'s, with its 95% Student-t interval (:func:`mean_ci95` of the differences).
 
-    For two policies evaluated on the same users and seeds this interval is never wider than the sum of the two
-    rows' own half-widths (what "intervals apart" asks the difference of means to exceed), and narrower still where
-    a user who stays long with one policy tends to stay long with the other.
+    When both rows hold the same users, each once, and all are paired, this interval is never wider than the sum
+    of the two rows' own half-widths (what "intervals apart" asks the difference of means to exceed), and narrower
+    still where a user who stays long with one policy tends to stay long with the other.
 
     Args:
         before, after: rows of :func:`summarize` (``ulrec bench`` / ``ulrec loop`` evaluations) that carry
-            ``per_user``; only the users both rows hold are paired.
+            ``per_user``; users are matched by index, and only the users both rows hold are paired.
         key: ``"len"`` (continued steps) or ``"return"`` (Traj Reward).
 
     Returns:
         ``{"mean": ..., "ci95": ..., "users": n}``; ``mean - ci95 > 0`` says ``after`` is ahead at 95%.
 
     Raises:
-        ValueError: a row without ``per_user`` (written before ulrec kept it), an unknown ``key``, or no user in
-            common.
+        ValueError: a row without ``per_user`` (written before ulrec kept it), one whose ``per_user`` is malformed
+            (a user twice, or not one value per user), an unknown ``key``, or no user in common.
 
     Examples:
         >>> from agents.evaluation import paired_difference
@@ -331,11 +332,16 @@ def paired_difference(before: Mapping[str, Any], after: Mapping[str, Any], key: 
         pu = row.get("per_user")
         if not isinstance(pu, Mapping) or key not in pu or "users" not in pu:
             raise ValueError(f"row {row.get('policy')!r} has no per_user {key!r}: it was written before ulrec kept "
-                             "per-user means; evaluate the policy again to pair it.")
+                             "per-user means; evaluate the policy again to pair it (for a loop run: "
+                             "python benchmarks/paired_evals.py RUN).")
         users = np.asarray(pu["users"], dtype=np.int64)
         values = np.asarray(pu[key], dtype=np.float64)
         if users.shape != values.shape:
-            raise ValueError(f"row {row.get('policy')!r}: per_user holds {users.size} users and {values.size} values.")
+            raise ValueError(f"row {row.get('policy')!r}: per_user holds {users.size} users and {values.size} "
+                             f"{key!r} values; give one value per user.")
+        if np.unique(users).size != users.size:
+            raise ValueError(f"row {row.get('policy')!r}: per_user names a user more than once; give each user's mean "
+                             "once (summarize does).")
         sides.append(dict(zip(users.tolist(), values.tolist())))
     common = sorted(set(sides[0]) & set(sides[1]))
     if not common:
@@ -350,8 +356,8 @@ def summarize(name: str, sessions: Sessions, world: World, peeks: bool = False,
               max_episode_steps: int = 100) -> dict[str, Any]:
     """The row of the benchmark table (and of the JSON) for one policy; ``length_histogram`` counts sessions
     by length ``0..max_episode_steps``. Means and intervals take the user as the unit (:func:`user_mean_ci95`);
-    ``users`` is the number of distinct users, and ``per_user`` their ids (sorted) with each one's mean Len and
-    Traj Reward, which :func:`paired_difference` pairs across policies."""
+    ``users`` is the number of distinct users, and ``per_user`` their indices in the world (sorted) with each
+    one's mean Len and Traj Reward, which :func:`paired_difference` pairs across policies."""
     len_mean, len_ci = user_mean_ci95(sessions.users, sessions.lengths)
     ret_mean, ret_ci = user_mean_ci95(sessions.users, sessions.returns)
     steps = int(sessions.lengths.sum())

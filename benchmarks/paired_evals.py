@@ -7,8 +7,11 @@ A run's ``metrics.json`` holds each user's mean Len and Traj Reward (``per_user`
 added them; for a run written before, this script evaluates the base model and each adapter again exactly as the
 loop did (``train.loop.evaluate_llm`` with the run's settings, test users, greedy decoding and seed) and says
 whether the Len it gets is the one the run recorded. An adapter that several runs share (a fork's copied
-iterations) is evaluated once. The interval of the mean per-user difference is never wider than the sum of the
-two rows' own half-widths, which is what "intervals apart" asks the difference to exceed, and narrower still where a
+iterations) is evaluated once. A row is evaluated with the settings of the run whose ``metrics.json`` holds it,
+so a fork that changed an evaluation setting would evaluate its parent's rows otherwise than the parent did; the
+note on any Len not reproduced would show it. On
+the same users, each once, the interval of the mean per-user difference is never wider than the sum of the two
+rows' own half-widths, which is what "intervals apart" asks the difference to exceed, and narrower still where a
 user who stays long with one model tends to stay long with the other.
 """
 

@@ -299,6 +299,9 @@ def _print_evals(doc: dict) -> None:
         for p in doc["paired"]:
             d = p["len"]
             print(f"  {p['policy']} - {p['against']}: Len {d['mean']:+.2f} ± {d['ci95']:.2f} ({d['users']} users)")
+    if any("per_user" not in e for e in doc["evals"]):
+        print("(rows written before ulrec kept per-user means are not paired; "
+              "python benchmarks/paired_evals.py RUN evaluates them again and pairs them)")
 
 
 def settings_for_command(args: argparse.Namespace):

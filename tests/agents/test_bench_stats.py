@@ -68,7 +68,7 @@ def test_per_session_rows_carry_raw_ids(tmp_path):
     json.dumps(doc)  # JSON-ready
 
 
-def test_paired_difference_pairs_users_by_id():
+def test_paired_difference_pairs_rows_user_by_user():
     from agents.baselines import GreedyPolicy, RandomPolicy
     from agents.evaluation import paired_difference, run_policy, summarize
 
@@ -87,11 +87,18 @@ def test_paired_difference_pairs_users_by_id():
     assert d["mean"] == pytest.approx(rows[1]["len_mean"] - rows[0]["len_mean"])
     assert paired_difference(rows[1], rows[0], "return")["mean"] == pytest.approx(
         rows[0]["return_mean"] - rows[1]["return_mean"])
-    # users are matched by id, not by position: a shuffled, partial row pairs only the users it holds
+    # users are matched by index, not by position: a shuffled, partial row pairs only the users it holds
     keep = np.random.default_rng(1).permutation(len(pu["users"]))[: len(pu["users"]) // 2]
     partial = {"policy": "part", "per_user": {k: [v[i] for i in keep] for k, v in rows[1]["per_user"].items()}}
     d_part = paired_difference(rows[0], partial)
-    assert d_part["users"] == keep.size and d_part["mean"] == pytest.approx(diff[keep].mean())
+    assert d_part["users"] == keep.size and (d_part["mean"], d_part["ci95"]) == pytest.approx(mean_ci95(diff[keep]))
+    # a user's repeated sessions are averaged first
+    twice = np.repeat(users, 2)
+    sessions = run_policy(RandomPolicy(), world, twice, seed=3, max_episode_steps=20)
+    rep = summarize("random", sessions, world, max_episode_steps=20)["per_user"]
+    by_hand = [sessions.lengths[sessions.users == u].mean() for u in rep["users"]]
+    assert rep["users"] == sorted(np.unique(users).tolist()) and rep["len"] == pytest.approx(by_hand)
+    assert any(np.ptp(sessions.lengths[sessions.users == u]) > 0 for u in rep["users"])  # the two sessions differ
 
 
 def test_paired_difference_refuses_rows_it_cannot_pair():
@@ -104,5 +111,7 @@ def test_paired_difference_refuses_rows_it_cannot_pair():
         paired_difference(a, {"policy": "b", "per_user": {"users": [5], "len": [1.0], "return": [0.0]}})
     with pytest.raises(ValueError, match="key='reward': use 'len' or 'return'"):
         paired_difference(a, a, key="reward")
-    with pytest.raises(ValueError, match="2 users and 1 values"):
+    with pytest.raises(ValueError, match="names a user more than once"):
+        paired_difference(a, {"policy": "d", "per_user": {"users": [0, 0], "len": [1.0, 2.0], "return": [0.0, 1.0]}})
+    with pytest.raises(ValueError, match="2 users and 1 'len' values; give one value per user"):
         paired_difference(a, {"policy": "c", "per_user": {"users": [0, 1], "len": [1.0], "return": [0.0, 1.0]}})
