@@ -23,18 +23,20 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from train.loop import LoopSettings, eval_users, evaluate_llm  # noqa: E402
 
 
-def evaluate(run: Path, adapter: Path, name: str, progress: bool = False) -> dict[str, Any]:
-    """The evaluation row of ``adapter`` on the test users of loop run ``run``, with that run's settings."""
+def evaluate(run: Path, adapter: Path | None, name: str, progress: bool = False) -> dict[str, Any]:
+    """The evaluation row of ``adapter`` (``None``: the run's base model) on the test users of loop run ``run``,
+    with that run's settings."""
     if not (run / "settings.json").is_file():
         raise SystemExit(f"{run}: no settings.json; name the folder of a `ulrec loop` run.")
-    if not adapter.is_dir():
+    if adapter is not None and not adapter.is_dir():
         raise SystemExit(f"{adapter}: no such adapter folder; name what `ulrec tune --out` wrote.")
     from ulrec_env.worlds.spec import world_from_spec
 
     settings = LoopSettings.from_run(run)
     world = world_from_spec(settings.world)
-    row = evaluate_llm(world, settings, eval_users(world, settings), str(adapter), name, progress=progress)
-    row.update(run=str(run), adapter=str(adapter), trained=trained_with(adapter))
+    adapter_path = None if adapter is None else str(adapter)
+    row = evaluate_llm(world, settings, eval_users(world, settings), adapter_path, name, progress=progress)
+    row.update(run=str(run), adapter=adapter_path, trained=None if adapter is None else trained_with(adapter))
     return row
 
 

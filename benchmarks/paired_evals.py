@@ -31,17 +31,15 @@ Evaluate = Callable[[Path, Mapping[str, Any]], dict[str, Any]]
 
 
 def reevaluate(run: Path, row: Mapping[str, Any], progress: bool = False) -> dict[str, Any]:
-    """``row``'s model (the base model, or its ``adapter``) evaluated again as run ``run``'s loop evaluated it."""
-    from train.loop import LoopSettings, eval_users, evaluate_llm
-    from ulrec_env.worlds.spec import world_from_spec
+    """``row``'s model (the base model, or its ``adapter``) evaluated again as run ``run``'s loop evaluated it
+    (``benchmarks/eval_adapter.py``'s ``evaluate``)."""
+    from benchmarks.eval_adapter import evaluate
 
     adapter = row.get("adapter")
     if adapter is not None and not Path(adapter).is_dir():
         raise SystemExit(f"{run}: the adapter of {row['policy']} @{row.get('iteration')} ({adapter}) is not there; "
                          "run this script from the folder the loop ran in.")
-    settings = LoopSettings.from_run(run)
-    world = world_from_spec(settings.world)
-    return evaluate_llm(world, settings, eval_users(world, settings), adapter, row["policy"], progress=progress)
+    return evaluate(run, None if adapter is None else Path(adapter), row["policy"], progress=progress)
 
 
 def evaluation_settings(run: Path) -> dict[str, Any]:
@@ -64,12 +62,13 @@ def run_pairs(run: Path, evaluate: Evaluate, memo: dict[str, dict[str, Any]]) ->
     if not path.is_file():
         raise SystemExit(f"{run}: no such metrics.json; name the folder of a finished `ulrec loop` run.")
     doc = json.loads(read_text_bounded(path, "a run's metrics.json"))
+    settings = evaluation_settings(run)
     evals, replayed = [], []
     for e in doc["evals"]:
         if isinstance(e.get("per_user"), Mapping):
             evals.append(e)
             continue
-        key = json.dumps([evaluation_settings(run), e.get("adapter")], sort_keys=True, default=str)
+        key = json.dumps([settings, e.get("adapter")], sort_keys=True, default=str)
         if key not in memo:
             memo[key] = evaluate(run, e)
         again = memo[key]
