@@ -285,9 +285,13 @@ def user_mean_ci95(users: np.ndarray, x: np.ndarray) -> tuple[float, float]:
     x = np.asarray(x, dtype=np.float64)
     if x.size == 0:
         return float("nan"), float("nan")
-    uniq, per_user = per_user_means(users, x)
+    return _mean_ci95_of_users(x, *per_user_means(users, x))
+
+
+def _mean_ci95_of_users(x: np.ndarray, uniq: np.ndarray, per_user: np.ndarray) -> tuple[float, float]:
+    """:func:`user_mean_ci95` from the per-user means already computed (``uniq``, ``per_user``)."""
     # each user once: the same values, kept in the sessions' order so that sums round as they always have
-    return mean_ci95(x if uniq.size == x.size else per_user)
+    return mean_ci95(np.asarray(x, dtype=np.float64) if uniq.size == np.size(x) else per_user)
 
 
 def per_user_means(users: np.ndarray, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -358,8 +362,10 @@ def summarize(name: str, sessions: Sessions, world: World, peeks: bool = False,
     by length ``0..max_episode_steps``. Means and intervals take the user as the unit (:func:`user_mean_ci95`);
     ``users`` is the number of distinct users, and ``per_user`` their indices in the world (sorted) with each
     one's mean Len and Traj Reward, which :func:`paired_difference` pairs across policies."""
-    len_mean, len_ci = user_mean_ci95(sessions.users, sessions.lengths)
-    ret_mean, ret_ci = user_mean_ci95(sessions.users, sessions.returns)
+    users_u, len_u = per_user_means(sessions.users, sessions.lengths)
+    _, ret_u = per_user_means(sessions.users, sessions.returns)
+    len_mean, len_ci = _mean_ci95_of_users(sessions.lengths, users_u, len_u)
+    ret_mean, ret_ci = _mean_ci95_of_users(sessions.returns, users_u, ret_u)
     steps = int(sessions.lengths.sum())
     reasons: dict[str, float] = {}
     for r in sessions.leave_reasons:
@@ -371,13 +377,11 @@ def summarize(name: str, sessions: Sessions, world: World, peeks: bool = False,
     ild = [float(dist[np.ix_(i, i)].sum() / (i.size * (i.size - 1))) / scale for i in sessions.items if i.size > 1]
     shown = np.unique(np.concatenate(sessions.items)) if sessions.items else np.zeros(0)
     user_steps = sessions.user_steps
-    users_u, len_u = per_user_means(sessions.users, sessions.lengths)
-    _, ret_u = per_user_means(sessions.users, sessions.returns)
     return {
         "policy": name,
         "peeks": bool(peeks),
         "episodes": n,
-        "users": int(np.unique(sessions.users).size),
+        "users": int(users_u.size),
         "len_mean": len_mean,
         "len_ci95": len_ci,
         "return_mean": ret_mean,
