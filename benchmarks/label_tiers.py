@@ -27,7 +27,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.teacher_tiers import TIER_NAMES, report  # noqa: E402
+from benchmarks.teacher_tiers import TIER_NAMES, pct, report  # noqa: E402
 
 #: The rollout folders of a loop iteration and the labels made from each.
 ROLLOUT_LABELS = (("rollout", "labels"), ("rollout-own", "labels-own"))
@@ -41,10 +41,10 @@ def replay_tiers(records: Sequence[Any], world, rule, *, env_settings: dict[str,
         ``{(episode, step): (tier of the pick, highest tier offered)}`` (tier -1: an item already shown), and how
         many steps the replay answered with another feedback or leave reason than the recorded one.
     """
-    from train.labeling import _group_episodes
+    from train.labeling import group_episodes
     from ulrec_env.vector_env import ULRecVectorEnv
 
-    sessions = _group_episodes(records)  # the labelling's own grouping: by episode, each sorted by step
+    sessions = group_episodes(records)  # the labelling's own grouping: by episode, each sorted by step
     episodes = [s[0].episode for s in sessions]
     for e, steps in zip(episodes, sessions):
         if [r.step for r in steps] != list(range(len(steps))):
@@ -96,9 +96,6 @@ def source_name(summary: dict[str, Any]) -> str:
 
 
 def format_rows(rows: list[dict[str, Any]]) -> str:
-    def pct(x: float | None) -> str:
-        return "" if x is None else f"{100 * x:.1f}"
-
     head = ["rollout", "sessions of", "label", "rows"] + [f"{n} %" for n in TIER_NAMES] + ["in the top tier %"]
     out = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:

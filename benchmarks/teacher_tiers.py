@@ -99,10 +99,12 @@ def probe_row(probe: TierProbe, world, users: np.ndarray, settings, name: str, b
             "leave_reasons": row["leave_reasons"], **probe.stats()}
 
 
-def format_rows(rows: list[dict[str, Any]]) -> str:
-    def pct(x: float | None) -> str:
-        return "" if x is None else f"{100 * x:.1f}"
+def pct(x: float | None) -> str:
+    """A share as a table cell: a percentage with one decimal, blank for none."""
+    return "" if x is None else f"{100 * x:.1f}"
 
+
+def format_rows(rows: list[dict[str, Any]]) -> str:
     head = ["policy", "Len (95% CI)", "steps", "in the rule's top tier %"] + [f"{n} %" for n in TIER_NAMES]
     out = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:

@@ -34,6 +34,7 @@ __all__ = [
     "LabelReport",
     "LabelledData",
     "label_steps",
+    "group_episodes",
     "label_counts",
     "kto_label_counts",
     "loss_terms_of",
@@ -174,7 +175,10 @@ def _as_record(step: StepRecord | Mapping[str, Any], index: int) -> StepRecord:
     raise TypeError(f"step {index} must be a StepRecord or a dict, got {type(step).__name__}.")
 
 
-def _group_episodes(steps: Iterable[StepRecord | Mapping[str, Any]]) -> list[list[StepRecord]]:
+def group_episodes(steps: Iterable[StepRecord | Mapping[str, Any]]) -> list[list[StepRecord]]:
+    """A rollout's steps as its sessions: one list per episode, in the order episodes first appear, each sorted by
+    step. The grouping :func:`label_steps` labels; it checks that every step but a session's last continued and
+    that no step index repeats (a ``ValueError`` names the episode)."""
     episodes: dict[int, list[StepRecord]] = defaultdict(list)
     for i, s in enumerate(steps):
         rec = _as_record(s, i)
@@ -217,7 +221,7 @@ def label_steps(
     examples: list[dict[str, Any]] = []
     n_steps = n_extra = n_trunc = n_filt_ep = n_filt_pos = 0
     reasons: dict[str, int] = defaultdict(int)
-    episodes = _group_episodes(steps)
+    episodes = group_episodes(steps)
     episodes.sort(key=lambda recs: recs[0].episode)
     best = _best_episodes(episodes, opts.keep_best)
     n_below_ep = n_below_pos = 0
