@@ -74,7 +74,7 @@ def run_pairs(run: Path, evaluate: Evaluate, memo: dict[str, dict[str, Any]]) ->
         again = memo[key]
         replayed.append({"policy": e["policy"], "iteration": e.get("iteration"), "adapter": e.get("adapter"),
                          "len_recorded": e["len_mean"], "len_again": again["len_mean"],
-                         "same": abs(again["len_mean"] - e["len_mean"]) < 1e-9})
+                         "same": abs(again["len_mean"] - e["len_mean"]) < 1e-9, "per_user": again["per_user"]})
         evals.append({**e, "per_user": again["per_user"]})
     return {"run": str(run), "evals": [{k: e[k] for k in ("policy", "iteration", "len_mean", "len_ci95")}
                                        for e in evals],
@@ -97,7 +97,8 @@ def format_rows(results: list[dict[str, Any]]) -> str:
 def main(argv: list[str] | None = None, evaluate: Evaluate | None = None) -> dict[str, Any]:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("runs", type=Path, nargs="+", help="folders of finished `ulrec loop` runs")
-    ap.add_argument("--json", default=None, help="also write the pairs (and what was evaluated again) here")
+    ap.add_argument("--json", default=None, help="also write the pairs here, with the rows evaluated again and "
+                    "their per-user means (so the pairs can be formed again without evaluating)")
     ap.add_argument("--no-progress", action="store_true")
     a = ap.parse_args(argv)
     if evaluate is None:

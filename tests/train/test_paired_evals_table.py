@@ -46,6 +46,10 @@ def test_a_run_without_per_user_means_is_evaluated_again_and_pairs_as_the_loop_d
     assert sorted(calls) == sorted((e["policy"], e["iteration"]) for e in doc["evals"])  # once each, not per run
     for r in res["results"]:
         assert [x["same"] for x in r["replayed"]] == [True] * len(doc["evals"])
+        # the JSON keeps what was evaluated again: the run's own per-user means, user for user
+        for x, e in zip(r["replayed"], doc["evals"]):
+            assert x["per_user"]["users"] == e["per_user"]["users"]
+            assert x["per_user"]["len"] == pytest.approx(e["per_user"]["len"])
         assert [(p["policy"], p["against"]) for p in r["paired"]] == [(p["policy"], p["against"]) for p in doc["paired"]]
         for p, q in zip(r["paired"], doc["paired"]):
             assert p["len"] == pytest.approx(q["len"]) and p["return"] == pytest.approx(q["return"])
