@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import time
@@ -205,9 +204,9 @@ def format_table(doc: Mapping[str, Any]) -> str:
 
 
 def write_json(doc: Mapping[str, Any], path: str | os.PathLike) -> None:
-    from ulrec_env.storage import atomic_write_text
+    from ulrec_env.storage import atomic_write_text, json_text
 
-    atomic_write_text(path, json.dumps(doc, indent=2, default=float))
+    atomic_write_text(path, json_text(doc, default=float))
 
 
 def policy_colours(n: int) -> list[Any]:

@@ -40,7 +40,7 @@ from train.options import parse_episodes
 from train.pipeline import rule_options
 from train.tune import LR_SCHEDULES
 from ulrec_env.safe_io import read_text_bounded
-from ulrec_env.storage import atomic_write_text
+from ulrec_env.storage import atomic_write_text, json_text
 
 __all__ = ["LoopSettings", "Manifest", "run_loop", "run_compare", "evaluate_llm", "REFERENCE_POLICIES", "PRESETS",
            "describe_settings", "resume_settings", "settings_diff", "fork_kept_stages", "paired_steps"]
@@ -386,7 +386,7 @@ class Manifest:
 
     def record(self, name: str, result: Mapping[str, Any]) -> None:
         self.stages[name] = dict(result)
-        atomic_write_text(self.path, json.dumps({"stages": self.stages}, indent=2, default=float))
+        atomic_write_text(self.path, json_text({"stages": self.stages}, default=float))
 
 
 def evaluation_agent(settings: LoopSettings, adapter: str | None, name: str, allow_unsafe_pickle: bool = False,
@@ -581,7 +581,7 @@ def fork_run(parent: str | os.PathLike, at: int, settings: LoopSettings, out: st
     doc = {"parent": str(parent.resolve()), "at": at, "changed": {k: [old, new] for k, (old, new) in diff.items()},
            "copied_stages": sorted(keep), "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
     atomic_write_text(out / "fork.json", json.dumps(doc, indent=2))
-    atomic_write_text(out / "manifest.json", json.dumps({"stages": keep}, indent=2, default=float))
+    atomic_write_text(out / "manifest.json", json_text({"stages": keep}, default=float))
     atomic_write_text(out / "settings.json", json.dumps(settings.to_dict(), indent=2))
     changed = ", ".join(f"{k} {old!r} -> {new!r}" for k, (old, new) in diff.items()) or "nothing"
     log(f"forked {parent} at iteration {at} into {out}: {len(keep)} stages copied; changed: {changed}")
@@ -883,7 +883,7 @@ class _Run:
         refs = st.get("references", {}).get("rows", [])
         doc = {"settings": self.settings.to_dict(), "world": self.world.name, "evals": evals, "references": refs,
                "paired": paired_steps(evals), "sessions": self.sessions}
-        atomic_write_text(self.out / "metrics.json", json.dumps(doc, indent=2, default=float))
+        atomic_write_text(self.out / "metrics.json", json_text(doc, default=float))
         atomic_write_text(self.out / "metrics.csv", self._csv())
         try:
             plot_learning_curve(doc, self.out / "learning_curve.png")
