@@ -291,7 +291,7 @@ def user_mean_ci95(users: np.ndarray, x: np.ndarray) -> tuple[float, float]:
 def _mean_ci95_of_users(x: np.ndarray, uniq: np.ndarray, per_user: np.ndarray) -> tuple[float, float]:
     """:func:`user_mean_ci95` from the per-user means already computed (``uniq``, ``per_user``)."""
     # each user once: the same values, kept in the sessions' order so that sums round as they always have
-    return mean_ci95(np.asarray(x, dtype=np.float64) if uniq.size == np.size(x) else per_user)
+    return mean_ci95(x if uniq.size == np.size(x) else per_user)
 
 
 def per_user_means(users: np.ndarray, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

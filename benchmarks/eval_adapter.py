@@ -13,7 +13,6 @@ adapter, hyperparameters, label counts), when the folder has one.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 from typing import Any
@@ -66,8 +65,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     print(f"| {a.name} | {row['len_mean']:.2f} ± {row['len_ci95']:.2f} | {row['return_mean']:.1f} ± "
           f"{row['return_ci95']:.1f} | {reasons} |")
     if a.json is not None:
-        a.json.parent.mkdir(parents=True, exist_ok=True)
-        a.json.write_text(json.dumps(row, indent=2, default=float))
+        from agents.benchmark import write_json
+
+        write_json(row, a.json)
     return row
 
 
