@@ -8,6 +8,9 @@ prompt format, dtype, greedy decoding and seed (``train.loop.evaluate_llm`` with
 Prints the row (Len and Traj Reward with 95% intervals, leave reasons) and writes it as JSON with ``--json``; the
 row's ``"trained"`` keeps what the adapter's ``ulrec_adapter.json`` says it was trained with (stage, starting
 adapter, hyperparameters, label counts), when the folder has one.
+
+``--temperature T`` (T > 0) samples instead of decoding greedily, seeded by the run's seed, to ask what greedy
+decoding costs a model; the row records ``"temperature"``. The loop's own evaluations are always greedy.
 """
 
 from __future__ import annotations
@@ -22,9 +25,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from train.loop import LoopSettings, eval_users, evaluate_llm  # noqa: E402
 
 
-def evaluate(run: Path, adapter: Path | None, name: str, progress: bool = False) -> dict[str, Any]:
+def evaluate(run: Path, adapter: Path | None, name: str, progress: bool = False,
+             temperature: float = 0.0) -> dict[str, Any]:
     """The evaluation row of ``adapter`` (``None``: the run's base model) on the test users of loop run ``run``,
-    with that run's settings."""
+    with that run's settings (greedy unless ``temperature > 0``)."""
     if not (run / "settings.json").is_file():
         raise SystemExit(f"{run}: no settings.json; name the folder of a `ulrec loop` run.")
     if adapter is not None and not adapter.is_dir():
@@ -34,8 +38,10 @@ def evaluate(run: Path, adapter: Path | None, name: str, progress: bool = False)
     settings = LoopSettings.from_run(run)
     world = world_from_spec(settings.world)
     adapter_path = None if adapter is None else str(adapter)
-    row = evaluate_llm(world, settings, eval_users(world, settings), adapter_path, name, progress=progress)
-    row.update(run=str(run), adapter=adapter_path, trained=None if adapter is None else trained_with(adapter))
+    row = evaluate_llm(world, settings, eval_users(world, settings), adapter_path, name, progress=progress,
+                       temperature=temperature)
+    row.update(run=str(run), adapter=adapter_path, trained=None if adapter is None else trained_with(adapter),
+               temperature=float(temperature))
     return row
 
 
@@ -58,9 +64,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("adapter", type=Path, help="the adapter folder to evaluate")
     ap.add_argument("--name", default="adapter", help="the row's policy name")
     ap.add_argument("--json", type=Path, default=None, help="also write the row here")
+    ap.add_argument("--temperature", type=float, default=0.0,
+                    help="sample at this temperature instead of decoding greedily (default 0: greedy, as the loop)")
     ap.add_argument("--no-progress", action="store_true")
     a = ap.parse_args(argv)
-    row = evaluate(a.run, a.adapter, a.name, progress=not a.no_progress)
+    if not a.temperature >= 0:
+        ap.error(f"--temperature must be >= 0 (0 is greedy), got {a.temperature}.")
+    row = evaluate(a.run, a.adapter, a.name, progress=not a.no_progress, temperature=a.temperature)
     reasons = ", ".join(f"{k} {v:g}" for k, v in sorted(row["leave_reasons"].items(), key=lambda kv: -kv[1]))
     print(f"| {a.name} | {row['len_mean']:.2f} ± {row['len_ci95']:.2f} | {row['return_mean']:.1f} ± "
           f"{row['return_ci95']:.1f} | {reasons} |")

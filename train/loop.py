@@ -390,12 +390,14 @@ class Manifest:
 
 
 def evaluation_agent(settings: LoopSettings, adapter: str | None, name: str, allow_unsafe_pickle: bool = False,
-                     trust_remote_code: bool = False) -> Any:
+                     trust_remote_code: bool = False, temperature: float = 0.0) -> Any:
     """The agent the loop evaluates: the base model (``adapter=None``) or an adapter, greedy decoding, in the run's
-    prompt format, dtype and engine, without scoring its completions."""
+    prompt format, dtype and engine, without scoring its completions. The loop always evaluates greedily;
+    ``temperature > 0`` samples instead (seeded by the run's seed), for benchmarks that ask what greedy decoding
+    costs (``benchmarks/eval_adapter.py --temperature``)."""
     from agents.llm import LLMRecommender
 
-    return LLMRecommender.from_pretrained(settings.model, adapter=adapter, temperature=0.0,
+    return LLMRecommender.from_pretrained(settings.model, adapter=adapter, temperature=temperature,
                                           batch_size=settings.gen_batch_size, seed=settings.seed, name=name,
                                           prompt_format=settings.prompt_format, dtype=settings.dtype,
                                           score_completions=False, engine=settings.engine,
@@ -404,13 +406,15 @@ def evaluation_agent(settings: LoopSettings, adapter: str | None, name: str, all
 
 def evaluate_llm(world, settings: LoopSettings, users: np.ndarray, adapter: str | None, name: str,
                  progress: bool = True, allow_unsafe_pickle: bool = False,
-                 trust_remote_code: bool = False, journal: str | os.PathLike | None = None) -> dict[str, Any]:
+                 trust_remote_code: bool = False, journal: str | os.PathLike | None = None,
+                 temperature: float = 0.0) -> dict[str, Any]:
     """Greedy-decoding evaluation of the base model (``adapter=None``) or an adapter on ``users`` (finished batches
-    of sessions kept in ``journal``, see ``agents.evaluation.run_policy``)."""
+    of sessions kept in ``journal``, see ``agents.evaluation.run_policy``); ``temperature`` as in
+    :func:`evaluation_agent`."""
     from train.pipeline import evaluate_policy
 
     policy = evaluation_agent(settings, adapter, name, allow_unsafe_pickle=allow_unsafe_pickle,
-                              trust_remote_code=trust_remote_code)
+                              trust_remote_code=trust_remote_code, temperature=temperature)
     return evaluate_policy(policy, world, users, seed=settings.seed, env_settings=settings.env,
                            max_episode_steps=settings.max_episode_steps, batch_size=settings.gen_batch_size,
                            progress=progress, journal=journal, journal_tag={"adapter": adapter, "model": settings.model},

@@ -1,4 +1,4 @@
-"""benchmarks/eval_adapter.py: an adapter evaluated as a loop run evaluates its own."""
+"""benchmarks/eval_adapter.py: an adapter evaluated as a loop run evaluates its own, or sampled."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from tests.train.test_loop import _settings
 pytestmark = pytest.mark.slow
 
 
-def test_an_adapter_of_the_run_gets_the_runs_own_row(tmp_path, tiny_model_dir):
+def test_an_adapter_of_the_run_gets_the_runs_own_row(tmp_path, tiny_model_dir, monkeypatch):
     mod = load_benchmark("eval_adapter")
     out = tmp_path / "run"
     doc = run_loop(_settings(tiny_model_dir, iterations=1, completion="genres-title", max_history=3), out,
@@ -30,3 +30,25 @@ def test_an_adapter_of_the_run_gets_the_runs_own_row(tmp_path, tiny_model_dir):
         mod.main([str(tmp_path), str(out / "iter1" / "ulrec-p")])
     with pytest.raises(SystemExit, match="no such adapter folder"):
         mod.main([str(out), str(tmp_path / "nowhere")])
+    with pytest.raises(SystemExit):  # argparse's error: a negative temperature is refused before any work
+        mod.main([str(out), str(out / "iter1" / "ulrec-p"), "--temperature", "-0.5"])
+    assert row["temperature"] == 0.0
+
+    # Sampling instead of greedy decoding: the evaluated agent samples at the given temperature, the row records
+    # it, and the run's seed makes the sampled evaluation repeat exactly.
+    import train.loop
+
+    made = []
+
+    def spy(*args, **kwargs):
+        agent = make_agent(*args, **kwargs)
+        made.append(agent.temperature)
+        return agent
+
+    make_agent = train.loop.evaluation_agent
+    monkeypatch.setattr(train.loop, "evaluation_agent", spy)
+    sampled = [str(out), str(out / "iter1" / "ulrec-p"), "--temperature", "1.0", "--no-progress"]
+    first, again = mod.main(sampled), mod.main(sampled)
+    assert made == [1.0, 1.0] and first["temperature"] == 1.0
+    for key in ("len_mean", "return_mean", "leave_reasons", "per_user"):
+        assert first[key] == again[key], key
