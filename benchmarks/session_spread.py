@@ -49,9 +49,10 @@ def spread(sessions: Sequence[Sequence[Any]], genres: Sequence[Sequence[str]], d
 
     if window < 1:
         raise ValueError(f"`window` must be >= 1, got {window}.")
-    at_lag = {k: [0, 0] for k in range(1, window + 1)}
-    within = {k: [0, 0] for k in range(1, window + 1)}
-    sim = {k: [] for k in range(1, window + 1)}
+    lags = range(1, window + 1)
+    counted = dict.fromkeys(lags, 0)  # steps with a pick k back (the same steps have k earlier picks)
+    at_lag, within = dict.fromkeys(lags, 0), dict.fromkeys(lags, 0)  # of those, steps sharing a genre
+    sim: dict[int, list[float]] = {k: [] for k in lags}
     redundancy, distinct, lengths = [], [], []
     reasons: Counter[str] = Counter()
     for steps in sessions:
@@ -61,22 +62,27 @@ def spread(sessions: Sequence[Sequence[Any]], genres: Sequence[Sequence[str]], d
         reasons[steps[-1].leave_reason or ("horizon" if steps[-1].truncated else "none")] += 1
         distinct.append(len(frozenset().union(*gs)) / len(gs))
         for t in range(1, len(items)):
-            back = items[max(0, t - window):t]
-            redundancy.append(float(sum(similarity(float(distance[items[t], j]), distance_threshold) for j in back)))
+            earlier: frozenset[str] = frozenset()
+            window_sims = []
             for k in range(1, min(t, window) + 1):
-                at_lag[k][1] += 1
-                at_lag[k][0] += bool(gs[t] & gs[t - k])
-                sim[k].append(similarity(float(distance[items[t], items[t - k]]), distance_threshold))
-                within[k][1] += 1
-                within[k][0] += bool(gs[t] & frozenset().union(*gs[t - k:t]))
-    share = lambda hit_total: 100.0 * hit_total[0] / hit_total[1] if hit_total[1] else float("nan")  # noqa: E731
+                earlier |= gs[t - k]
+                counted[k] += 1
+                at_lag[k] += bool(gs[t] & gs[t - k])
+                within[k] += bool(gs[t] & earlier)
+                window_sims.append(similarity(float(distance[items[t], items[t - k]]), distance_threshold))
+                sim[k].append(window_sims[-1])
+            redundancy.append(float(sum(window_sims)))  # the environment's redundancy: the window's summed similarity
+
+    def share(hits: dict[int, int]) -> dict[str, float]:
+        return {str(k): 100.0 * hits[k] / counted[k] if counted[k] else float("nan") for k in lags}
+
     n = len(sessions)
     return {
         "sessions": n,
         "steps_mean": float(np.mean(lengths)) if n else float("nan"),
         "leave_reasons": {r: 100.0 * c / n for r, c in sorted(reasons.items(), key=lambda kv: -kv[1])},
-        "same_genre_at_lag": {str(k): share(v) for k, v in at_lag.items()},
-        "same_genre_within": {str(k): share(v) for k, v in within.items()},
+        "same_genre_at_lag": share(at_lag),
+        "same_genre_within": share(within),
         "similarity_at_lag": {str(k): float(np.mean(v)) if v else float("nan") for k, v in sim.items()},
         "distinct_genres_per_step": float(np.mean(distinct)) if n else float("nan"),
         "redundancy_mean": float(np.mean(redundancy)) if redundancy else float("nan"),
@@ -88,6 +94,7 @@ def rollout_spread(folder: Path, world_spec: str | None = None) -> dict[str, Any
     folder, else in ``world_spec`` (a rollout's summary records the world's name and fingerprint, not its spec)
     with the world's calibrated environment defaults."""
     from train.labeling import group_episodes
+    from train.rollout import load_rollout
     from ulrec_env.config import EnvConfig
     from ulrec_env.worlds.spec import world_from_spec
 
@@ -110,8 +117,8 @@ def rollout_spread(folder: Path, world_spec: str | None = None) -> dict[str, Any
                          f"{summary['world_fingerprint']}), not in {world_spec!r} ({world.fingerprint()}); "
                          f"pass the world it was played in with --world.")
     cfg = EnvConfig.resolve(world.env_defaults, **env)
-    with steps_file.open() as f:
-        sessions = group_episodes(json.loads(line) for line in f if line.strip())
+    records, _ = load_rollout(folder)
+    sessions = group_episodes(records)
     row = spread(sessions, world.genres, world.distance, cfg.distance_threshold, cfg.window)
     row.update(rollout=str(folder), policy=summary.get("policy"), adapter=summary.get("adapter"),
                world=world_spec, window=cfg.window, distance_threshold=cfg.distance_threshold)
