@@ -22,7 +22,6 @@ one the rollout recorded.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from collections import Counter
 from pathlib import Path
@@ -94,20 +93,20 @@ def rollout_spread(folder: Path, world_spec: str | None = None) -> dict[str, Any
     folder, else in ``world_spec`` (a rollout's summary records the world's name and fingerprint, not its spec)
     with the world's calibrated environment defaults."""
     from train.labeling import group_episodes
+    from train.loop import LoopSettings
     from train.rollout import load_rollout
     from ulrec_env.config import EnvConfig
     from ulrec_env.worlds.spec import world_from_spec
 
-    steps_file, summary_file = folder / "steps.jsonl", folder / "summary.json"
-    if not steps_file.is_file() or not summary_file.is_file():
+    if not (folder / "steps.jsonl").is_file() or not (folder / "summary.json").is_file():
         raise SystemExit(f"{folder}: no steps.jsonl and summary.json; name a folder `ulrec rollout` (or a loop "
                          f"iteration) wrote.")
-    summary = json.loads(summary_file.read_text())
+    records, summary = load_rollout(folder)
     env: dict[str, Any] = {}
-    run_settings = folder.parent.parent / "settings.json"
-    if world_spec is None and folder.parent.name.startswith("iter") and run_settings.is_file():
-        settings = json.loads(run_settings.read_text())
-        world_spec, env = settings["world"], dict(settings.get("env") or {})
+    run = folder.parent.parent
+    if world_spec is None and folder.parent.name.startswith("iter") and (run / "settings.json").is_file():
+        settings = LoopSettings.from_run(run)
+        world_spec, env = settings.world, dict(settings.env)
     if world_spec is None:
         raise SystemExit(f"{folder}: not a loop iteration's folder; name its world with --world SPEC (the rollout "
                          f"was played in the world named {summary.get('world')!r}).")
@@ -117,9 +116,7 @@ def rollout_spread(folder: Path, world_spec: str | None = None) -> dict[str, Any
                          f"{summary['world_fingerprint']}), not in {world_spec!r} ({world.fingerprint()}); "
                          f"pass the world it was played in with --world.")
     cfg = EnvConfig.resolve(world.env_defaults, **env)
-    records, _ = load_rollout(folder)
-    sessions = group_episodes(records)
-    row = spread(sessions, world.genres, world.distance, cfg.distance_threshold, cfg.window)
+    row = spread(group_episodes(records), world.genres, world.distance, cfg.distance_threshold, cfg.window)
     row.update(rollout=str(folder), policy=summary.get("policy"), adapter=summary.get("adapter"),
                world=world_spec, window=cfg.window, distance_threshold=cfg.distance_threshold)
     return row
