@@ -173,6 +173,10 @@ class GenreCyclePolicy(Policy):
     last ``max_session`` shown items rated below that value (as the prompt writes it, to one decimal) drops to the
     lowest tier of items not shown yet. Ratings are in the prompt, so ``peeks`` stays False.
 
+    With ``spread`` it prefers, within a tier, the items that share a genre with the fewest of the last ``spread``
+    recommended items (at random among equals): a soft wider window, which spreads the genres of a session over the
+    environment's redundancy window where a hard one would run out of liked genres (``genre-cycle-words:spread=4``).
+
     Args:
         max_history: How many of the most recent history items it reads (set it to the prompt's ``max_history``).
         window: How many of the most recent recommended items' genres it avoids (at most the prompt's
@@ -182,15 +186,19 @@ class GenreCyclePolicy(Policy):
         avoid_rated_below: Avoid the genres of recent shown items rated below this (None: ratings unread).
         max_session: How many of the most recent shown items' ratings it reads (None: all; set it to the prompt's
             ``max_session``).
+        spread: How many of the most recent recommended items' genres it prefers to avoid within a tier (None: no
+            preference; at most ``max_session`` where that is set, so that it reads nothing the prompt hides).
     """
 
     name = "genre-cycle"
 
     def __init__(self, max_history: int = 15, window: int = 2, seed: int | None = 0, copy_words: bool = False,
-                 avoid_rated_below: float | None = None, max_session: int | None = None) -> None:
+                 avoid_rated_below: float | None = None, max_session: int | None = None,
+                 spread: int | None = None) -> None:
         super().__init__()
-        for arg, value in (("max_history", max_history), ("window", window), ("max_session", max_session)):
-            if value is None and arg == "max_session":
+        for arg, value in (("max_history", max_history), ("window", window), ("max_session", max_session),
+                           ("spread", spread)):
+            if value is None and arg in ("max_session", "spread"):
                 continue
             if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0:
                 raise ValueError(f"`{arg}` must be an integer >= 0, got {value!r}.")
@@ -204,6 +212,10 @@ class GenreCyclePolicy(Policy):
         self.copy_words = bool(copy_words)
         self.avoid_rated_below = None if avoid_rated_below is None else float(avoid_rated_below)
         self.max_session = None if max_session is None else int(max_session)
+        if spread is not None and self.max_session is not None and spread > self.max_session:
+            raise ValueError(f"`spread` ({spread}) must be at most `max_session` ({self.max_session}), the session "
+                             "steps the prompt shows; lower `spread`.")
+        self.spread = None if spread is None else int(spread)
         self._seed = seed
         self._rng = np.random.default_rng(seed)
 
@@ -276,5 +288,20 @@ class GenreCyclePolicy(Policy):
         # Tiers as score offsets, random within a tier; shown items never.
         tier = self.tiers(obs)
         score = self._rng.random(tier.shape) + tier
+        if self.spread:
+            # Within a tier, fewer of the last `spread` items sharing a genre first: the fraction stays below 1.
+            score = tier + (self.spread - self.overlaps(obs) + score - tier) / (self.spread + 1)
         score[tier < 0] = -np.inf
         return score.argmax(axis=1)
+
+    def overlaps(self, obs: Mapping[str, np.ndarray]) -> np.ndarray:
+        """``(n, n_items)``: how many of the last ``spread`` recommended items share a genre with each item (0
+        without ``spread``)."""
+        if self.world is None:
+            raise RuntimeError(f"policy {self.name!r} is not bound to a world; call policy.bind(world) first.")
+        win = window_items(obs["recommended"], obs["step"], self.spread or 0)
+        count = np.zeros((win.shape[0], self.world.n_items))
+        for slot in win.T:  # one recommended item per session at a time
+            genres = np.where((slot >= 0)[:, None], self._member[np.maximum(slot, 0)], 0.0)
+            count += genres @ self._member.T > 0
+        return count

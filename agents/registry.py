@@ -292,7 +292,8 @@ def _llm(**kw: Any) -> Policy:
 def _genre_cycle(copy_words: bool, **kw: Any) -> Policy:
     from agents.baselines import GenreCyclePolicy
 
-    opts = {k: kw[k] for k in ("max_history", "window", "avoid_rated_below", "max_session") if kw.get(k) is not None}
+    keys = ("max_history", "window", "avoid_rated_below", "max_session", "spread")
+    opts = {k: kw[k] for k in keys if kw.get(k) is not None}
     return GenreCyclePolicy(copy_words=copy_words, seed=kw.get("seed") or 0, **opts)
 
 

@@ -2,15 +2,16 @@
 references, at the learning run's horizon (20) and prompt history lengths, on more test users and seeds.
 
     python benchmarks/bench_prompt_rule.py [--world synthetic] [--episodes 200] [--seeds 3] [--horizon 20]
-        [--rated-below 2.5,3.0,3.5] [--max-session 4] [--json benchmarks/results/prompt_rule.json]
+        [--rated-below 2.5,3.0,3.5] [--spreads 3,4] [--max-session 4] [--json benchmarks/results/prompt_rule.json]
 
 `genre-cycle` (and `genre-cycle-words`, which prefers titles sharing a word with the history) reads what the
 prompt shows (the genres of the last ``max_history`` history items and of the last
 ``window`` recommended items) and nothing of the hidden user model; it picks at random among the unseen items
 that fit. Its Len is therefore what a recommender that perfectly applies a simple genre rule to the prompt can
 reach, a yardstick for the LLM's learning goal. The rows named ``rated<T`` also read the ratings the prompt shows
-(the last ``--max-session`` steps): they avoid the genres of those rated below T (``avoid_rated_below``). Prints
-``ulrec bench``'s table; writes its JSON format.
+(the last ``--max-session`` steps): they avoid the genres of those rated below T (``avoid_rated_below``). The rows
+named ``spread=S`` prefer, within each tier, the items sharing a genre with the fewest of the last S recommended
+items (``spread``, at most ``--max-session``). Prints ``ulrec bench``'s table; writes its JSON format.
 """
 
 from __future__ import annotations
@@ -38,6 +39,8 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--windows", default="2,3,4", help="comma-separated window values")
     ap.add_argument("--rated-below", default="2.5,3.0,3.5",
                     help="comma-separated thresholds for the rating-reading rows (window 2; empty: none)")
+    ap.add_argument("--spreads", default="3,4",
+                    help="comma-separated spread values for genre-cycle-words rows (window 2; empty: none)")
     ap.add_argument("--max-session", type=int, default=4, help="session steps the prompt shows (their ratings)")
     ap.add_argument("--json", default="benchmarks/results/prompt_rule.json")
     args = ap.parse_args(argv)
@@ -51,6 +54,9 @@ def main(argv: list[str] | None = None) -> dict:
         for t in (float(x) for x in args.rated_below.split(",") if x.strip()):
             policies[f"genre-cycle-words h={h} w=2 rated<{t:g}"] = GenreCyclePolicy(
                 max_history=h, window=2, copy_words=True, avoid_rated_below=t, max_session=args.max_session)
+        for sp in (int(x) for x in args.spreads.split(",") if x.strip()):
+            policies[f"genre-cycle-words h={h} w=2 spread={sp}"] = GenreCyclePolicy(
+                max_history=h, window=2, copy_words=True, spread=sp, max_session=args.max_session)
     # ulrec bench's runner: the same test users per seed for every policy, each reseeded by the seed.
     doc = benchmark(world, policies, split="test", episodes=args.episodes, seeds=args.seeds,
                     max_episode_steps=args.horizon, progress=False)

@@ -323,3 +323,34 @@ def test_every_policy_honours_the_one_interface(small_world):
         policy.reset(None)
         assert np.array_equal(first, policy.act_batch(obs)), name
         assert isinstance(policy.act({k: v[0] for k, v in obs.items()}), int), name
+
+
+def test_genre_cycle_spread_prefers_genres_absent_from_the_wider_window(small_world):
+    """With ``spread`` the rule's tiers are unchanged, and each pick lies in the highest tier and, within it, has
+    the fewest overlaps with the last ``spread`` recommended items; without it, the overlap count is not consulted."""
+    env = ULRecVectorEnv(num_envs=8, world=small_world, max_episode_steps=6, autoreset_mode="disabled")
+    plain = GenreCyclePolicy(max_history=6, window=2, seed=0).bind(small_world)
+    wide = GenreCyclePolicy(max_history=6, window=2, seed=0, spread=4, max_session=4).bind(small_world)
+    obs, _ = env.reset(seed=0, options={"users": small_world.test_users[:8]})
+    preferred = 0
+    for _ in range(5):
+        tier, count = wide.tiers(obs), wide.overlaps(obs)
+        assert (tier == plain.tiers(obs)).all()
+        actions = wide.act_batch(obs)
+        for i, a in enumerate(actions):
+            top = tier[i] == tier[i].max()
+            assert tier[i, a] == tier[i].max() and count[i, a] == count[i][top].min()
+            preferred += count[i][top].min() < count[i][top].max()
+        obs, _, terminated, truncated, _ = env.step(actions)
+        if (terminated | truncated).all():
+            break
+    assert preferred > 0  # the preference decided some picks: some top tiers held items with more overlaps
+    assert (GenreCyclePolicy().bind(small_world).overlaps(obs) == 0).all()
+    with pytest.raises(ValueError, match="spread"):
+        GenreCyclePolicy(spread=5, max_session=4)
+    with pytest.raises(ValueError, match="spread"):
+        GenreCyclePolicy(spread=-1)
+    from agents.benchmark import make_policy
+
+    spec = make_policy("genre-cycle-words:spread=4", max_history=6, window=2, max_session=4)
+    assert (spec.spread, spec.copy_words, spec.max_session) == (4, True, 4)
