@@ -246,8 +246,9 @@ class GenreCyclePolicy(Policy):
         any other item not shown yet, -1 for items already shown; with ``copy_words``, 3 for a fresh and liked item
         whose title shares a word with a read history title; with ``avoid_rated_below``, 0 for any item not shown
         yet that shares a genre with a read shown item rated below it. The rule picks at random among its highest
-        tier, so ``tiers(obs)[i, a]`` against ``tiers(obs)[i].max()`` says whether another policy's action ``a`` is one
-        the rule could have taken (``benchmarks/teacher_tiers.py``)."""
+        tier (with ``spread``, among the items of that tier with the fewest :meth:`overlaps`), so
+        ``tiers(obs)[i, a]`` against ``tiers(obs)[i].max()`` says whether another policy's action ``a`` is one the
+        rule without ``spread`` could have taken (``benchmarks/teacher_tiers.py``)."""
         from scipy import sparse
 
         if self.world is None:
