@@ -240,6 +240,10 @@ class GenreCyclePolicy(Policy):
             cols = [vocab[w] for ws in words for w in ws]
             self._words = sparse.csr_matrix((np.ones(len(rows)), (rows, cols)), shape=(len(words), max(len(vocab), 1)))
 
+    def _check_bound(self) -> None:
+        if self.world is None:
+            raise RuntimeError(f"policy {self.name!r} is not bound to a world; call policy.bind(world) first.")
+
     def tiers(self, obs: Mapping[str, np.ndarray]) -> np.ndarray:
         """How much the rule wants each item, ``(n, n_items)`` int8: 2 for an item whose genres are all in the read
         history and none in the window ("fresh and liked"), 1 for one with no genre in the window ("fresh"), 0 for
@@ -251,8 +255,7 @@ class GenreCyclePolicy(Policy):
         rule without ``spread`` could have taken (``benchmarks/teacher_tiers.py``)."""
         from scipy import sparse
 
-        if self.world is None:
-            raise RuntimeError(f"policy {self.name!r} is not bound to a world; call policy.bind(world) first.")
+        self._check_bound()
 
         def selector(items: np.ndarray, keep: np.ndarray) -> "sparse.csr_matrix":
             # (n, n_items): 1 where a session's row reads an item (repeats add up; only > 0 matters below).
@@ -286,20 +289,20 @@ class GenreCyclePolicy(Policy):
         return tier
 
     def _act_batch(self, obs: Mapping[str, np.ndarray]) -> np.ndarray:
-        # Tiers as score offsets, random within a tier; shown items never.
+        # Tiers as score offsets, random within a tier; shown items never. With `spread`, fewer of the last `spread`
+        # items sharing a genre first within a tier: the offset stays below 1.
         tier = self.tiers(obs)
-        score = self._rng.random(tier.shape) + tier
+        within = self._rng.random(tier.shape)
         if self.spread:
-            # Within a tier, fewer of the last `spread` items sharing a genre first: the fraction stays below 1.
-            score = tier + (self.spread - self.overlaps(obs) + score - tier) / (self.spread + 1)
+            within = (self.spread - self.overlaps(obs) + within) / (self.spread + 1)
+        score = within + tier
         score[tier < 0] = -np.inf
         return score.argmax(axis=1)
 
     def overlaps(self, obs: Mapping[str, np.ndarray]) -> np.ndarray:
         """``(n, n_items)``: how many of the last ``spread`` recommended items share a genre with each item (0
         without ``spread``)."""
-        if self.world is None:
-            raise RuntimeError(f"policy {self.name!r} is not bound to a world; call policy.bind(world) first.")
+        self._check_bound()
         win = window_items(obs["recommended"], obs["step"], self.spread or 0)
         count = np.zeros((win.shape[0], self.world.n_items))
         for slot in win.T:  # one recommended item per session at a time
