@@ -111,7 +111,8 @@ class LoopSettings:
             With ``sessions_per_user`` above it, the continued steps of each user's best sessions are the ones
             imitated (rejection sampling); see :class:`train.labeling.LabelOptions`. The teacher's sessions, one
             per user, are labelled without it.
-        references: Baselines evaluated once on the same test users (reference lines).
+        references: Baselines evaluated once on the same test users (reference lines). The ``teacher``, where
+            set and not listed here, is evaluated with them (see :attr:`reference_policies`).
         teacher: A baseline (``mmr``, ``oracle``, ...) whose sessions replace the first iteration's rollouts, with
             the prompts the LLM would have seen; the paper tuned on a stronger model's trajectories. ``None``: the
             LLM rolls out itself from the start.
@@ -306,6 +307,13 @@ class LoopSettings:
         bad = [o for o in self.preset_overrides if o not in names]
         if bad:
             raise ValueError(f"`preset_overrides` names unknown field(s) {bad}.")
+
+    @property
+    def reference_policies(self) -> tuple[str, ...]:
+        """The policies of the run's ``references`` stage: ``references``, then the ``teacher`` where it is set
+        and not among them, so that the student is measured against the rule that taught it on the same users."""
+        extra = (self.teacher,) if self.teacher is not None and self.teacher not in self.references else ()
+        return (*self.references, *extra)
 
     @property
     def prompt_format(self):
@@ -829,10 +837,10 @@ class _Run:
             s = self.settings
             rows = [evaluate_policy(make_policy(pname, **rule_options(s.prompt_format)), self.world, self.users, seed=s.seed,
                                     env_settings=s.env, max_episode_steps=s.max_episode_steps, name=pname)
-                    for pname in s.references]
+                    for pname in s.reference_policies]
             return {"rows": rows}
 
-        return self.stage("references", run)["rows"] if self.settings.references else []
+        return self.stage("references", run)["rows"] if self.settings.reference_policies else []
 
     def _log_tb(self, row: Mapping[str, Any]) -> None:
         if self._tb is None:

@@ -168,6 +168,14 @@ def test_several_sessions_per_user_and_their_best_kept(tmp_path, tiny_model_dir)
     assert report.desirable + report.below_best_positives == sum(e["label"] for e in all_kept)
 
 
+def test_reference_policies_add_the_teacher_once():
+    s = LoopSettings(references=("random", "genre-cycle-words"), teacher="genre-cycle-words:spread=4")
+    assert s.reference_policies == ("random", "genre-cycle-words", "genre-cycle-words:spread=4")
+    assert LoopSettings(references=("random", "mmr"), teacher="mmr").reference_policies == ("random", "mmr")
+    assert LoopSettings(references=("random",)).reference_policies == ("random",)
+    assert LoopSettings(references=(), teacher="mmr").reference_policies == ("mmr",)
+
+
 def test_teacher_sessions_seed_the_first_iteration(tmp_path, tiny_model_dir):
     from train.rollout import load_rollout
 
@@ -178,7 +186,9 @@ def test_teacher_sessions_seed_the_first_iteration(tmp_path, tiny_model_dir):
     assert meta["policy"] == "genre-cycle" and records
     # the teacher plays its own number of sessions (teacher_episodes), the LLM `episodes`
     assert len({r.episode for r in records}) == 14 and meta["episodes"] == 14
-    assert [r["policy"] for r in doc["references"]] == ["genre-cycle-words"]
+    # the teacher, not among `references`, is evaluated after them on the same test users
+    assert [r["policy"] for r in doc["references"]] == ["genre-cycle-words", "genre-cycle"]
+    assert doc["references"][1]["per_user"]["users"] == doc["references"][0]["per_user"]["users"]
     assert all(r.prompt.endswith("<|im_start|>assistant\n") and r.completion == r.title + "\n" for r in records)
     assert [e["policy"] for e in doc["evals"]] == ["base", "ulrec-p", "ulrec"]
     # ULRec's KTO learns from ULRec-P's own sessions, not the teacher's
