@@ -243,6 +243,7 @@ class LLMRecommender(Policy):
         allow_unsafe_pickle: bool = False,
         engine: str = "transformers",
         engine_options: Mapping[str, Any] | None = None,
+        merge_adapter: bool = False,
         **kwargs: Any,
     ) -> "LLMRecommender":
         """Load a model (default: the packaged SmolLM2-135M-Instruct) and wrap it as a recommender.
@@ -267,6 +268,9 @@ class LLMRecommender(Policy):
                 the adapter is a per-request LoRA; ``device`` is vLLM's choice). See :mod:`agents.vllm_engine`.
             engine_options: ``vllm.LLM`` arguments for ``engine="vllm"`` (``tensor_parallel_size``,
                 ``gpu_memory_utilization``, ...), over ``$ULREC_VLLM_OPTIONS`` and the module's defaults.
+            merge_adapter: Fold the adapter into the model's weights before decoding (transformers engine only;
+                see :func:`agents.models.load_model_and_tokenizer`): faster steps, logits within the dtype's
+                rounding of the unmerged adapter's.
             **kwargs: Other constructor arguments (``seed``, ``max_new_tokens``, ``name``, ...).
         """
         from agents.models import load_model_and_tokenizer
@@ -278,6 +282,9 @@ class LLMRecommender(Policy):
             raise ValueError(f"`engine_options` are vLLM's; pass engine='vllm' with them (got engine={engine!r}).")
         if engine == "vllm":
             _check_vllm_grounding(grounding)  # before an engine starts
+            if merge_adapter:
+                raise ValueError("`merge_adapter` folds the adapter into a transformers model; vLLM serves it as a "
+                                 "per-request LoRA. Pass merge_adapter=False with engine='vllm'.")
         # An adapter trained by ulrec records how its prompts were written; match them unless told otherwise.
         trained = adapter_prompt_format(adapter)
         fmt = _resolve_format(trained, prompt_format)
@@ -294,7 +301,8 @@ class LLMRecommender(Policy):
             kwargs["backend"] = backend
         else:
             lm, tok = load_model_and_tokenizer(model, device=device, dtype=dtype, adapter=adapter,
-                                               trust_remote_code=trust_remote_code, allow_unsafe_pickle=allow_unsafe_pickle)
+                                               trust_remote_code=trust_remote_code,
+                                               allow_unsafe_pickle=allow_unsafe_pickle, merge_adapter=merge_adapter)
         agent = cls(
             lm, tok, temperature=temperature, top_p=top_p, prompt_format=fmt, grounding=grounding,
             mask_recommended=mask_recommended, batch_size=batch_size, **kwargs,

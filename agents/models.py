@@ -428,6 +428,7 @@ def load_model_and_tokenizer(
     *,
     trust_remote_code: bool = False,
     allow_unsafe_pickle: bool = False,
+    merge_adapter: bool = False,
     **model_kwargs: Any,
 ) -> tuple["PreTrainedModel", "PreTrainedTokenizerBase"]:
     """Load a causal language model and its tokenizer, ready for decoding or fine-tuning.
@@ -444,6 +445,10 @@ def load_model_and_tokenizer(
             option of the same name). Off unless you pass it: a model folder is data, not code.
         allow_unsafe_pickle: Accept pickled weights (``pytorch_model.bin``, ``adapter_model.bin``) from folders
             you trust; by default only safetensors are read.
+        merge_adapter: Fold ``adapter``'s weights into the model's (PEFT's ``merge_and_unload``) and return the
+            plain model: decoding then does no adapter work in each adapted layer (faster), and each merged weight
+            is rounded once to ``dtype``, so logits differ from the unmerged adapter's by that rounding. For
+            decoding only (the merged model cannot be tuned as an adapter). No effect without ``adapter``.
         **model_kwargs: Passed to ``AutoModelForCausalLM.from_pretrained``.
 
     Returns:
@@ -473,6 +478,8 @@ def load_model_and_tokenizer(
         except ImportError as e:  # pragma: no cover
             raise ImportError("loading `adapter` needs peft; install it with `pip install ulrec[llm]`.") from e
         lm = PeftModel.from_pretrained(lm, str(adapter_path))
+        if merge_adapter:
+            lm = lm.merge_and_unload()
     lm.to(dev)
     lm.eval()
     return lm, tokenizer

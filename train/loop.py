@@ -126,6 +126,10 @@ class LoopSettings:
         engine: Where rollouts and evaluations decode: ``"transformers"`` (in this process) or ``"vllm"`` (one vLLM
             engine started at the first rollout or evaluation and kept for the whole run; each adapter is a
             per-request LoRA on it; see ``agents.vllm_engine``). Tuning always runs on transformers.
+        merge_adapters: Rollouts and evaluations fold each adapter into the model's weights before decoding
+            (``merge_adapter`` of :meth:`agents.llm.LLMRecommender.from_pretrained`): faster decoding, logits within
+            the dtype's rounding of the unmerged adapter's, so greedy picks can differ at near-ties. Transformers
+            engine only; tuning always trains the unmerged adapter.
         save_steps: Tuning stages write a checkpoint every N optimizer steps (about two minutes of work at the
             loop's default sizes on 2 CPU cores); ``--resume`` continues an interrupted stage from its newest one.
             ``None``: no checkpoints inside stages (an interrupted stage starts over).
@@ -201,6 +205,7 @@ class LoopSettings:
     seed: int = 0
     dtype: str = field(default="auto", metadata={"choices": DTYPE_CHOICES})
     engine: str = field(default="transformers", metadata={"choices": ENGINES})
+    merge_adapters: bool = False
     save_steps: int | None = field(default=25, metadata={"metavar": "N|none"})
     reference: str = field(default="init", metadata={"choices": REFERENCE_CHOICES})
     replay: int = 0
@@ -221,6 +226,9 @@ class LoopSettings:
             raise ValueError(f"`dtype` must be one of {', '.join(DTYPE_CHOICES)}, got {self.dtype!r}.")
         if self.engine not in ENGINES:
             raise ValueError(f"`engine` must be one of {', '.join(ENGINES)}, got {self.engine!r}.")
+        if self.merge_adapters and self.engine != "transformers":
+            raise ValueError(f"`merge_adapters` folds adapters into a transformers model; the {self.engine} engine "
+                             f"serves them as they are. Drop --merge-adapters, or use --engine transformers.")
         if self.save_steps is not None and (isinstance(self.save_steps, bool) or not isinstance(self.save_steps, int)
                                             or self.save_steps < 1):
             raise ValueError(f"`save_steps` must be None or a positive integer, got {self.save_steps!r}.")
@@ -409,6 +417,7 @@ def evaluation_agent(settings: LoopSettings, adapter: str | None, name: str, all
                                           batch_size=settings.gen_batch_size, seed=settings.seed, name=name,
                                           prompt_format=settings.prompt_format, dtype=settings.dtype,
                                           score_completions=False, engine=settings.engine,
+                                          merge_adapter=settings.merge_adapters,
                                           allow_unsafe_pickle=allow_unsafe_pickle, trust_remote_code=trust_remote_code)
 
 
@@ -703,6 +712,7 @@ class _Run:
                 policy = LLMRecommender.from_pretrained(
                     s.model, adapter=adapter, temperature=s.temperature, top_p=s.top_p, batch_size=s.gen_batch_size,
                     seed=s.seed + k, prompt_format=s.prompt_format, dtype=s.dtype, engine=s.engine,
+                    merge_adapter=s.merge_adapters,
                     allow_unsafe_pickle=self.allow_unsafe_pickle, trust_remote_code=self.trust_remote_code)
             episodes, per_user = (s.teacher_sessions, 1) if teacher else (s.episodes, s.sessions_per_user)
             summary = rollout_to_folder(policy, self.world, folder, episodes=episodes, split="train", seed=s.seed + k,

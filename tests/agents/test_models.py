@@ -66,6 +66,45 @@ def test_load_local_folder_and_adapter(saved_tiny, tmp_path, small_world):
     assert records[0].logprob == pytest.approx(agent.completion_logprob(records[0].prompt, records[0].completion), abs=1e-4)
 
 
+def test_a_merged_adapter_decodes_as_the_adapter_does(saved_tiny, tmp_path, small_world):
+    peft = pytest.importorskip("peft")
+    model, _ = models.load_model_and_tokenizer(saved_tiny, device="cpu", dtype="float32")
+    lora = peft.get_peft_model(model, peft.LoraConfig(r=2, target_modules=["q_proj", "v_proj", "down_proj"],
+                                                      init_lora_weights=False))
+    with torch.no_grad():  # an adapter far from zero, so dropping it would show in the logits
+        for name, p in lora.named_parameters():
+            if "lora_" in name:
+                p.mul_(20.0)
+    lora.save_pretrained(tmp_path / "adapter")
+    adapter = tmp_path / "adapter"
+    kept, tok = models.load_model_and_tokenizer(saved_tiny, device="cpu", dtype="float32", adapter=adapter)
+    merged, _ = models.load_model_and_tokenizer(saved_tiny, device="cpu", dtype="float32", adapter=adapter,
+                                                merge_adapter=True)
+    base, _ = models.load_model_and_tokenizer(saved_tiny, device="cpu", dtype="float32")
+    assert type(kept).__name__.startswith("Peft") and not type(merged).__name__.startswith("Peft")
+    assert not merged.training
+    ids = torch.tensor([tok("User history: Genres: system user assistant")["input_ids"]])
+    with torch.no_grad():
+        out = {k: m(input_ids=ids).logits for k, m in (("kept", kept), ("merged", merged), ("base", base))}
+    assert torch.allclose(out["merged"], out["kept"], atol=1e-4)
+    assert (out["merged"] - out["base"]).abs().max() > 1e-2  # the adapter was folded in, not dropped
+    # The agents' greedy picks on the same sessions: merged and unmerged agree step by step.
+    agents = [LLMRecommender.from_pretrained(saved_tiny, adapter=adapter, device="cpu", dtype="float32",
+                                             merge_adapter=m, score_completions=False).bind(small_world)
+              for m in (False, True)]
+    env = ULRecVectorEnv(num_envs=3, world=small_world)
+    obs, _ = env.reset(seed=0)
+    for _ in range(3):
+        picks = [agent.decode_batch(obs)[0] for agent in agents]
+        np.testing.assert_array_equal(picks[0], picks[1])
+        obs, *_ = env.step(picks[0])
+    # Without an adapter there is nothing to merge; with vLLM the adapter stays a per-request LoRA.
+    plain, _ = models.load_model_and_tokenizer(saved_tiny, device="cpu", dtype="float32", merge_adapter=True)
+    assert type(plain).__name__ == type(base).__name__
+    with pytest.raises(ValueError, match="merge_adapter"):
+        LLMRecommender.from_pretrained(saved_tiny, adapter=adapter, engine="vllm", merge_adapter=True)
+
+
 def test_bad_load_arguments(saved_tiny):
     with pytest.raises(FileNotFoundError, match="adapter"):
         models.load_model_and_tokenizer(saved_tiny, device="cpu", adapter=saved_tiny / "nope")

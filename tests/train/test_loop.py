@@ -29,6 +29,29 @@ def _settings(model, **kw):
     return LoopSettings(**base)
 
 
+def test_merge_adapters_reaches_every_rollout_and_evaluation(tmp_path, tiny_model_dir, monkeypatch):
+    from agents.llm import LLMRecommender
+
+    made = []
+    real = LLMRecommender.from_pretrained.__func__
+
+    def spy(cls, *args, **kwargs):
+        agent = real(cls, *args, **kwargs)
+        made.append((kwargs.get("adapter"), kwargs.get("temperature"), kwargs.get("merge_adapter"),
+                     type(agent.model).__name__))
+        return agent
+
+    monkeypatch.setattr(LLMRecommender, "from_pretrained", classmethod(spy))
+    doc = run_loop(_settings(tiny_model_dir, merge_adapters=True), tmp_path / "run", progress=False)
+    assert [e["policy"] for e in doc["evals"]] == ["base", "ulrec-p", "ulrec", "ulrec"]
+    adapters = [m for m in made if m[0] is not None]
+    # the evaluations of ULRec-P, ULRec @1 and @2 (greedy) and iteration 2's rollout of ULRec @1 (sampled): each
+    # loads its adapter merged into a plain model
+    assert sorted(t for _, t, _, _ in adapters) == [0.0, 0.0, 0.0, 1.0]
+    assert all(merge and not kind.startswith("Peft") for _, _, merge, kind in adapters)
+    assert doc["settings"]["merge_adapters"] is True
+
+
 def test_loop_runs_every_stage_and_writes_metrics(tmp_path, tiny_model_dir):
     out = tmp_path / "run"
     doc = run_loop(_settings(tiny_model_dir), out, progress=False)

@@ -130,6 +130,16 @@ def test_dtype_setting_is_validated_and_reaches_the_trainer(monkeypatch):
     assert default_trainer_args("kto", "/tmp/x", dtype="auto").bf16 is False
 
 
+def test_merge_adapters_is_validated_and_mapped():
+    assert LoopSettings().merge_adapters is False
+    with pytest.raises(ValueError, match="`merge_adapters`.*--engine transformers"):
+        LoopSettings(merge_adapters=True, engine="vllm")
+    args = build_parser().parse_args(["loop", "--out", "x", "--merge-adapters"])
+    assert loop_settings_from_args(args).merge_adapters is True
+    args = build_parser().parse_args(["loop", "--out", "x"])
+    assert loop_settings_from_args(args).merge_adapters is False
+
+
 def test_resume_with_other_settings_lists_them_or_records_allowed_changes(tmp_path):
     import json
 
