@@ -269,8 +269,8 @@ class LLMRecommender(Policy):
             engine_options: ``vllm.LLM`` arguments for ``engine="vllm"`` (``tensor_parallel_size``,
                 ``gpu_memory_utilization``, ...), over ``$ULREC_VLLM_OPTIONS`` and the module's defaults.
             merge_adapter: Fold the adapter into the model's weights before decoding (transformers engine only;
-                see :func:`agents.models.load_model_and_tokenizer`): faster steps, logits within the dtype's
-                rounding of the unmerged adapter's.
+                see :func:`agents.models.load_model_and_tokenizer`): no adapter work at each step, logits within
+                the dtype's rounding of the unmerged adapter's.
             **kwargs: Other constructor arguments (``seed``, ``max_new_tokens``, ``name``, ...).
         """
         from agents.models import load_model_and_tokenizer
