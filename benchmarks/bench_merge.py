@@ -20,9 +20,12 @@ import time
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from train.loop import LoopSettings, eval_users, evaluate_llm  # noqa: E402
+from eval_adapter import run_evaluation_setup  # noqa: E402
+from train.loop import evaluate_llm  # noqa: E402
 
 
 def measure(run: Path, adapter: Path, users: int | None = None, order: str = "unmerged-first",
@@ -30,18 +33,11 @@ def measure(run: Path, adapter: Path, users: int | None = None, order: str = "un
     """Evaluate ``adapter`` on ``run``'s test users (the first ``users`` of them, or all) unmerged and merged.
     Each row is the evaluation's own (its ``"seconds"`` and ``"user_steps_per_s"`` time the sessions) with
     ``"wall_s"``, which also counts loading and merging the model."""
-    if not (run / "settings.json").is_file():
-        raise SystemExit(f"{run}: no settings.json; name the folder of a `ulrec loop` run.")
-    if not adapter.is_dir():
-        raise SystemExit(f"{adapter}: no such adapter folder; name what `ulrec tune --out` or a loop wrote.")
     from agents.evaluation import paired_difference
-    from ulrec_env.worlds.spec import world_from_spec
 
-    settings = LoopSettings.from_run(run)
+    settings, world, test = run_evaluation_setup(run, adapter)
     if settings.engine != "transformers":
         raise SystemExit(f"{run} decodes with the {settings.engine} engine; merging is for the transformers one.")
-    world = world_from_spec(settings.world)
-    test = eval_users(world, settings)
     if users is not None:
         test = test[:users]
     rows: dict[str, dict[str, Any]] = {}

@@ -25,21 +25,27 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from train.loop import LoopSettings, eval_users, evaluate_llm  # noqa: E402
 
 
-def evaluate(run: Path, adapter: Path | None, name: str, progress: bool = False,
-             temperature: float = 0.0) -> dict[str, Any]:
-    """The evaluation row of ``adapter`` (``None``: the run's base model) on the test users of loop run ``run``,
-    with that run's settings (greedy unless ``temperature > 0``)."""
+def run_evaluation_setup(run: Path, adapter: Path | None) -> tuple[LoopSettings, Any, Any]:
+    """``(settings, world, test users)`` with which loop run ``run`` evaluates, after checking that ``run`` is a
+    loop run's folder and ``adapter`` (``None``: the base model) an adapter folder (``SystemExit`` naming the fix)."""
     if not (run / "settings.json").is_file():
         raise SystemExit(f"{run}: no settings.json; name the folder of a `ulrec loop` run.")
     if adapter is not None and not adapter.is_dir():
-        raise SystemExit(f"{adapter}: no such adapter folder; name what `ulrec tune --out` wrote.")
+        raise SystemExit(f"{adapter}: no such adapter folder; name what `ulrec tune --out` or a loop wrote.")
     from ulrec_env.worlds.spec import world_from_spec
 
     settings = LoopSettings.from_run(run)
     world = world_from_spec(settings.world)
+    return settings, world, eval_users(world, settings)
+
+
+def evaluate(run: Path, adapter: Path | None, name: str, progress: bool = False,
+             temperature: float = 0.0) -> dict[str, Any]:
+    """The evaluation row of ``adapter`` (``None``: the run's base model) on the test users of loop run ``run``,
+    with that run's settings (greedy unless ``temperature > 0``)."""
+    settings, world, users = run_evaluation_setup(run, adapter)
     adapter_path = None if adapter is None else str(adapter)
-    row = evaluate_llm(world, settings, eval_users(world, settings), adapter_path, name, progress=progress,
-                       temperature=temperature)
+    row = evaluate_llm(world, settings, users, adapter_path, name, progress=progress, temperature=temperature)
     row.update(run=str(run), adapter=adapter_path, trained=None if adapter is None else trained_with(adapter),
                temperature=float(temperature))
     return row
